@@ -1,0 +1,29 @@
+# Two entry points, each making its own virtual environment in .venv:
+#   make bench   installs fastconv and runs the main job
+#   make test    installs fastconv with its test tools and runs the tests
+# PyTorch (the cross-check peer) is installed from the CPU wheel in /opt/wheels when
+# one is there; without it the torch cross-checks are skipped.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
+
+.PHONY: bench test demo install clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,bench,train]"
+	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)",@echo "no PyTorch CPU wheel in /opt/wheels: torch cross-checks will be skipped")
+	touch $@
+
+install: $(VENV)/.installed
+
+bench: install
+	$(PY) -m fastconv demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info
