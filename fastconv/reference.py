@@ -17,7 +17,6 @@ import numpy as np
 
 from fastconv import params as P
 
-
 # ------------------------------------------------------------- im2col / col2im
 
 

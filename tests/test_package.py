@@ -3,9 +3,10 @@ import os
 import subprocess
 import sys
 
+import fastconv.kernels
+
 import fastconv
 import fastconv.grad
-import fastconv.kernels
 import fastconv.reference
 
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv.params import pool_output_size
 from fastconv import grad
+from fastconv.params import pool_output_size
 from tests.conftest import POOL_RTOL, RTOL, assert_close
 
 to = pytest.importorskip("tests.torch_oracle")

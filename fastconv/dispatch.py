@@ -1,0 +1,81 @@
+"""Which kernel runs a convolution: one small decision, made per shape.
+
+conv2d, conv_transpose2d and their gradients all reduce to three computations on
+a convolution geometry (forward, input gradient, weight gradient); conv_transpose2d
+is the input gradient of the convolution it is the adjoint of. Each is run by the
+GEMM family (im2col + BLAS) or the direct family (loops), see fastconv.kernels.conv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from fastconv.kernels import conv as K
+from fastconv.params import ConvGeometry
+from fastconv.threads import get_num_threads
+
+PATHS = ("gemm", "direct")
+_forced: str | None = None
+
+
+def conv_path(g: ConvGeometry) -> str:
+    """'direct' where the per-output reduction is too small for a GEMM to pay off
+    (depthwise and narrow groups, first layers with few input channels), else 'gemm'."""
+    if _forced is not None:
+        return _forced
+    reduction = (g.c_in // g.groups) * g.kh * g.kw
+    out_per_group = g.c_out // g.groups
+    if g.c_in // g.groups == 1 or reduction <= 32 or out_per_group < 16:
+        return "direct"
+    return "gemm"
+
+
+@contextlib.contextmanager
+def force_path(path: str | None):
+    """Run every convolution inside on one path ('gemm' or 'direct'), for benchmarks."""
+    global _forced
+    if path is not None and path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
+    before, _forced = _forced, path
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def _contiguous(*arrays):
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def forward(x, weight, g: ConvGeometry):
+    x, weight = _contiguous(x, weight)
+    if conv_path(g) == "gemm":
+        return K.gemm_forward(x, weight, g)
+    return K.direct_forward_driver(x, weight, g)
+
+
+def input_grad(weight, grad_output, g: ConvGeometry):
+    weight, grad_output = _contiguous(weight, grad_output)
+    if conv_path(g) == "gemm":
+        return K.gemm_input(weight, grad_output, g)
+    return K.direct_input_driver(weight, grad_output, g)
+
+
+def weight_grad(x, grad_output, g: ConvGeometry):
+    x, grad_output = _contiguous(x, grad_output)
+    if conv_path(g) == "gemm":
+        return K.gemm_weight(x, grad_output, g)
+    return K.direct_weight_driver(x, grad_output, g, get_num_threads())
+
+
+def bias_grad(grad_output):
+    (grad_output,) = _contiguous(grad_output)
+    return K.bias_grad(grad_output)
+
+
+def add_bias(out, bias):
+    if bias is not None:
+        K.add_channel_bias(out, np.ascontiguousarray(bias))
+    return out
