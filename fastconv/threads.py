@@ -11,6 +11,7 @@ import os
 import numba
 from threadpoolctl import ThreadpoolController
 
+
 def _blas_pools():
     """NumPy's and SciPy's BLAS thread pools (never another library's, e.g. torch's)."""
     pools = ThreadpoolController().select(user_api="blas").lib_controllers

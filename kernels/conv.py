@@ -36,7 +36,6 @@ def valid_range(out, stride, offset, size):
 # ------------------------------------------------------------------ im2col family
 
 
-@parallel
 def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     """cols[n, (c*kh + i)*kw + j, y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0."""
     n_, c_, h, w = x.shape
@@ -55,20 +54,20 @@ def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
                         for xo in range(ow):
                             row[base + xo] = 0.0
                         continue
-                    src = x[n, c, iy]
                     for xo in range(lo):
                         row[base + xo] = 0.0
+                    dst = row[base + lo : base + hi]
+                    src = x[n, c, iy, lo * sw + off :]
                     if sw == 1:
-                        for xo in range(lo, hi):
-                            row[base + xo] = src[xo + off]
+                        for q in range(hi - lo):
+                            dst[q] = src[q]
                     else:
-                        for xo in range(lo, hi):
-                            row[base + xo] = src[xo * sw + off]
+                        for q in range(hi - lo):
+                            dst[q] = src[q * sw]
                     for xo in range(hi, ow):
                         row[base + xo] = 0.0
 
 
-@parallel
 def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     """Adjoint of im2col: gx[n, c] = sum of the cols entries that came from each cell."""
     n_, c_, h, w = gx.shape
@@ -86,14 +85,83 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
                     iy = y * sh - pt + i * dh
                     if iy < 0 or iy >= h:
                         continue
-                    dst = plane[iy]
-                    base = y * ow
+                    dst = plane[iy, lo * sw + off :]
+                    src = row[y * ow + lo : y * ow + hi]
                     if sw == 1:
-                        for xo in range(lo, hi):
-                            dst[xo + off] += row[base + xo]
+                        for q in range(hi - lo):
+                            dst[q] += src[q]
                     else:
-                        for xo in range(lo, hi):
-                            dst[xo * sw + off] += row[base + xo]
+                        for q in range(hi - lo):
+                            dst[q * sw] += src[q]
+
+
+# The GEMM path packs serially: a parallel packing region between two BLAS calls
+# leaves one runtime's threads spinning while the other's work (measured: 2-5x
+# slower end to end); one packing thread beside BLAS's costs little.
+im2col = serial(im2col)
+col2im = serial(col2im)
+
+
+def im2col_wide(xp, cols, kh, kw, dh, dw, length):
+    """Stride-1 packing of a chunk of padded samples xp (nb, C, Hp, Wp):
+    cols[(c*kh + i)*kw + j, b*length + q] = xp[b, c].flat[i*dh*Wp + j*dw + q].
+    Each row is one contiguous copy (see the "wide" layout below)."""
+    nb, c_, hp, wp = xp.shape
+    for b in range(nb):
+        for c in range(c_):
+            src = xp[b, c].reshape(hp * wp)
+            for i in range(kh):
+                for j in range(kw):
+                    shifted = src[i * dh * wp + j * dw :]
+                    dst = cols[(c * kh + i) * kw + j, b * length : (b + 1) * length]
+                    for q in range(length):
+                        dst[q] = shifted[q]
+
+
+def col2im_wide(cols, gxp, kh, kw, dh, dw, length):
+    """Adjoint of im2col_wide into zeroed padded planes gxp (nb, C, Hp, Wp)."""
+    nb, c_, hp, wp = gxp.shape
+    for b in range(nb):
+        for c in range(c_):
+            dst = gxp[b, c].reshape(hp * wp)
+            for i in range(kh):
+                for j in range(kw):
+                    shifted = dst[i * dh * wp + j * dw :]
+                    src = cols[(c * kh + i) * kw + j, b * length : (b + 1) * length]
+                    for q in range(length):
+                        shifted[q] += src[q]
+
+
+def unwide(wide, out, row, top, left, length):
+    """out[b, k, y, x] = wide[k, b*length + (y + top)*row + x + left]."""
+    nb, k_, oh, ow = out.shape
+    for b in range(nb):
+        for k in range(k_):
+            for y in range(oh):
+                src = wide[k, b * length + (y + top) * row + left :]
+                dst = out[b, k, y]
+                for x in range(ow):
+                    dst[x] = src[x]
+
+
+def widen(planes, wide, row, length):
+    """wide[k, b*length + y*row + x] = planes[b, k, y, x] for x < ow, zero for ow <= x < row."""
+    nb, k_, oh, ow = planes.shape
+    for b in range(nb):
+        for k in range(k_):
+            dst = wide[k, b * length : (b + 1) * length]
+            dst[:] = 0.0
+            for y in range(oh):
+                src = planes[b, k, y]
+                d = dst[y * row :]
+                for x in range(min(ow, length - y * row)):
+                    d[x] = src[x]
+
+
+im2col_wide = serial(im2col_wide)
+col2im_wide = serial(col2im_wide)
+unwide = serial(unwide)
+widen = serial(widen)
 
 
 # ------------------------------------------------------------------ direct family
@@ -122,14 +190,14 @@ def direct_forward(x, weight, out, groups, sh, sw, pt, pl, dh, dw):
                         iy = y * sh - pt + i * dh
                         if iy < 0 or iy >= h:
                             continue
-                        src = x[n, c, iy]
-                        dst = plane[y]
+                        src = x[n, c, iy, lo * sw + off :]
+                        dst = plane[y, lo:hi]
                         if sw == 1:
-                            for xo in range(lo, hi):
-                                dst[xo] += wv * src[xo + off]
+                            for q in range(hi - lo):
+                                dst[q] += wv * src[q]
                         else:
-                            for xo in range(lo, hi):
-                                dst[xo] += wv * src[xo * sw + off]
+                            for q in range(hi - lo):
+                                dst[q] += wv * src[q * sw]
 
 
 @parallel(fastmath=True)
@@ -157,14 +225,14 @@ def direct_input(weight, grad_output, gx, groups, sh, sw, pt, pl, dh, dw):
                         iy = y * sh - pt + i * dh
                         if iy < 0 or iy >= h:
                             continue
-                        src = grad_output[n, k, y]
-                        dst = plane[iy]
+                        src = grad_output[n, k, y, lo:hi]
+                        dst = plane[iy, lo * sw + off :]
                         if sw == 1:
-                            for xo in range(lo, hi):
-                                dst[xo + off] += wv * src[xo]
+                            for q in range(hi - lo):
+                                dst[q] += wv * src[q]
                         else:
-                            for xo in range(lo, hi):
-                                dst[xo * sw + off] += wv * src[xo]
+                            for q in range(hi - lo):
+                                dst[q * sw] += wv * src[q]
 
 
 @parallel(fastmath=True)
@@ -195,14 +263,14 @@ def direct_weight(x, grad_output, partial, groups, sh, sw, pt, pl, dh, dw, zero)
                             iy = y * sh - pt + i * dh
                             if iy < 0 or iy >= h:
                                 continue
-                            src = x[n, c, iy]
-                            g = grad_output[n, k, y]
+                            src = x[n, c, iy, lo * sw + off :]
+                            g = grad_output[n, k, y, lo:hi]
                             if sw == 1:
-                                for xo in range(lo, hi):
-                                    s += g[xo] * src[xo + off]
+                                for q in range(hi - lo):
+                                    s += g[q] * src[q]
                             else:
-                                for xo in range(lo, hi):
-                                    s += g[xo] * src[xo * sw + off]
+                                for q in range(hi - lo):
+                                    s += g[q] * src[q * sw]
                         acc[cl, i, j] += s
 
 
@@ -219,15 +287,130 @@ def sum_batch_spatial(grad_output, out):
         out[k] = s
 
 
-@parallel
-def add_channel_bias(out, bias):
-    n_, k_, oh, ow = out.shape
+# ------------------------------------------------ direct family, stride 1 ("wide")
+#
+# With stride 1, output cell (y, x) and kernel tap (i, j) read padded input cell
+# (y + i*dh, x + j*dw). Laying the output out with the padded row length Wp makes
+# that one flat offset, (i*dh)*Wp + j*dw, for the whole plane: each tap becomes one
+# long unit-stride loop over q = y*Wp + x. The Wp - ow extra columns per row are
+# computed and dropped (forward), or read as zeros (gradients).
+
+
+def pad_planes(x, xp, top, left):
+    """xp[n, c] = x[n, c] placed at (top, left) in a zero plane."""
+    n_, c_, h, w = x.shape
+    for t in prange(n_ * c_):
+        dst = xp[t // c_, t % c_]
+        dst[:, :] = 0.0
+        src = x[t // c_, t % c_]
+        for y in range(h):
+            d = dst[top + y, left:]
+            s = src[y]
+            for xo in range(w):
+                d[xo] = s[xo]
+
+
+# The direct family pads in parallel; the GEMM family serially (see im2col).
+pad_planes_serial = serial(pad_planes)
+pad_planes = parallel(pad_planes)
+
+
+@parallel(fastmath=True)
+def wide_forward(xp, weight, out, groups, dh, dw):
+    """Stride-1 forward on a padded input xp (N, C, Hp, Wp)."""
+    n_, c_, hp, wp = xp.shape
+    k_, cg, kh, kw = weight.shape
+    oh, ow = out.shape[2], out.shape[3]
+    kg = k_ // groups
+    length = (oh - 1) * wp + ow
     for t in prange(n_ * k_):
-        b = bias[t % k_]
-        plane = out[t // k_, t % k_]
+        n = t // k_
+        k = t % k_
+        acc = np.zeros(length, dtype=out.dtype)
+        for cl in range(cg):
+            src = xp[n, (k // kg) * cg + cl].reshape(hp * wp)
+            for i in range(kh):
+                row = i * dh * wp
+                if kw == 3:
+                    w0 = weight[k, cl, i, 0]
+                    w1 = weight[k, cl, i, 1]
+                    w2 = weight[k, cl, i, 2]
+                    s0 = src[row : row + length]
+                    s1 = src[row + dw : row + dw + length]
+                    s2 = src[row + 2 * dw : row + 2 * dw + length]
+                    for q in range(length):
+                        acc[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
+                else:
+                    for j in range(kw):
+                        wv = weight[k, cl, i, j]
+                        sj = src[row + j * dw : row + j * dw + length]
+                        for q in range(length):
+                            acc[q] += wv * sj[q]
+        plane = out[n, k]
         for y in range(oh):
+            a = acc[y * wp :]
+            d = plane[y]
             for xo in range(ow):
-                plane[y, xo] += b
+                d[xo] = a[xo]
+
+
+@parallel(fastmath=True)
+def wide_input(weight, gyw, gx, groups, dh, dw, pt, pl, hp):
+    """Stride-1 input gradient. gyw is grad_output with rows of the padded length Wp
+    (zeros past ow); each (n, c) plane scatters into its own padded buffer, cropped
+    into gx at the end."""
+    n_, c_, h, w = gx.shape
+    k_, cg, kh, kw = weight.shape
+    oh, wp = gyw.shape[2], gyw.shape[3]
+    kg = k_ // groups
+    length = (oh - 1) * wp + wp - (kw - 1) * dw
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        cl = c % cg
+        acc = np.zeros(hp * wp, dtype=gx.dtype)
+        for kl in range(kg):
+            k = (c // cg) * kg + kl
+            src = gyw[n, k].reshape(oh * wp)
+            for i in range(kh):
+                for j in range(kw):
+                    wv = weight[k, cl, i, j]
+                    dst = acc[i * dh * wp + j * dw :]
+                    for q in range(length):
+                        dst[q] += wv * src[q]
+        plane = gx[n, c]
+        for y in range(h):
+            a = acc[(y + pt) * wp + pl :]
+            d = plane[y]
+            for xo in range(w):
+                d[xo] = a[xo]
+
+
+@parallel(fastmath=True)
+def wide_weight(xp, gyw, partial, groups, dh, dw, zero):
+    """Stride-1 weight gradient: dot products of grad_output (rows of length Wp,
+    zeros past ow) with shifted padded input, per (batch chunk, k)."""
+    n_, c_, hp, wp = xp.shape
+    chunks, k_, cg, kh, kw = partial.shape
+    oh = gyw.shape[2]
+    kg = k_ // groups
+    length = (oh - 1) * wp + wp - (kw - 1) * dw
+    for t in prange(chunks * k_):
+        b = t // k_
+        k = t % k_
+        acc = partial[b, k]
+        acc[:, :, :] = 0.0
+        for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
+            g = gyw[n, k].reshape(oh * wp)
+            for cl in range(cg):
+                src = xp[n, (k // kg) * cg + cl].reshape(hp * wp)
+                for i in range(kh):
+                    for j in range(kw):
+                        shifted = src[i * dh * wp + j * dw :]
+                        s = zero
+                        for q in range(length):
+                            s += g[q] * shifted[q]
+                        acc[cl, i, j] += s
 
 
 # ------------------------------------------------------------------ drivers
@@ -241,65 +424,179 @@ def _geometry_args(g):
     return g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.oh, g.ow
 
 
-def _cols(x, g):
-    """Per-sample im2col matrices, grouped: (N, groups, C/groups*kh*kw, oh*ow)."""
-    if _is_pointwise(g) and g.oh == g.h and g.ow == g.w:
-        return x.reshape(g.n, g.groups, g.c_in // g.groups, g.oh * g.ow)
-    cols = np.empty((g.n, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=x.dtype)
-    im2col(x, cols, *_geometry_args(g))
-    return cols.reshape(g.n, g.groups, -1, g.oh * g.ow)
+# Samples per im2col chunk: the chunk's matrix stays in cache between being packed
+# and being multiplied, and the buffer is reused, never paged in afresh.
+CHUNK_BYTES = 4 << 20
+
+
+def _chunks(g, itemsize):
+    per_sample = g.c_in * g.kh * g.kw * g.oh * g.ow * itemsize
+    step = max(1, CHUNK_BYTES // per_sample)
+    return [(n0, min(g.n, n0 + step)) for n0 in range(0, g.n, step)], min(step, g.n)
+
+
+def _direct_pointwise(g):
+    """A 1x1, stride-1, unpadded conv multiplies the input planes as they are."""
+    return _is_pointwise(g) and g.oh == g.h and g.ow == g.w
+
+
+def _grouped(a, g, rows):
+    """View (n, groups * rows, P) as (n, groups, rows, P)."""
+    return a.reshape(a.shape[0], g.groups, rows, g.oh * g.ow)
+
+
+class _Wide:
+    """Stride-1 GEMM geometry in the wide layout: each sample is `length` columns
+    (rows of the padded width `row`), packed `step` samples at a time."""
+
+    def __init__(self, g, itemsize):
+        self.row = g.w + g.pl + g.pr
+        self.length = (g.oh - 1) * self.row + g.ow
+        self.r = g.c_in * g.kh * g.kw
+        per_sample = max(self.r, g.c_out) * self.length * itemsize
+        self.step = min(g.n, max(1, CHUNK_BYTES // per_sample))
+        self.chunks = [(n0, min(g.n, n0 + self.step)) for n0 in range(0, g.n, self.step)]
+
+    def buffer(self, rows, dtype):
+        return np.empty(rows * self.step * self.length, dtype=dtype)
+
+    def view(self, buffer, rows, nb, groups):
+        return buffer[: rows * nb * self.length].reshape(groups, rows // groups, nb * self.length)
+
+
+def _weights(weight, g):
+    return weight.reshape(g.groups, g.c_out // g.groups, -1)
 
 
 def gemm_forward(x, weight, g):
     out = np.empty(g.output_shape, dtype=x.dtype)
-    w = weight.reshape(g.groups, g.c_out // g.groups, -1)
-    np.matmul(w, _cols(x, g), out=out.reshape(g.n, g.groups, g.c_out // g.groups, g.oh * g.ow))
+    kg, rg = g.c_out // g.groups, (g.c_in // g.groups) * g.kh * g.kw
+    w = _weights(weight, g)
+    if _direct_pointwise(g):
+        np.matmul(w, _grouped(x, g, rg), out=_grouped(out, g, kg))
+    elif _is_wide(g):
+        wd = _Wide(g, x.itemsize)
+        xp = _padded(x, g, pad_planes_serial)
+        cols, result = wd.buffer(wd.r, x.dtype), wd.buffer(g.c_out, x.dtype)
+        for n0, n1 in wd.chunks:
+            c, r = wd.view(cols, wd.r, n1 - n0, g.groups), wd.view(result, g.c_out, n1 - n0, g.groups)
+            im2col_wide(xp[n0:n1], c.reshape(wd.r, -1), g.kh, g.kw, g.dh, g.dw, wd.length)
+            np.matmul(w, c, out=r)
+            unwide(r.reshape(g.c_out, -1), out[n0:n1], wd.row, 0, 0, wd.length)
+    else:
+        chunks, step = _chunks(g, x.itemsize)
+        cols = np.empty((step, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=x.dtype)
+        for n0, n1 in chunks:
+            c = cols[: n1 - n0]
+            im2col(x[n0:n1], c, *_geometry_args(g))
+            np.matmul(w, _grouped(c, g, rg), out=_grouped(out[n0:n1], g, kg))
     return out
 
 
 def gemm_input(weight, grad_output, g):
-    w = weight.reshape(g.groups, g.c_out // g.groups, -1)
-    gy = grad_output.reshape(g.n, g.groups, g.c_out // g.groups, g.oh * g.ow)
-    wt = np.ascontiguousarray(w.transpose(0, 2, 1))
-    if _is_pointwise(g) and g.oh == g.h and g.ow == g.w:
-        gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=grad_output.dtype)
-        np.matmul(wt, gy, out=gx.reshape(g.n, g.groups, g.c_in // g.groups, g.oh * g.ow))
-        return gx
-    cols = np.matmul(wt, gy).reshape(g.n, -1, g.oh * g.ow)
-    gx = np.empty((g.n, g.c_in, g.h, g.w), dtype=grad_output.dtype)
-    col2im(cols, gx, *_geometry_args(g))
+    kg, rg = g.c_out // g.groups, (g.c_in // g.groups) * g.kh * g.kw
+    wt = np.ascontiguousarray(_weights(weight, g).transpose(0, 2, 1))
+    gx = np.empty(g.input_shape, dtype=grad_output.dtype)
+    if _direct_pointwise(g):
+        np.matmul(wt, _grouped(grad_output, g, kg), out=_grouped(gx, g, rg))
+    elif _is_wide(g):
+        wd = _Wide(g, gx.itemsize)
+        gyw, cols = wd.buffer(g.c_out, gx.dtype), wd.buffer(wd.r, gx.dtype)
+        gxp = np.empty((wd.step, g.c_in, g.h + g.pt + g.pb, wd.row), dtype=gx.dtype)
+        for n0, n1 in wd.chunks:
+            nb = n1 - n0
+            gw_, c = wd.view(gyw, g.c_out, nb, g.groups), wd.view(cols, wd.r, nb, g.groups)
+            widen(grad_output[n0:n1], gw_.reshape(g.c_out, -1), wd.row, wd.length)
+            np.matmul(wt, gw_, out=c)
+            gxp[:nb] = 0.0
+            col2im_wide(c.reshape(wd.r, -1), gxp[:nb], g.kh, g.kw, g.dh, g.dw, wd.length)
+            gx[n0:n1] = gxp[:nb, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w]
+    else:
+        chunks, step = _chunks(g, gx.itemsize)
+        cols = np.empty((step, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=gx.dtype)
+        for n0, n1 in chunks:
+            c = cols[: n1 - n0]
+            np.matmul(wt, _grouped(grad_output[n0:n1], g, kg), out=_grouped(c, g, rg))
+            col2im(c, gx[n0:n1], *_geometry_args(g))
     return gx
 
 
 def gemm_weight(x, grad_output, g):
-    gy = grad_output.reshape(g.n, g.groups, g.c_out // g.groups, g.oh * g.ow)
-    per_sample = np.matmul(gy, _cols(x, g).transpose(0, 1, 3, 2))
-    return per_sample.sum(axis=0).reshape(g.weight_shape)
+    kg, rg = g.c_out // g.groups, (g.c_in // g.groups) * g.kh * g.kw
+    gw = np.zeros((g.groups, kg, rg), dtype=x.dtype)
+    if _direct_pointwise(g):
+        gw += np.matmul(_grouped(grad_output, g, kg), _grouped(x, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
+    elif _is_wide(g):
+        wd = _Wide(g, x.itemsize)
+        xp = _padded(x, g, pad_planes_serial)
+        gyw, cols = wd.buffer(g.c_out, x.dtype), wd.buffer(wd.r, x.dtype)
+        for n0, n1 in wd.chunks:
+            gw_, c = wd.view(gyw, g.c_out, n1 - n0, g.groups), wd.view(cols, wd.r, n1 - n0, g.groups)
+            widen(grad_output[n0:n1], gw_.reshape(g.c_out, -1), wd.row, wd.length)
+            im2col_wide(xp[n0:n1], c.reshape(wd.r, -1), g.kh, g.kw, g.dh, g.dw, wd.length)
+            gw += np.matmul(gw_, c.transpose(0, 2, 1))
+    else:
+        chunks, step = _chunks(g, x.itemsize)
+        cols = np.empty((step, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=x.dtype)
+        for n0, n1 in chunks:
+            c = cols[: n1 - n0]
+            im2col(x[n0:n1], c, *_geometry_args(g))
+            gw += np.matmul(_grouped(grad_output[n0:n1], g, kg), _grouped(c, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
+    return gw.reshape(g.weight_shape)
 
 
 def _args(g):
     return g.groups, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw
 
 
+def _weight_chunks(g, threads):
+    # Enough (chunk, k) iterations to keep every thread busy; the chunk count depends
+    # only on the shape and thread count, so reruns are bitwise identical.
+    return max(1, min(g.n, -(-2 * threads // g.c_out)))
+
+
+def _is_wide(g):
+    return g.sh == 1 and g.sw == 1
+
+
+def _padded(x, g, pad=pad_planes):
+    xp = np.empty((x.shape[0], x.shape[1], g.h + g.pt + g.pb, g.w + g.pl + g.pr), dtype=x.dtype)
+    pad(x, xp, g.pt, g.pl)
+    return xp
+
+
+def _wide_rows(grad_output, g):
+    """grad_output with each row lengthened to the padded input width (zeros past ow)."""
+    gyw = np.empty((g.n, g.c_out, g.oh, g.w + g.pl + g.pr), dtype=grad_output.dtype)
+    pad_planes(grad_output, gyw, 0, 0)
+    return gyw
+
+
 def direct_forward_driver(x, weight, g):
     out = np.empty(g.output_shape, dtype=x.dtype)
-    direct_forward(x, weight, out, *_args(g))
+    if _is_wide(g):
+        wide_forward(_padded(x, g), weight, out, g.groups, g.dh, g.dw)
+    else:
+        direct_forward(x, weight, out, *_args(g))
     return out
 
 
 def direct_input_driver(weight, grad_output, g):
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    direct_input(weight, grad_output, gx, *_args(g))
+    if _is_wide(g):
+        wide_input(weight, _wide_rows(grad_output, g), gx, g.groups, g.dh, g.dw, g.pt, g.pl, g.h + g.pt + g.pb)
+    else:
+        direct_input(weight, grad_output, gx, *_args(g))
     return gx
 
 
 def direct_weight_driver(x, grad_output, g, threads):
-    # Enough (chunk, k) iterations to keep every thread busy; the chunk count depends
-    # only on the shape and thread count, so reruns are bitwise identical.
-    chunks = max(1, min(g.n, -(-2 * threads // g.c_out)))
-    partial = np.empty((chunks,) + g.weight_shape, dtype=x.dtype)
-    direct_weight(x, grad_output, partial, *_args(g), x.dtype.type(0))
-    return partial.sum(axis=0) if chunks > 1 else partial[0]
+    partial = np.empty((_weight_chunks(g, threads),) + g.weight_shape, dtype=x.dtype)
+    if _is_wide(g):
+        wide_weight(_padded(x, g), _wide_rows(grad_output, g), partial, g.groups, g.dh, g.dw, x.dtype.type(0))
+    else:
+        direct_weight(x, grad_output, partial, *_args(g), x.dtype.type(0))
+    return partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
 
 
 def bias_grad(grad_output):

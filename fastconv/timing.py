@@ -1,0 +1,26 @@
+"""Honest timing on a shared, noisy machine: implementations run interleaved (one
+call of each per round, so a disturbance hits all alike) and the median is kept."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int = 7, budget_s: float = 3.0) -> dict[str, float]:
+    """Median seconds per call of each callable. Each is called once first (warm-up,
+    compilation), then in `rounds` interleaved rounds, fewer if the budget runs out
+    (never fewer than 3)."""
+    for fn in calls.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return {name: statistics.median(ts) for name, ts in samples.items()}

@@ -1,0 +1,180 @@
+"""Every convolution kernel path against fastconv.reference, in both dtypes, over a
+grid and random (hypothesis) shapes; plus non-contiguous inputs, determinism and
+the adjoint identity. Independent of PyTorch."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import dispatch, grad, reference
+from tests.conftest import assert_close
+
+DTYPES = [np.float32, np.float64]
+path_param = pytest.mark.parametrize("path", dispatch.PATHS)
+dtype_param = pytest.mark.parametrize("dtype", DTYPES)
+
+GRID = [
+    # (N, C, K, H, W, kernel, stride, padding, dilation, groups)
+    (2, 3, 4, 7, 8, (3, 3), 1, 1, 1, 1),
+    (1, 4, 6, 9, 7, (3, 2), (2, 1), ((0, 2), (1, 0)), (1, 2), 2),
+    (2, 8, 8, 6, 6, (3, 3), 1, "same", 2, 8),
+    (2, 4, 8, 8, 8, (5, 5), 2, 2, 1, 4),
+    (1, 1, 6, 12, 12, (5, 5), 1, 0, 1, 1),
+    (3, 16, 32, 5, 5, (1, 1), 1, 0, 1, 1),
+    (2, 16, 32, 5, 6, (1, 1), 2, 0, 1, 1),
+    (1, 2, 2, 3, 3, (3, 3), 1, 0, 1, 1),
+    (2, 3, 3, 1, 1, (3, 3), 1, 1, 1, 1),
+    (2, 20, 40, 9, 9, (3, 3), 3, 4, 3, 1),
+]
+grid_param = pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
+
+
+def _conv_arrays(case, dtype, rng):
+    n, c, k, h, w, ks, s, p, d, groups = case
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((k, c // groups) + ks).astype(dtype)
+    return x, wt, dict(stride=s, padding=p, dilation=d, groups=groups)
+
+
+def _check_conv(x, w, kw, dtype, rng):
+    b = rng.standard_normal(w.shape[0]).astype(dtype)
+    y = reference.conv2d(x, w, b, **kw)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(fastconv.conv2d(x, w, b, **kw), y, dtype)
+    assert_close(grad.conv2d_input(x.shape, w, gy, **kw), reference.conv2d_input(x.shape, w, gy, **kw), dtype)
+    assert_close(grad.conv2d_weight(x, w.shape, gy, **kw), reference.conv2d_weight(x, w.shape, gy, **kw), dtype)
+    assert_close(grad.conv2d_bias(gy), reference.conv2d_bias(gy), dtype)
+
+
+@path_param
+@dtype_param
+@grid_param
+def test_conv2d_paths(path, dtype, case, rng):
+    x, w, kw = _conv_arrays(case, dtype, rng)
+    with dispatch.force_path(path):
+        _check_conv(x, w, kw, dtype, rng)
+
+
+@path_param
+@dtype_param
+@grid_param
+def test_conv_transpose2d_paths(path, dtype, case, rng):
+    n, c, k, h, w_, ks, s, p, d, groups = case
+    if isinstance(p, str) or isinstance(p, tuple) and isinstance(p[0], tuple):
+        p = 1
+    s, d = np.broadcast_to(s, 2), np.broadcast_to(d, 2)
+    op = tuple(int(max(a, b)) - 1 for a, b in zip(s, d))
+    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    wt = rng.standard_normal((c, k // groups) + ks).astype(dtype)
+    kw = dict(stride=tuple(map(int, s)), padding=p, output_padding=op, groups=groups, dilation=tuple(map(int, d)))
+    try:
+        y = reference.conv_transpose2d(x, wt, **kw)
+    except ValueError:
+        kw["padding"] = 0
+        y = reference.conv_transpose2d(x, wt, **kw)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    with dispatch.force_path(path):
+        assert_close(fastconv.conv_transpose2d(x, wt, **kw), y, dtype)
+        assert_close(grad.conv_transpose2d_input(x.shape, wt, gy, **kw), reference.conv_transpose2d_input(x.shape, wt, gy, **kw), dtype)
+        assert_close(grad.conv_transpose2d_weight(x, wt.shape, gy, **kw), reference.conv_transpose2d_weight(x, wt.shape, gy, **kw), dtype)
+
+
+@st.composite
+def random_conv(draw):
+    groups = draw(st.integers(1, 4))
+    case = (
+        draw(st.integers(1, 3)), groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4)),
+        draw(st.integers(1, 12)), draw(st.integers(1, 12)),
+        (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+        (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        ((draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(0, 3)), draw(st.integers(0, 3)))),
+        (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        groups,
+    )
+    return case, draw(st.sampled_from(DTYPES)), draw(st.sampled_from(dispatch.PATHS)), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_conv())
+def test_conv2d_random_against_reference(drawn):
+    case, dtype, path, seed = drawn
+    rng = np.random.default_rng(seed)
+    x, w, kw = _conv_arrays(case, dtype, rng)
+    try:
+        reference.conv2d(x, w, **kw)
+    except ValueError:
+        with pytest.raises(ValueError):
+            fastconv.conv2d(x, w, **kw)
+        return
+    with dispatch.force_path(path):
+        _check_conv(x, w, kw, dtype, rng)
+
+
+@path_param
+def test_non_contiguous_inputs(path, rng):
+    x = rng.standard_normal((4, 6, 10, 12))[::2, ::2, :, ::2]  # (2, 3, 10, 6), strided views
+    w = np.asfortranarray(rng.standard_normal((4, 3, 3, 3)))
+    kw = dict(stride=1, padding=1)
+    gy = rng.standard_normal((2, 4, 10, 6))[:, :, :, ::-1]
+    with dispatch.force_path(path):
+        assert_close(fastconv.conv2d(x, w, **kw), reference.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), **kw), np.float64)
+        assert_close(grad.conv2d_input(x.shape, w, gy, **kw), reference.conv2d_input(x.shape, w, np.ascontiguousarray(gy), **kw), np.float64)
+        assert_close(grad.conv2d_weight(x, w.shape, gy, **kw), reference.conv2d_weight(np.ascontiguousarray(x), w.shape, np.ascontiguousarray(gy), **kw), np.float64)
+
+
+@path_param
+def test_bitwise_identical_reruns(path, rng):
+    x = rng.standard_normal((8, 16, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
+    with dispatch.force_path(path):
+        runs = [
+            (fastconv.conv2d(x, w, padding=1), grad.conv2d_input(x.shape, w, gy, padding=1), grad.conv2d_weight(x, w.shape, gy, padding=1))
+            for _ in range(3)
+        ]
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert np.array_equal(a, b)
+
+
+@path_param
+def test_adjoint_identity(path, rng):
+    # <conv(x, w), g> = <x, conv2d_input(g)> = <w, conv2d_weight(x, g)>
+    x = rng.standard_normal((2, 6, 9, 8))
+    w = rng.standard_normal((4, 3, 3, 2))
+    kw = dict(stride=(2, 1), padding=((1, 0), (0, 2)), dilation=(1, 2), groups=2)
+    with dispatch.force_path(path):
+        y = fastconv.conv2d(x, w, **kw)
+        g = rng.standard_normal(y.shape)
+        lhs = np.vdot(y, g)
+        assert np.isclose(lhs, np.vdot(x, grad.conv2d_input(x.shape, w, g, **kw)), rtol=1e-12)
+        assert np.isclose(lhs, np.vdot(w, grad.conv2d_weight(x, w.shape, g, **kw)), rtol=1e-12)
+
+
+def test_depthwise_is_grouped_conv(rng):
+    x = rng.standard_normal((2, 4, 7, 7))
+    w = rng.standard_normal((8, 1, 3, 3))
+    per_channel = np.concatenate([fastconv.conv2d(x[:, c : c + 1], w[2 * c : 2 * c + 2], padding=1) for c in range(4)], axis=1)
+    assert_close(fastconv.conv2d(x, w, padding=1, groups=4), per_channel, np.float64)
+
+
+def test_transposed_conv_is_conv_input_gradient(rng):
+    x = rng.standard_normal((2, 4, 5, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = fastconv.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1)
+    assert_close(y, grad.conv2d_input(y.shape, w, x, stride=2, padding=1), np.float64)
+
+
+def test_each_kernel_compiles_once_per_dtype(rng):
+    from fastconv.kernels import conv as K
+
+    for dtype in DTYPES:
+        for path in dispatch.PATHS:
+            x, w, kw = _conv_arrays(GRID[1], dtype, rng)
+            with dispatch.force_path(path):
+                _check_conv(x, w, kw, dtype, rng)
+                _check_conv(x[:, :, ::-1], w, kw, dtype, rng)
+    for kernel in (K.im2col, K.col2im, K.direct_forward, K.direct_input, K.direct_weight):
+        assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
