@@ -22,8 +22,12 @@ install: $(VENV)/.installed
 bench: install
 	$(PY) -m fastconv demo
 
+# The kernel tests run a second time with Numba's bounds checking on (and a fresh
+# cache, so nothing compiled without the checks is reused): no kernel may read or
+# write outside its arrays.
 test: install
 	$(PY) -m pytest -q
+	NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR="$$(mktemp -d)" $(PY) -m pytest -q tests/test_conv_kernels.py tests/test_pool_kernels.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

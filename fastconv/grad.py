@@ -7,17 +7,12 @@ with the shape of the corresponding forward argument.
 
 from __future__ import annotations
 
+import numpy as np
+
 from fastconv import dispatch
 from fastconv import params as P
-from fastconv.reference import (  # noqa: F401  (pooling runs on the reference until its kernels land)
-    adaptive_avg_pool2d_input,
-    adaptive_max_pool2d_input,
-    avg_pool2d_input,
-    lp_pool2d_input,
-    max_pool2d_input,
-    max_unpool2d_input,
-    sum_pool2d_input,
-)
+from fastconv.functional import adaptive_windows, lp_power_sum
+from fastconv.kernels import pool as K
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
@@ -49,3 +44,97 @@ def conv_transpose2d_weight(input, weight_size, grad_output, stride=1, padding=0
     """Gradient of conv_transpose2d with respect to its weight: (C_in, C_out / groups, kH, kW)."""
     x, gy, g = P.conv_transpose2d_weight_arguments(input, weight_size, grad_output, stride, padding, output_padding, groups, dilation)
     return dispatch.weight_grad(gy, x, g)
+
+
+def _contiguous(x):
+    return np.ascontiguousarray(x)
+
+
+def max_pool2d_input(input, grad_output, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, indices=None):
+    """Gradient of max_pool2d: each output's gradient goes to its window's argmax
+    (the saved indices, or found again), summed where windows overlap."""
+    x, gy, g = P.pool_grad_arguments(input, grad_output, kernel_size, stride, padding, dilation, ceil_mode)
+    gx = np.empty(x.shape, dtype=x.dtype)
+    if indices is None:
+        K.max_pool_backward(_contiguous(x), _contiguous(gy), gx, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+    else:
+        K.scatter_to_indices(_contiguous(gy), _contiguous(P.checked_indices(indices, g.output_shape)), gx)
+    return gx
+
+
+def max_unpool2d_input(grad_output, indices):
+    """Gradient of max_unpool2d with respect to its input: grad_output at the indices."""
+    gy = P.as_float_array(grad_output, "grad_output")
+    P.check_ndim(gy, "grad_output")
+    idx = np.asarray(indices)
+    if idx.ndim != 4 or idx.shape[:2] != gy.shape[:2]:
+        raise ValueError(f"indices must be 4-D with N, C = {gy.shape[:2]}, got shape {idx.shape}")
+    idx = P.checked_indices(idx, idx.shape)
+    P.check_index_range(idx, gy.shape[2] * gy.shape[3])
+    gx = np.empty(idx.shape, dtype=gy.dtype)
+    K.gather_indices(_contiguous(gy), _contiguous(idx), gx)
+    return gx
+
+
+def _average_input(gy, g, count_include_pad, divisor):
+    gx = np.empty((g.n, g.c, g.h, g.w), dtype=gy.dtype)
+    K.avg_pool_backward(_contiguous(gy), gx, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, count_include_pad, divisor)
+    return gx
+
+
+def avg_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """Gradient of avg_pool2d: each output's gradient / divisor to every real cell."""
+    gy, g = P.pool_size_grad_arguments(input_size, grad_output, kernel_size, stride, padding, ceil_mode)
+    divisor = P.divisor(divisor_override) or 0
+    return _average_input(gy, g, P.check_bool(count_include_pad, "count_include_pad"), divisor)
+
+
+def sum_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Gradient of sum_pool2d: each output's gradient to every real cell of its window."""
+    gy, g = P.pool_size_grad_arguments(input_size, grad_output, kernel_size, stride, padding, ceil_mode)
+    return _average_input(gy, g, True, 1)
+
+
+def lp_pool2d_input(input, grad_output, norm_type, kernel_size, stride=None, ceil_mode=False):
+    """Gradient of lp_pool2d; a window whose power sum is zero passes no gradient
+    (as PyTorch's autograd of its formula)."""
+    x, gy = P.adaptive_grad_arguments("input", input, grad_output)
+    P.check_ndim(x, "input")
+    g = P.lp_geometry(x.shape, norm_type, kernel_size, stride, ceil_mode)
+    P.check_grad_output(gy, g.output_shape)
+    p = norm_type
+    s = lp_power_sum(x, g, p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ds = np.where(s == 0, 0.0, gy * np.power(s, 1.0 / p - 1.0) / p) * (g.kh * g.kw)
+        gx = _average_input(ds.astype(x.dtype, copy=False), g, True, 0)
+        gx *= 2 * x if p == 2 else p * np.power(x, p - 1)
+    return gx
+
+
+def adaptive_avg_pool2d_input(input_size, grad_output):
+    """Gradient of adaptive_avg_pool2d; the output size is grad_output's."""
+    n, c, h, w = P.check_size(input_size, "input_size")
+    gy = P.as_float_array(grad_output, "grad_output")
+    P.check_ndim(gy, "grad_output")
+    if gy.shape[:2] != (n, c):
+        raise ValueError(f"grad_output must have N, C = {(n, c)}, got shape {gy.shape}")
+    gx = np.empty((n, c, h, w), dtype=gy.dtype)
+    K.adaptive_avg_pool_backward(_contiguous(gy), gx, *adaptive_windows((n, c, h, w), gy.shape[2:]))
+    return gx
+
+
+def adaptive_max_pool2d_input(input, grad_output, indices=None):
+    """Gradient of adaptive_max_pool2d; the output size is grad_output's."""
+    x, gy = P.adaptive_grad_arguments("input", input, grad_output)
+    P.check_ndim(x, "input")
+    if gy.shape[:2] != x.shape[:2]:
+        raise ValueError(f"grad_output must have N, C = {x.shape[:2]}, got shape {gy.shape}")
+    if indices is None:
+        out = np.empty(gy.shape, dtype=x.dtype)
+        idx = np.empty(gy.shape, dtype=np.int64)
+        K.adaptive_max_pool(_contiguous(x), out, idx, *adaptive_windows(x.shape, gy.shape[2:]))
+    else:
+        idx = P.checked_indices(indices, gy.shape)
+    gx = np.empty(x.shape, dtype=x.dtype)
+    K.scatter_to_indices(_contiguous(gy), _contiguous(idx), gx)
+    return gx

@@ -27,8 +27,9 @@ def rel_error(actual, expected) -> float:
 
 def assert_close(actual, expected, dtype, rtol=RTOL):
     assert np.asarray(actual).dtype == np.dtype(dtype), f"result dtype {np.asarray(actual).dtype}, expected {dtype}"
+    tol = rtol[np.dtype(dtype).type]
     err = rel_error(actual, expected)
-    assert err <= rtol[dtype], f"relative error {err:.3g} > {rtol[dtype]:.0e}"
+    assert err <= tol, f"relative error {err:.3g} > {tol:.0e}"
 
 
 @pytest.fixture
