@@ -20,23 +20,64 @@ def first_inside(start, step):
 
 
 @serial
-def window_max(plane, y0, x0, kh, kw, dh, dw):
-    """PyTorch's window argmax: the first maximum in row-major order wins, a NaN
-    beats everything; a window of padding or -inf keeps its first inside cell.
-    Returns (value, flat index)."""
+def row_max(plane, y0, kh, kw, sw, pw, dh, dw, best, tap):
+    """Window max of one output row, all columns at once, for the windows whose top
+    row is y0: best[x], and in tap[x] the winning kernel cell i*kw + j (-1 if none:
+    padding or -inf only). Cells are visited in each window's row-major order, the
+    update is "greater, or NaN", so the first maximum wins and NaN beats everything.
+    Stride 1 and 2 have their own loops so that LLVM vectorises them."""
     h, w = plane.shape
-    ys = first_inside(y0, dh)
-    xs = first_inside(x0, dw)
-    best = -np.inf
-    index = ys * w + xs
-    for iy in range(ys, min(y0 + (kh - 1) * dh + 1, h), dh):
-        row = plane[iy]
-        for ix in range(xs, min(x0 + (kw - 1) * dw + 1, w), dw):
-            v = row[ix]
-            if v > best or v != v:
-                best = v
-                index = iy * w + ix
-    return best, index
+    ow = best.shape[0]
+    best[:] = -np.inf
+    tap[:] = -1
+    for i in range(kh):
+        iy = y0 + i * dh
+        if iy < 0 or iy >= h:
+            continue
+        src = plane[iy]
+        for j in range(kw):
+            off = j * dw - pw
+            lo = 0 if off >= 0 else (-off + sw - 1) // sw
+            hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
+            if hi <= lo:
+                continue
+            cells = src[lo * sw + off :]
+            b = best[lo:hi]
+            tp = tap[lo:hi]
+            cell = i * kw + j
+            if sw == 1:
+                for q in range(hi - lo):
+                    v = cells[q]
+                    old = b[q]
+                    take = (v > old) | (v != v)
+                    b[q] = v if take else old
+                    tp[q] = cell if take else tp[q]
+            elif sw == 2:
+                for q in range(hi - lo):
+                    v = cells[2 * q]
+                    old = b[q]
+                    take = (v > old) | (v != v)
+                    b[q] = v if take else old
+                    tp[q] = cell if take else tp[q]
+            else:
+                for q in range(hi - lo):
+                    v = cells[q * sw]
+                    old = b[q]
+                    take = (v > old) | (v != v)
+                    b[q] = v if take else old
+                    tp[q] = cell if take else tp[q]
+
+
+@serial
+def tap_to_index(tap, y0, kw, sw, pw, dh, dw, w, index):
+    """Flat input index of each winning cell; a window without one keeps its first
+    inside cell, as PyTorch does."""
+    for xo in range(tap.shape[0]):
+        t = tap[xo]
+        if t < 0:
+            index[xo] = first_inside(y0, dh) * w + first_inside(xo * sw - pw, dw)
+        else:
+            index[xo] = (y0 + (t // kw) * dh) * w + xo * sw - pw + (t % kw) * dw
 
 
 @parallel
@@ -44,41 +85,59 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
     """out[n, c, y, x] = window max; indices (flat h*W + w) written when with_indices."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         plane = x[n, c]
         dst = out[n, c]
-        if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1:
-            # The common 2x2/2 window: four cells, compared in row-major order.
+        if two_by_two and not with_indices:
+            # The common 2x2/2 window without indices: a max of four, NaN winning.
             for y in range(oh):
                 r0 = plane[2 * y]
                 r1 = plane[2 * y + 1]
+                d = dst[y]
+                for xo in range(ow):
+                    a = r0[2 * xo]
+                    b = r0[2 * xo + 1]
+                    e = r1[2 * xo]
+                    f = r1[2 * xo + 1]
+                    m = max(max(a, b), max(e, f))
+                    d[xo] = m if a == a and b == b and e == e and f == f else np.nan
+            continue
+        if two_by_two:
+            # With indices: the same four cells in window order, "greater, or NaN".
+            idx = indices[n, c]
+            for y in range(oh):
+                r0 = plane[2 * y]
+                r1 = plane[2 * y + 1]
+                d = dst[y]
+                ir = idx[y]
                 for xo in range(ow):
                     best = r0[2 * xo]
                     k = 0
                     v = r0[2 * xo + 1]
-                    if v > best or v != v:
-                        best = v
-                        k = 1
+                    take = (v > best) | (v != v)
+                    best = v if take else best
+                    k = 1 if take else k
                     v = r1[2 * xo]
-                    if v > best or v != v:
-                        best = v
-                        k = 2
+                    take = (v > best) | (v != v)
+                    best = v if take else best
+                    k = w if take else k
                     v = r1[2 * xo + 1]
-                    if v > best or v != v:
-                        best = v
-                        k = 3
-                    dst[y, xo] = best
-                    if with_indices:
-                        indices[n, c, y, xo] = (2 * y + k // 2) * w + 2 * xo + k % 2
+                    take = (v > best) | (v != v)
+                    best = v if take else best
+                    k = w + 1 if take else k
+                    d[xo] = best
+                    ir[xo] = 2 * y * w + 2 * xo + k
             continue
+        best = np.empty(ow, dtype=x.dtype)
+        tap = np.empty(ow, dtype=np.int32)
         for y in range(oh):
-            for xo in range(ow):
-                best, index = window_max(plane, y * sh - ph, xo * sw - pw, kh, kw, dh, dw)
-                dst[y, xo] = best
-                if with_indices:
-                    indices[n, c, y, xo] = index
+            row_max(plane, y * sh - ph, kh, kw, sw, pw, dh, dw, best, tap)
+            dst[y, :] = best
+            if with_indices:
+                tap_to_index(tap, y * sh - ph, kw, sw, pw, dh, dw, w, indices[n, c, y])
 
 
 @parallel
@@ -115,9 +174,14 @@ def max_pool_backward(x, grad_output, gx, kh, kw, sh, sw, ph, pw, dh, dw):
         flat = gx[n, c].reshape(size)
         flat[:] = 0.0
         g = grad_output[n, c]
+        best = np.empty(ow, dtype=x.dtype)
+        tap = np.empty(ow, dtype=np.int32)
+        index = np.empty(ow, dtype=np.int64)
         for y in range(oh):
+            row_max(plane, y * sh - ph, kh, kw, sw, pw, dh, dw, best, tap)
+            tap_to_index(tap, y * sh - ph, kw, sw, pw, dh, dw, w, index)
             for xo in range(ow):
-                best, i = window_max(plane, y * sh - ph, xo * sw - pw, kh, kw, dh, dw)
+                i = index[xo]
                 if i >= 0 and i < size:
                     flat[i] += g[y, xo]
 
@@ -136,39 +200,97 @@ def window_counts(out, stride, pad, kernel, size, include_pad, counts):
             counts[o] = min(end, size) - max(start, 0)
 
 
+@serial
+def add_window_columns(src, acc, kw, sw, pw, w):
+    """acc[x] += sum over j of src[x*sw - pw + j] (cells inside the row only)."""
+    ow = acc.shape[0]
+    for j in range(kw):
+        off = j - pw
+        lo = 0 if off >= 0 else (-off + sw - 1) // sw
+        hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
+        if hi <= lo:
+            continue
+        cells = src[lo * sw + off :]
+        a = acc[lo:hi]
+        if sw == 1:
+            for q in range(hi - lo):
+                a[q] += cells[q]
+        elif sw == 2:
+            for q in range(hi - lo):
+                a[q] += cells[2 * q]
+        else:
+            for q in range(hi - lo):
+                a[q] += cells[q * sw]
+
+
+@serial
+def spread_window_columns(scaled, dst, kw, sw, pw, w):
+    """Adjoint of add_window_columns: dst[x*sw - pw + j] += scaled[x]."""
+    ow = scaled.shape[0]
+    for j in range(kw):
+        off = j - pw
+        lo = 0 if off >= 0 else (-off + sw - 1) // sw
+        hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
+        if hi <= lo:
+            continue
+        cells = dst[lo * sw + off :]
+        a = scaled[lo:hi]
+        if sw == 1:
+            for q in range(hi - lo):
+                cells[q] += a[q]
+        elif sw == 2:
+            for q in range(hi - lo):
+                cells[2 * q] += a[q]
+        else:
+            for q in range(hi - lo):
+                cells[q * sw] += a[q]
+
+
+@serial
+def inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dtype_zero):
+    """1 / divisor of every window, (oh, ow), in the arrays' dtype."""
+    rows = np.empty(oh, dtype=np.int64)
+    cols = np.empty(ow, dtype=np.int64)
+    window_counts(oh, sh, ph, kh, h, include_pad, rows)
+    window_counts(ow, sw, pw, kw, w, include_pad, cols)
+    inv = np.empty((oh, ow), dtype=np.asarray(dtype_zero).dtype)
+    for y in range(oh):
+        for xo in range(ow):
+            inv[y, xo] = 1.0 / (divisor if divisor != 0 else rows[y] * cols[xo])
+    return inv
+
+
 @parallel(fastmath=True)
 def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):
     """out = window sum / divisor; divisor 0 means PyTorch's count (see window_counts)."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    rows = np.empty(oh, dtype=np.int64)
-    cols = np.empty(ow, dtype=np.int64)
-    window_counts(oh, sh, ph, kh, h, include_pad, rows)
-    window_counts(ow, sw, pw, kw, w, include_pad, cols)
+    inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
+    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         plane = x[n, c]
         dst = out[n, c]
+        if two_by_two:
+            for y in range(oh):
+                r0 = plane[2 * y]
+                r1 = plane[2 * y + 1]
+                d = dst[y]
+                iv = inv[y]
+                for xo in range(ow):
+                    d[xo] = (r0[2 * xo] + r0[2 * xo + 1] + r1[2 * xo] + r1[2 * xo + 1]) * iv[xo]
+            continue
         acc = np.empty(ow, dtype=out.dtype)
         for y in range(oh):
             acc[:] = 0.0
             y0 = y * sh - ph
             for iy in range(max(y0, 0), min(y0 + kh, h)):
-                src = plane[iy]
-                for j in range(kw):
-                    off = j - pw
-                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                    hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
-                    if sw == 2:
-                        for xo in range(lo, hi):
-                            acc[xo] += src[2 * xo + off]
-                    else:
-                        for xo in range(lo, hi):
-                            acc[xo] += src[xo * sw + off]
+                add_window_columns(plane[iy], acc, kw, sw, pw, w)
             d = dst[y]
+            iv = inv[y]
             for xo in range(ow):
-                d[xo] = acc[xo] / (divisor if divisor != 0 else rows[y] * cols[xo])
+                d[xo] = acc[xo] * iv[xo]
 
 
 @parallel(fastmath=True)
@@ -176,29 +298,34 @@ def avg_pool_backward(grad_output, gx, kh, kw, sh, sw, ph, pw, include_pad, divi
     """gx = every window's grad_output / divisor, added onto its real cells."""
     n_, c_, h, w = gx.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
-    rows = np.empty(oh, dtype=np.int64)
-    cols = np.empty(ow, dtype=np.int64)
-    window_counts(oh, sh, ph, kh, h, include_pad, rows)
-    window_counts(ow, sw, pw, kw, w, include_pad, cols)
+    inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, grad_output[0, 0, 0, 0] * 0)
+    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         plane = gx[n, c]
         plane[:, :] = 0.0
         g = grad_output[n, c]
+        if two_by_two:
+            for y in range(oh):
+                gr = g[y]
+                iv = inv[y]
+                r0 = plane[2 * y]
+                r1 = plane[2 * y + 1]
+                for xi in range(2 * ow):
+                    v = gr[xi // 2] * iv[xi // 2]
+                    r0[xi] = v
+                    r1[xi] = v
+            continue
         scaled = np.empty(ow, dtype=gx.dtype)
         for y in range(oh):
+            gr = g[y]
+            iv = inv[y]
             for xo in range(ow):
-                scaled[xo] = g[y, xo] / (divisor if divisor != 0 else rows[y] * cols[xo])
+                scaled[xo] = gr[xo] * iv[xo]
             y0 = y * sh - ph
             for iy in range(max(y0, 0), min(y0 + kh, h)):
-                dst = plane[iy]
-                for j in range(kw):
-                    off = j - pw
-                    lo = 0 if off >= 0 else (-off + sw - 1) // sw
-                    hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
-                    for xo in range(lo, hi):
-                        dst[xo * sw + off] += scaled[xo]
+                spread_window_columns(scaled, plane[iy], kw, sw, pw, w)
 
 
 @parallel
