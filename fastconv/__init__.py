@@ -17,6 +17,8 @@ from fastconv.functional import (
     max_unpool2d,
     sum_pool2d,
 )
+from fastconv.threads import get_num_threads, num_threads, set_num_threads
+from fastconv.warmup import warmup
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -30,5 +32,9 @@ __all__ = [
     "max_unpool2d",
     "reference",
     "sum_pool2d",
+    "get_num_threads",
+    "num_threads",
+    "set_num_threads",
+    "warmup",
 ]
 __version__ = "0.1.0"

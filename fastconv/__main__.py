@@ -1,19 +1,20 @@
-"""Command line: `python -m fastconv demo`."""
+"""fastconv's command line.
 
-import argparse
+    python -m fastconv bench [options]   the benchmark report (see --help)
+    python -m fastconv demo              every operator once, compared with the reference
+"""
+
 import sys
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run every operator and gradient and compare with the NumPy reference")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from fastconv import demo
-
-        return demo.main()
-    return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"bench": "fastconv.bench", "demo": "fastconv.demo", "train": "fastconv.train"}
+    if not argv or argv[0] not in commands:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = __import__(commands[argv[0]], fromlist=["main"])
+    return module.main(argv[1:])
 
 
 if __name__ == "__main__":

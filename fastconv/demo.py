@@ -64,7 +64,7 @@ def max_relative_error(actual, expected) -> float:
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 

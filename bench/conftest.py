@@ -1,0 +1,6 @@
+"""pytest-benchmark suite over fastconv.catalogue (the same cases as
+`python -m fastconv bench`). Run with: pytest bench/ --benchmark-only"""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see fastconv.bench: spinning OpenMP pools

@@ -1,0 +1,66 @@
+"""The benchmark command runs, writes every field, and reports a broken kernel as a
+failure rather than a pass."""
+
+import json
+
+import numpy as np
+
+import fastconv
+from fastconv import bench
+
+CASE_FIELDS = {"case", "op", "dtype", "mode", "times_s", "error_vs_reference", "ok", "status", "pct_peak"}
+
+
+def test_quick_run_writes_json_and_chart(tmp_path):
+    rc = bench.main(["--quick", "--filter", "batch1,maxpool2", "--out", str(tmp_path), "--dtype", "both"])
+    assert rc == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert {"machine", "peaks", "results", "geometric_means", "settings"} <= report.keys()
+    assert {"cpu", "cores", "threads", "numpy", "numba"} <= report["machine"].keys()
+    assert len(report["results"]) == 2 * 2 * 2
+    for record in report["results"]:
+        assert CASE_FIELDS <= record.keys()
+        assert record["ok"] and record["times_s"]["fastconv"] > 0
+        assert ("gflops" in record) != ("gbs" in record)
+    if fastconv.catalogue.torch_module() is not None:
+        assert (tmp_path / "speedup.png").stat().st_size > 0
+        assert all("speedup_vs_torch" in r for r in report["results"])
+
+
+def test_broken_kernel_is_reported(tmp_path, monkeypatch):
+    real = fastconv.max_pool2d
+
+    def off_by_a_bit(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return (out[0] + 1e-3, out[1]) if isinstance(out, tuple) else out + 1e-3
+
+    monkeypatch.setattr(fastconv, "max_pool2d", off_by_a_bit)
+    rc = bench.main(["--quick", "--filter", "maxpool2", "--out", str(tmp_path)])
+    assert rc == 1
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert {r["status"] for r in report["results"]} == {"mismatch"}
+
+
+def test_raising_kernel_is_an_error_row(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(fastconv, "avg_pool2d", broken)
+    assert bench.main(["--quick", "--filter", "avgpool2", "--out", str(tmp_path)]) == 1
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert all(r["status"] == "error" and "exploded" in r["message"] for r in report["results"])
+
+
+def test_user_cases_and_compare(tmp_path):
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([{"name": "mine", "op": "conv", "N": 2, "C": 4, "H": 9, "W": 9, "K": 8, "k": 3, "p": 1}]))
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    assert bench.main(["--quick", "--cases", str(cases), "--out", str(out1)]) == 0
+    assert bench.main(["--quick", "--cases", str(cases), "--out", str(out2), "--compare", str(out1 / "results.json")]) == 0
+    assert [r["case"] for r in json.loads((out2 / "results.json").read_text())["results"]] == ["mine", "mine"]
+
+
+def test_peak_measurement_is_positive():
+    peaks = bench.measure_peaks(["float32"], quick=True)
+    assert peaks["gemm_gflops_float32"] > 0 and peaks["copy_gbs"] > 0
+    assert np.isfinite(list(peaks.values())).all()
