@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 bench: install
-	$(PY) -m fastconv demo
+	$(PY) -m fastconv bench
 
 # The kernel tests run a second time with Numba's bounds checking on (and a fresh
 # cache, so nothing compiled without the checks is reused): no kernel may read or

@@ -1,0 +1,533 @@
+"""Layers for training small CNNs on CPU with NumPy arrays, named as torch.nn's.
+
+A Module has forward(x) and backward(grad_output): backward returns the gradient
+with respect to forward's input and adds parameter gradients into `param.grad`.
+Each layer keeps only what its backward needs from the last forward (the input, the
+max-pool indices, the ReLU mask). Constructors, parameter shapes, initialisation
+and state_dict keys follow PyTorch, so weights move between the two unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+import fastconv
+from fastconv import grad
+from fastconv import params as P
+
+
+class Parameter:
+    """A trainable array and its accumulated gradient (None until a backward)."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.grad: np.ndarray | None = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def accumulate(self, g: np.ndarray) -> None:
+        self.grad = g if self.grad is None else self.grad + g
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: registers Parameters, sub-Modules and buffers set as attributes."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value: np.ndarray) -> None:
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def _set_buffer(self, name: str, value: np.ndarray) -> None:
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def state_dict(self, prefix: str = "") -> OrderedDict:
+        """Parameters and buffers by dotted name, as torch.nn.Module.state_dict (copies)."""
+        out = OrderedDict()
+        for name, p in self._parameters.items():
+            if p is not None:
+                out[prefix + name] = p.data.copy()
+        for name, b in self._buffers.items():
+            out[prefix + name] = np.array(b, copy=True)
+        for name, m in self._modules.items():
+            out.update(m.state_dict(f"{prefix}{name}."))
+        return out
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into parameters and buffers; any missing, unexpected or
+        mis-shaped key is an error naming it (nothing is loaded then)."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+        for key, value in state.items():
+            if key in own and np.shape(value) != own[key].shape:
+                raise ValueError(f"state_dict key {key!r} has shape {np.shape(value)}, the model expects {own[key].shape}")
+        for key, value in state.items():
+            if key in own:
+                self._assign(key.split("."), np.asarray(value))
+
+    def _assign(self, path, value):
+        head, *rest = path
+        if rest:
+            self._modules[head]._assign(rest, value)
+        elif head in self._parameters:
+            p = self._parameters[head]
+            p.data = value.astype(p.data.dtype, copy=True)
+        else:
+            old = self._buffers[head]
+            self._set_buffer(head, np.array(value, dtype=np.asarray(old).dtype, copy=True))
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        children = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._modules.items())
+        return f"{type(self).__name__}({self.extra_repr()}{children}{chr(10) if children else ''})"
+
+
+def _uniform(rng, shape, bound, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _rng(seed):
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+class _ConvNd(Module):
+    """Shared construction of Conv2d and ConvTranspose2d (PyTorch's initialisation:
+    weight and bias uniform in +-1/sqrt(fan_in))."""
+
+    def __init__(self, weight_shape, fan_in, out_channels, bias, dtype, rng, padding_mode):
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode {padding_mode!r} is not supported: only 'zeros'")
+        self.padding_mode = padding_mode
+        bound = 1 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform(rng, weight_shape, bound, dtype))
+        self.bias = Parameter(_uniform(rng, (out_channels,), bound, dtype)) if bias else None
+        self._input = None
+
+    def _bias_grad(self, grad_output):
+        if self.bias is not None:
+            self.bias.accumulate(grad.conv2d_bias(grad_output))
+
+
+def _check_channels(in_channels, out_channels, groups):
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution, as torch.nn.Conv2d. Weight (out, in/groups, kH, kW)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", dtype=np.float32, seed=None):
+        _check_channels(in_channels, out_channels, groups)
+        kh, kw = P.positive_pair(kernel_size, "kernel_size")
+        if isinstance(padding, str):
+            P.conv_padding(padding, (kh, kw), P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation"))
+        super().__init__((out_channels, in_channels // groups, kh, kw), in_channels // groups * kh * kw, out_channels,
+                         bias, dtype, _rng(seed), padding_mode)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def _args(self):
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def forward(self, x):
+        self._input = x
+        return fastconv.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
+
+    def backward(self, grad_output):
+        x = self._input
+        self.weight.accumulate(grad.conv2d_weight(x, self.weight.shape, grad_output, *self._args()))
+        self._bias_grad(grad_output)
+        return grad.conv2d_input(x.shape, self.weight.data, grad_output, *self._args())
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class ConvTranspose2d(_ConvNd):
+    """Transposed 2-D convolution, as torch.nn.ConvTranspose2d. Weight (in, out/groups, kH, kW)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0, groups=1, bias=True,
+                 dilation=1, padding_mode="zeros", dtype=np.float32, seed=None):
+        _check_channels(in_channels, out_channels, groups)
+        kh, kw = P.positive_pair(kernel_size, "kernel_size")
+        super().__init__((in_channels, out_channels // groups, kh, kw), out_channels // groups * kh * kw, out_channels,
+                         bias, dtype, _rng(seed), padding_mode)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.output_padding, self.groups, self.dilation = stride, padding, output_padding, groups, dilation
+
+    def _args(self):
+        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def forward(self, x):
+        self._input = x
+        return fastconv.conv_transpose2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
+
+    def backward(self, grad_output):
+        x = self._input
+        self.weight.accumulate(grad.conv_transpose2d_weight(x, self.weight.shape, grad_output, *self._args()))
+        self._bias_grad(grad_output)
+        return grad.conv_transpose2d_input(x.shape, self.weight.data, grad_output, *self._args())
+
+
+class MaxPool2d(Module):
+    """Max pooling, as torch.nn.MaxPool2d. Forward keeps the argmax indices, so
+    backward needs no second pass over the input."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+        self._input = self._indices = None
+
+    def _args(self):
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+
+    def forward(self, x):
+        out, self._indices = fastconv.max_pool2d(x, *self._args(), return_indices=True)
+        self._input = x
+        return (out, self._indices) if self.return_indices else out
+
+    def backward(self, grad_output):
+        return grad.max_pool2d_input(self._input, grad_output, *self._args(), indices=self._indices)
+
+
+class AvgPool2d(Module):
+    """Average pooling, as torch.nn.AvgPool2d."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+        self._shape = None
+
+    def _args(self):
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
+
+    def forward(self, x):
+        self._shape = x.shape
+        return fastconv.avg_pool2d(x, *self._args())
+
+    def backward(self, grad_output):
+        return grad.avg_pool2d_input(self._shape, grad_output, *self._args())
+
+
+class LPPool2d(Module):
+    """Power-average pooling, as torch.nn.LPPool2d."""
+
+    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False):
+        super().__init__()
+        self.norm_type, self.kernel_size, self.stride, self.ceil_mode = norm_type, kernel_size, stride, ceil_mode
+        self._input = None
+
+    def forward(self, x):
+        self._input = x
+        return fastconv.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
+
+    def backward(self, grad_output):
+        return grad.lp_pool2d_input(self._input, grad_output, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Adaptive average pooling, as torch.nn.AdaptiveAvgPool2d."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+        self._shape = None
+
+    def forward(self, x):
+        self._shape = x.shape
+        return fastconv.adaptive_avg_pool2d(x, self.output_size)
+
+    def backward(self, grad_output):
+        return grad.adaptive_avg_pool2d_input(self._shape, grad_output)
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, as torch.nn.Linear. Weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+        super().__init__()
+        rng = _rng(seed)
+        bound = 1 / math.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(_uniform(rng, (out_features, in_features), bound, dtype))
+        self.bias = Parameter(_uniform(rng, (out_features,), bound, dtype)) if bias else None
+        self._input = None
+
+    def forward(self, x):
+        self._input = x
+        y = x @ self.weight.data.T
+        return y + self.bias.data if self.bias is not None else y
+
+    def backward(self, grad_output):
+        self.weight.accumulate(grad_output.T @ self._input)
+        if self.bias is not None:
+            self.bias.accumulate(grad_output.sum(axis=0))
+        return grad_output @ self.weight.data
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class ReLU(Module):
+    def __init__(self):
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x):
+        self._mask = x > 0
+        return np.where(self._mask, x, x.dtype.type(0))
+
+    def backward(self, grad_output):
+        return np.where(self._mask, grad_output, grad_output.dtype.type(0))
+
+
+class Flatten(Module):
+    """Flattens dimensions start_dim..end_dim, as torch.nn.Flatten."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+        self._shape = None
+
+    def forward(self, x):
+        self._shape = x.shape
+        end = self.end_dim % x.ndim
+        return x.reshape(x.shape[: self.start_dim] + (-1,) + x.shape[end + 1 :])
+
+    def backward(self, grad_output):
+        return grad_output.reshape(self._shape)
+
+
+class Dropout(Module):
+    """Zeroes each element with probability p in training, scaling the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+        self.p = p
+        self._rng = _rng(seed)
+        self._scale = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._scale = None
+            return x
+        self._scale = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / (1 - self.p)
+        return x * self._scale
+
+    def backward(self, grad_output):
+        return grad_output if self._scale is None else grad_output * self._scale
+
+
+class BatchNorm2d(Module):
+    """Spatial batch normalisation, as torch.nn.BatchNorm2d: per channel over (N, H, W)
+    with batch statistics in training (running averages updated with the unbiased
+    variance) and the running averages in eval."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self._cache = None
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d({self.num_features}) expects (N, {self.num_features}, H, W) input, got {x.shape}")
+        use_batch = self.training or not self.track_running_stats
+        if use_batch:
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            if self.training and self.track_running_stats:
+                count = x.size // x.shape[1]
+                m = self.momentum
+                self._set_buffer("running_mean", ((1 - m) * self.running_mean + m * mean).astype(x.dtype))
+                self._set_buffer("running_var", ((1 - m) * self.running_var + m * var * count / max(count - 1, 1)).astype(x.dtype))
+                self._set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = 1 / np.sqrt(var + self.eps)
+        x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        self._cache = (x_hat, inv_std, use_batch)
+        if self.affine:
+            return x_hat * self.weight.data[:, None, None] + self.bias.data[:, None, None]
+        return x_hat
+
+    def backward(self, grad_output):
+        x_hat, inv_std, use_batch = self._cache
+        if self.affine:
+            self.weight.accumulate((grad_output * x_hat).sum(axis=(0, 2, 3)))
+            self.bias.accumulate(grad_output.sum(axis=(0, 2, 3)))
+            grad_output = grad_output * self.weight.data[:, None, None]
+        if not use_batch:
+            return grad_output * inv_std[:, None, None]
+        mean_g = grad_output.mean(axis=(0, 2, 3))[:, None, None]
+        mean_gx = (grad_output * x_hat).mean(axis=(0, 2, 3))[:, None, None]
+        return (grad_output - mean_g - x_hat * mean_gx) * inv_std[:, None, None]
+
+
+class Sequential(Module):
+    """Modules applied in order; state_dict keys are "<index>.<name>" as in PyTorch."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, grad_output):
+        for m in reversed(self._modules.values()):
+            grad_output = m.backward(grad_output)
+        return grad_output
+
+
+class DepthwiseSeparableConv2d(Module):
+    """MobileNet's block: a depthwise conv (one filter per channel), ReLU, then a
+    pointwise (1x1) conv mixing channels. Keys: depthwise.*, pointwise.*."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=True, dtype=np.float32, seed=None):
+        super().__init__()
+        rng = _rng(seed)
+        self.depthwise = Conv2d(in_channels, in_channels, kernel_size, stride, padding, groups=in_channels, bias=bias, dtype=dtype, seed=rng)
+        self.relu = ReLU()
+        self.pointwise = Conv2d(in_channels, out_channels, 1, bias=bias, dtype=dtype, seed=rng)
+
+    def forward(self, x):
+        return self.pointwise(self.relu(self.depthwise(x)))
+
+    def backward(self, grad_output):
+        return self.depthwise.backward(self.relu.backward(self.pointwise.backward(grad_output)))
+
+
+# ----------------------------------------------------------------------- losses
+
+
+class CrossEntropyLoss:
+    """Mean cross-entropy of logits (N, classes) against integer targets (N,), with a
+    stable log-softmax. forward returns the loss; backward its gradient w.r.t. logits."""
+
+    def __init__(self):
+        self._cache = None
+
+    def __call__(self, logits, target):
+        return self.forward(logits, target)
+
+    def forward(self, logits, target):
+        target = np.asarray(target)
+        if logits.ndim != 2 or target.shape != (logits.shape[0],):
+            raise ValueError(f"expected logits (N, C) and target (N,), got {logits.shape} and {target.shape}")
+        if target.dtype.kind not in "iu" or target.min() < 0 or target.max() >= logits.shape[1]:
+            raise ValueError(f"target must hold class indices in [0, {logits.shape[1]})")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        self._cache = (log_probs, target)
+        return float(-log_probs[np.arange(len(target)), target].mean())
+
+    def backward(self):
+        log_probs, target = self._cache
+        g = np.exp(log_probs)
+        g[np.arange(len(target)), target] -= 1
+        return (g / len(target)).astype(log_probs.dtype)
+
+
+class MSELoss:
+    """Mean squared error; backward gives the gradient w.r.t. the prediction."""
+
+    def __init__(self):
+        self._diff = None
+
+    def __call__(self, prediction, target):
+        return self.forward(prediction, target)
+
+    def forward(self, prediction, target):
+        if prediction.shape != np.shape(target):
+            raise ValueError(f"prediction {prediction.shape} and target {np.shape(target)} must have the same shape")
+        self._diff = prediction - target
+        return float(np.mean(self._diff**2))
+
+    def backward(self):
+        return (2 * self._diff / self._diff.size).astype(self._diff.dtype)

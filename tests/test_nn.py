@@ -1,0 +1,149 @@
+"""Layers, losses, optimisers and checkpoints against PyTorch (float64), and the
+LeNet training command."""
+
+import numpy as np
+import pytest
+
+from fastconv import nn, optim, train
+from tests.conftest import assert_close
+
+torch = pytest.importorskip("torch")
+T = torch.nn
+F64 = np.float64
+
+
+def _same_weights(ours, theirs):
+    theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+
+
+LAYERS = [
+    (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, dtype=F64, seed=0), lambda: T.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (2, 4, 9, 9)),
+    (lambda: nn.Conv2d(3, 4, (3, 2), padding="same", dilation=2, bias=False, dtype=F64, seed=1), lambda: T.Conv2d(3, 4, (3, 2), padding="same", dilation=2, bias=False), (2, 3, 7, 8)),
+    (lambda: nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1, output_padding=1, groups=2, dtype=F64, seed=2),
+     lambda: T.ConvTranspose2d(4, 6, 4, stride=2, padding=1, output_padding=1, groups=2), (2, 4, 5, 5)),
+    (lambda: nn.MaxPool2d(3, 2, 1, ceil_mode=True), lambda: T.MaxPool2d(3, 2, 1, ceil_mode=True), (2, 3, 8, 8)),
+    (lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False), lambda: T.AvgPool2d(3, 2, 1, count_include_pad=False), (2, 3, 8, 8)),
+    (lambda: nn.LPPool2d(2, 2), lambda: T.LPPool2d(2, 2), (2, 3, 8, 8)),
+    (lambda: nn.AdaptiveAvgPool2d((3, 2)), lambda: T.AdaptiveAvgPool2d((3, 2)), (2, 3, 8, 7)),
+    (lambda: nn.Linear(7, 5, dtype=F64, seed=3), lambda: T.Linear(7, 5), (4, 7)),
+    (lambda: nn.BatchNorm2d(3, dtype=F64), lambda: T.BatchNorm2d(3), (4, 3, 5, 5)),
+    (lambda: nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Dropout(0.0)), lambda: T.Sequential(T.Flatten(), T.ReLU(), T.Dropout(0.0)), (2, 3, 4, 4)),
+]
+
+
+@pytest.mark.parametrize("make, make_torch, shape", LAYERS, ids=lambda v: getattr(v, "__name__", "") if not isinstance(v, tuple) else str(v))
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_matches_torch(make, make_torch, shape, training, rng):
+    ours, theirs = make(), make_torch().double()
+    _same_weights(ours, theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.train(training)
+    theirs.train(training)
+    x = rng.standard_normal(shape)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = theirs(tx)
+    gy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy))
+    y = ours(x)
+    assert_close(y, ty.detach().numpy(), F64)
+    assert_close(ours.backward(gy), tx.grad.numpy(), F64)
+    for (name, p), (tname, tp) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert name == tname
+        assert_close(p.grad, tp.grad.numpy(), F64)
+    for key, value in theirs.state_dict().items():
+        assert_close(np.asarray(ours.state_dict()[key], dtype=F64), value.double().numpy(), F64)
+
+
+def test_depthwise_separable_block(rng):
+    block = nn.DepthwiseSeparableConv2d(4, 8, dtype=F64, seed=0)
+    ref = T.Sequential(T.Conv2d(4, 4, 3, 1, 1, groups=4), T.ReLU(), T.Conv2d(4, 8, 1)).double()
+    ref.load_state_dict({k.replace("depthwise", "0").replace("pointwise", "2"): torch.from_numpy(v) for k, v in block.state_dict().items()})
+    x = rng.standard_normal((2, 4, 6, 6))
+    assert_close(block(x), ref(torch.tensor(x)).detach().numpy(), F64)
+
+
+def test_losses_match_torch(rng):
+    logits = rng.standard_normal((6, 10)) * 30  # large logits: the log-softmax must stay stable
+    target = rng.integers(0, 10, 6)
+    ce = nn.CrossEntropyLoss()
+    tl = torch.tensor(logits, requires_grad=True)
+    loss = T.functional.cross_entropy(tl, torch.tensor(target))
+    loss.backward()
+    assert abs(ce(logits, target) - loss.item()) <= 1e-12 * abs(loss.item())
+    assert_close(ce.backward(), tl.grad.numpy(), F64)
+    pred, goal = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    mse = nn.MSELoss()
+    tp = torch.tensor(pred, requires_grad=True)
+    tloss = T.functional.mse_loss(tp, torch.tensor(goal))
+    tloss.backward()
+    assert abs(mse(pred, goal) - tloss.item()) <= 1e-12
+    assert_close(mse.backward(), tp.grad.numpy(), F64)
+    with pytest.raises(ValueError, match="class indices"):
+        ce(logits, target + 10)
+
+
+@pytest.mark.parametrize("make_opt", [
+    (lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+    (lambda p: optim.Adam(p, lr=3e-3, weight_decay=1e-4), lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=1e-4)),
+], ids=["sgd-momentum", "sgd-nesterov", "adam"])
+def test_lenet_loss_curve_matches_torch(make_opt, rng):
+    model = train.lenet5(dtype=F64, seed=0)
+    tmodel = train.torch_lenet5().double()
+    _same_weights(model, tmodel)
+    opt, topt = make_opt[0](model.parameters()), make_opt[1](tmodel.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(5):
+        x = rng.random((16, 1, 32, 32))
+        y = rng.integers(0, 10, 16)
+        loss, _ = train.train_step(model, loss_fn, opt, x, y)
+        topt.zero_grad()
+        tloss = T.functional.cross_entropy(tmodel(torch.tensor(x)), torch.tensor(y))
+        tloss.backward()
+        topt.step()
+        assert abs(loss - tloss.item()) <= 1e-8 * abs(tloss.item())
+    for key, value in tmodel.state_dict().items():
+        assert_close(model.state_dict()[key], value.numpy(), F64, {np.float64: 1e-8})
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path, rng):
+    model = train.lenet5(seed=0)
+    opt = optim.Adam(model.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = rng.random((8, 1, 32, 32), dtype=np.float32), rng.integers(0, 10, 8)
+    train.train_step(model, loss_fn, opt, x, y)
+    optim.save(tmp_path / "ckpt.npz", model, opt)
+    other = train.lenet5(seed=1)
+    other_opt = optim.Adam(other.parameters())
+    optim.load(tmp_path / "ckpt.npz", other, other_opt)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(other.state_dict()[key], value)
+    train.train_step(model, loss_fn, opt, x, y)
+    train.train_step(other, loss_fn, other_opt, x, y)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(other.state_dict()[key], value)
+    wrong = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.Conv2d(6, 8, 3))
+    with pytest.raises(KeyError, match="unexpected keys \\['3.weight'"):
+        optim.load(tmp_path / "ckpt.npz", wrong)
+    resized = train.lenet5(seed=0)
+    resized[0].weight.data = np.zeros((6, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="'0.weight' has shape \\(6, 1, 5, 5\\)"):
+        optim.load(tmp_path / "ckpt.npz", resized)
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="padding_mode 'reflect' is not supported"):
+        nn.Conv2d(3, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="'same' is not supported for strided"):
+        nn.Conv2d(3, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="dropout probability"):
+        nn.Dropout(1.0)
+
+
+def test_train_command_reaches_97_percent(capsys):
+    assert train.main(["--epochs", "12"]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy >= 0.97, out
