@@ -61,6 +61,9 @@ def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
                     if sw == 1:
                         for q in range(hi - lo):
                             dst[q] = src[q]
+                    elif sw == 2:
+                        for q in range(hi - lo):
+                            dst[q] = src[2 * q]
                     else:
                         for q in range(hi - lo):
                             dst[q] = src[q * sw]
@@ -90,6 +93,9 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
                     if sw == 1:
                         for q in range(hi - lo):
                             dst[q] += src[q]
+                    elif sw == 2:
+                        for q in range(hi - lo):
+                            dst[2 * q] += src[q]
                     else:
                         for q in range(hi - lo):
                             dst[q * sw] += src[q]
