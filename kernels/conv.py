@@ -316,15 +316,26 @@ def pad_planes(x, xp, top, left):
                 d[xo] = s[xo]
 
 
-# The direct family pads in parallel; the GEMM family serially (see im2col).
-pad_planes_serial = serial(pad_planes)
-pad_planes = parallel(pad_planes)
+# Serial, like the rest of the GEMM family's packing (see im2col).
+pad_planes = serial(pad_planes)
+
+
+@serial
+def pad_into(plane, flat, top, left, wp):
+    """flat (a zeroed Hp*Wp buffer) = plane placed at (top, left) in rows of length wp."""
+    h, w = plane.shape
+    flat[:] = 0.0
+    for y in range(h):
+        dst = flat[(top + y) * wp + left :]
+        src = plane[y]
+        for x in range(w):
+            dst[x] = src[x]
 
 
 @parallel(fastmath=True)
-def wide_forward(xp, weight, out, groups, dh, dw):
-    """Stride-1 forward on a padded input xp (N, C, Hp, Wp)."""
-    n_, c_, hp, wp = xp.shape
+def wide_forward(x, weight, out, groups, pt, pl, hp, wp, dh, dw):
+    """Stride-1 forward; each iteration pads its input planes into a local buffer."""
+    n_, c_, h, w = x.shape
     k_, cg, kh, kw = weight.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
@@ -333,8 +344,9 @@ def wide_forward(xp, weight, out, groups, dh, dw):
         n = t // k_
         k = t % k_
         acc = np.zeros(length, dtype=out.dtype)
+        src = np.empty(hp * wp, dtype=x.dtype)
         for cl in range(cg):
-            src = xp[n, (k // kg) * cg + cl].reshape(hp * wp)
+            pad_into(x[n, (k // kg) * cg + cl], src, pt, pl, wp)
             for i in range(kh):
                 row = i * dh * wp
                 if kw == 3:
@@ -361,13 +373,13 @@ def wide_forward(xp, weight, out, groups, dh, dw):
 
 
 @parallel(fastmath=True)
-def wide_input(weight, gyw, gx, groups, dh, dw, pt, pl, hp):
-    """Stride-1 input gradient. gyw is grad_output with rows of the padded length Wp
-    (zeros past ow); each (n, c) plane scatters into its own padded buffer, cropped
-    into gx at the end."""
+def wide_input(weight, grad_output, gx, groups, pt, pl, hp, wp, dh, dw):
+    """Stride-1 input gradient. Each (n, c) iteration lays grad_output planes out in
+    rows of the padded length Wp (zeros past ow), scatters them through the kernel
+    into its own padded buffer, and crops that into gx."""
     n_, c_, h, w = gx.shape
     k_, cg, kh, kw = weight.shape
-    oh, wp = gyw.shape[2], gyw.shape[3]
+    oh = grad_output.shape[2]
     kg = k_ // groups
     length = (oh - 1) * wp + wp - (kw - 1) * dw
     for t in prange(n_ * c_):
@@ -375,9 +387,10 @@ def wide_input(weight, gyw, gx, groups, dh, dw, pt, pl, hp):
         c = t % c_
         cl = c % cg
         acc = np.zeros(hp * wp, dtype=gx.dtype)
+        src = np.empty(oh * wp, dtype=gx.dtype)
         for kl in range(kg):
             k = (c // cg) * kg + kl
-            src = gyw[n, k].reshape(oh * wp)
+            pad_into(grad_output[n, k], src, 0, 0, wp)
             for i in range(kh):
                 for j in range(kw):
                     wv = weight[k, cl, i, j]
@@ -393,12 +406,12 @@ def wide_input(weight, gyw, gx, groups, dh, dw, pt, pl, hp):
 
 
 @parallel(fastmath=True)
-def wide_weight(xp, gyw, partial, groups, dh, dw, zero):
+def wide_weight(x, grad_output, partial, groups, pt, pl, hp, wp, dh, dw, zero):
     """Stride-1 weight gradient: dot products of grad_output (rows of length Wp,
-    zeros past ow) with shifted padded input, per (batch chunk, k)."""
-    n_, c_, hp, wp = xp.shape
+    zeros past ow) with the shifted padded input, per (batch chunk, k)."""
+    n_, c_, h, w = x.shape
     chunks, k_, cg, kh, kw = partial.shape
-    oh = gyw.shape[2]
+    oh = grad_output.shape[2]
     kg = k_ // groups
     length = (oh - 1) * wp + wp - (kw - 1) * dw
     for t in prange(chunks * k_):
@@ -406,10 +419,12 @@ def wide_weight(xp, gyw, partial, groups, dh, dw, zero):
         k = t % k_
         acc = partial[b, k]
         acc[:, :, :] = 0.0
+        g = np.empty(oh * wp, dtype=x.dtype)
+        src = np.empty(hp * wp, dtype=x.dtype)
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
-            g = gyw[n, k].reshape(oh * wp)
+            pad_into(grad_output[n, k], g, 0, 0, wp)
             for cl in range(cg):
-                src = xp[n, (k // kg) * cg + cl].reshape(hp * wp)
+                pad_into(x[n, (k // kg) * cg + cl], src, pt, pl, wp)
                 for i in range(kh):
                     for j in range(kw):
                         shifted = src[i * dh * wp + j * dw :]
@@ -482,7 +497,7 @@ def gemm_forward(x, weight, g):
         np.matmul(w, _grouped(x, g, rg), out=_grouped(out, g, kg))
     elif _is_wide(g):
         wd = _Wide(g, x.itemsize)
-        xp = _padded(x, g, pad_planes_serial)
+        xp = _padded(x, g)
         cols, result = wd.buffer(wd.r, x.dtype), wd.buffer(g.c_out, x.dtype)
         for n0, n1 in wd.chunks:
             c, r = wd.view(cols, wd.r, n1 - n0, g.groups), wd.view(result, g.c_out, n1 - n0, g.groups)
@@ -534,7 +549,7 @@ def gemm_weight(x, grad_output, g):
         gw += np.matmul(_grouped(grad_output, g, kg), _grouped(x, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
     elif _is_wide(g):
         wd = _Wide(g, x.itemsize)
-        xp = _padded(x, g, pad_planes_serial)
+        xp = _padded(x, g)
         gyw, cols = wd.buffer(g.c_out, x.dtype), wd.buffer(wd.r, x.dtype)
         for n0, n1 in wd.chunks:
             gw_, c = wd.view(gyw, g.c_out, n1 - n0, g.groups), wd.view(cols, wd.r, n1 - n0, g.groups)
@@ -565,23 +580,20 @@ def _is_wide(g):
     return g.sh == 1 and g.sw == 1
 
 
-def _padded(x, g, pad=pad_planes):
+def _padded(x, g):
     xp = np.empty((x.shape[0], x.shape[1], g.h + g.pt + g.pb, g.w + g.pl + g.pr), dtype=x.dtype)
-    pad(x, xp, g.pt, g.pl)
+    pad_planes(x, xp, g.pt, g.pl)
     return xp
 
 
-def _wide_rows(grad_output, g):
-    """grad_output with each row lengthened to the padded input width (zeros past ow)."""
-    gyw = np.empty((g.n, g.c_out, g.oh, g.w + g.pl + g.pr), dtype=grad_output.dtype)
-    pad_planes(grad_output, gyw, 0, 0)
-    return gyw
+def _wide_args(g):
+    return g.groups, g.pt, g.pl, g.h + g.pt + g.pb, g.w + g.pl + g.pr, g.dh, g.dw
 
 
 def direct_forward_driver(x, weight, g):
     out = np.empty(g.output_shape, dtype=x.dtype)
     if _is_wide(g):
-        wide_forward(_padded(x, g), weight, out, g.groups, g.dh, g.dw)
+        wide_forward(x, weight, out, *_wide_args(g))
     else:
         direct_forward(x, weight, out, *_args(g))
     return out
@@ -590,7 +602,7 @@ def direct_forward_driver(x, weight, g):
 def direct_input_driver(weight, grad_output, g):
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
     if _is_wide(g):
-        wide_input(weight, _wide_rows(grad_output, g), gx, g.groups, g.dh, g.dw, g.pt, g.pl, g.h + g.pt + g.pb)
+        wide_input(weight, grad_output, gx, *_wide_args(g))
     else:
         direct_input(weight, grad_output, gx, *_args(g))
     return gx
@@ -599,7 +611,7 @@ def direct_input_driver(weight, grad_output, g):
 def direct_weight_driver(x, grad_output, g, threads):
     partial = np.empty((_weight_chunks(g, threads),) + g.weight_shape, dtype=x.dtype)
     if _is_wide(g):
-        wide_weight(_padded(x, g), _wide_rows(grad_output, g), partial, g.groups, g.dh, g.dw, x.dtype.type(0))
+        wide_weight(x, grad_output, partial, *_wide_args(g), x.dtype.type(0))
     else:
         direct_weight(x, grad_output, partial, *_args(g), x.dtype.type(0))
     return partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
