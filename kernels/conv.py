@@ -37,14 +37,14 @@ def valid_range(out, stride, offset, size):
 
 
 def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
-    """cols[n, (c*kh + i)*kw + j, y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0."""
+    """cols[(c*kh + i)*kw + j, n*oh*ow + y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0."""
     n_, c_, h, w = x.shape
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         for i in range(kh):
             for j in range(kw):
-                row = cols[n, (c * kh + i) * kw + j]
+                row = cols[(c * kh + i) * kw + j, n * oh * ow : (n + 1) * oh * ow]
                 off = j * dw - pl
                 lo, hi = valid_range(ow, sw, off, w)
                 for y in range(oh):
@@ -81,7 +81,7 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
         plane[:, :] = 0.0
         for i in range(kh):
             for j in range(kw):
-                row = cols[n, (c * kh + i) * kw + j]
+                row = cols[(c * kh + i) * kw + j, n * oh * ow : (n + 1) * oh * ow]
                 off = j * dw - pl
                 lo, hi = valid_range(ow, sw, off, w)
                 for y in range(oh):
@@ -445,15 +445,10 @@ def _geometry_args(g):
     return g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.oh, g.ow
 
 
-# Samples per im2col chunk: the chunk's matrix stays in cache between being packed
-# and being multiplied, and the buffer is reused, never paged in afresh.
-CHUNK_BYTES = 4 << 20
-
-
-def _chunks(g, itemsize):
-    per_sample = g.c_in * g.kh * g.kw * g.oh * g.ow * itemsize
-    step = max(1, CHUNK_BYTES // per_sample)
-    return [(n0, min(g.n, n0 + step)) for n0 in range(0, g.n, step)], min(step, g.n)
+# Samples per packed chunk: the chunk's matrix stays in cache between being packed
+# and being multiplied, the buffers are reused across chunks, and each chunk is one
+# GEMM (K x R times R x chunk columns), wide enough for BLAS to run near its peak.
+CHUNK_BYTES = 8 << 20
 
 
 def _direct_pointwise(g):
@@ -466,13 +461,20 @@ def _grouped(a, g, rows):
     return a.reshape(a.shape[0], g.groups, rows, g.oh * g.ow)
 
 
-class _Wide:
-    """Stride-1 GEMM geometry in the wide layout: each sample is `length` columns
-    (rows of the padded width `row`), packed `step` samples at a time."""
+class _Packing:
+    """How the GEMM path lays out a chunk of samples: a (rows, nb * length) matrix,
+    sample b's columns at [b * length, (b + 1) * length).
+
+    Stride 1 uses the "wide" layout (see the direct family below): output rows of the
+    padded width, so packing is one contiguous copy per kernel tap. Other strides
+    use im2col's (oh * ow) columns.
+    """
 
     def __init__(self, g, itemsize):
-        self.row = g.w + g.pl + g.pr
-        self.length = (g.oh - 1) * self.row + g.ow
+        self.g = g
+        self.wide = g.sh == 1 and g.sw == 1
+        self.row = g.w + g.pl + g.pr if self.wide else g.ow
+        self.length = (g.oh - 1) * self.row + g.ow if self.wide else g.oh * g.ow
         self.r = g.c_in * g.kh * g.kw
         per_sample = max(self.r, g.c_out) * self.length * itemsize
         self.step = min(g.n, max(1, CHUNK_BYTES // per_sample))
@@ -481,8 +483,36 @@ class _Wide:
     def buffer(self, rows, dtype):
         return np.empty(rows * self.step * self.length, dtype=dtype)
 
-    def view(self, buffer, rows, nb, groups):
-        return buffer[: rows * nb * self.length].reshape(groups, rows // groups, nb * self.length)
+    def view(self, buffer, rows, nb):
+        """The chunk's (groups, rows / groups, nb * length) matrix in `buffer`."""
+        return buffer[: rows * nb * self.length].reshape(self.g.groups, rows // self.g.groups, nb * self.length)
+
+    def padded_input(self, x):
+        return _padded(x, self.g) if self.wide else x
+
+    def pack(self, x_chunk, cols):
+        """cols (R, nb * length) = the windows of x_chunk (already padded if wide)."""
+        g = self.g
+        if self.wide:
+            im2col_wide(x_chunk, cols, g.kh, g.kw, g.dh, g.dw, self.length)
+        else:
+            im2col(x_chunk, cols, *_geometry_args(g))
+
+    def unpack_input_grad(self, cols, gx_chunk, scratch):
+        """gx_chunk = col2im of cols (R, nb * length)."""
+        g = self.g
+        nb = gx_chunk.shape[0]
+        if self.wide:
+            gxp = scratch[:nb]
+            gxp[:] = 0.0
+            col2im_wide(cols, gxp, g.kh, g.kw, g.dh, g.dw, self.length)
+            gx_chunk[:] = gxp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w]
+        else:
+            col2im(cols, gx_chunk, *_geometry_args(g))
+
+    def scratch(self, dtype):
+        g = self.g
+        return np.empty((self.step, g.c_in, g.h + g.pt + g.pb, self.row), dtype=dtype) if self.wide else None
 
 
 def _weights(weight, g):
@@ -491,54 +521,34 @@ def _weights(weight, g):
 
 def gemm_forward(x, weight, g):
     out = np.empty(g.output_shape, dtype=x.dtype)
-    kg, rg = g.c_out // g.groups, (g.c_in // g.groups) * g.kh * g.kw
     w = _weights(weight, g)
     if _direct_pointwise(g):
-        np.matmul(w, _grouped(x, g, rg), out=_grouped(out, g, kg))
-    elif _is_wide(g):
-        wd = _Wide(g, x.itemsize)
-        xp = _padded(x, g)
-        cols, result = wd.buffer(wd.r, x.dtype), wd.buffer(g.c_out, x.dtype)
-        for n0, n1 in wd.chunks:
-            c, r = wd.view(cols, wd.r, n1 - n0, g.groups), wd.view(result, g.c_out, n1 - n0, g.groups)
-            im2col_wide(xp[n0:n1], c.reshape(wd.r, -1), g.kh, g.kw, g.dh, g.dw, wd.length)
-            np.matmul(w, c, out=r)
-            unwide(r.reshape(g.c_out, -1), out[n0:n1], wd.row, 0, 0, wd.length)
-    else:
-        chunks, step = _chunks(g, x.itemsize)
-        cols = np.empty((step, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=x.dtype)
-        for n0, n1 in chunks:
-            c = cols[: n1 - n0]
-            im2col(x[n0:n1], c, *_geometry_args(g))
-            np.matmul(w, _grouped(c, g, rg), out=_grouped(out[n0:n1], g, kg))
+        np.matmul(w, _grouped(x, g, g.c_in // g.groups), out=_grouped(out, g, g.c_out // g.groups))
+        return out
+    pk = _Packing(g, x.itemsize)
+    xp = pk.padded_input(x)
+    cols, result = pk.buffer(pk.r, x.dtype), pk.buffer(g.c_out, x.dtype)
+    for n0, n1 in pk.chunks:
+        c, r = pk.view(cols, pk.r, n1 - n0), pk.view(result, g.c_out, n1 - n0)
+        pk.pack(xp[n0:n1], c.reshape(pk.r, -1))
+        np.matmul(w, c, out=r)
+        unwide(r.reshape(g.c_out, -1), out[n0:n1], pk.row, 0, 0, pk.length)
     return out
 
 
 def gemm_input(weight, grad_output, g):
-    kg, rg = g.c_out // g.groups, (g.c_in // g.groups) * g.kh * g.kw
     wt = np.ascontiguousarray(_weights(weight, g).transpose(0, 2, 1))
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
     if _direct_pointwise(g):
-        np.matmul(wt, _grouped(grad_output, g, kg), out=_grouped(gx, g, rg))
-    elif _is_wide(g):
-        wd = _Wide(g, gx.itemsize)
-        gyw, cols = wd.buffer(g.c_out, gx.dtype), wd.buffer(wd.r, gx.dtype)
-        gxp = np.empty((wd.step, g.c_in, g.h + g.pt + g.pb, wd.row), dtype=gx.dtype)
-        for n0, n1 in wd.chunks:
-            nb = n1 - n0
-            gw_, c = wd.view(gyw, g.c_out, nb, g.groups), wd.view(cols, wd.r, nb, g.groups)
-            widen(grad_output[n0:n1], gw_.reshape(g.c_out, -1), wd.row, wd.length)
-            np.matmul(wt, gw_, out=c)
-            gxp[:nb] = 0.0
-            col2im_wide(c.reshape(wd.r, -1), gxp[:nb], g.kh, g.kw, g.dh, g.dw, wd.length)
-            gx[n0:n1] = gxp[:nb, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w]
-    else:
-        chunks, step = _chunks(g, gx.itemsize)
-        cols = np.empty((step, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=gx.dtype)
-        for n0, n1 in chunks:
-            c = cols[: n1 - n0]
-            np.matmul(wt, _grouped(grad_output[n0:n1], g, kg), out=_grouped(c, g, rg))
-            col2im(c, gx[n0:n1], *_geometry_args(g))
+        np.matmul(wt, _grouped(grad_output, g, g.c_out // g.groups), out=_grouped(gx, g, g.c_in // g.groups))
+        return gx
+    pk = _Packing(g, gx.itemsize)
+    gyw, cols, scratch = pk.buffer(g.c_out, gx.dtype), pk.buffer(pk.r, gx.dtype), pk.scratch(gx.dtype)
+    for n0, n1 in pk.chunks:
+        gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
+        widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
+        np.matmul(wt, gy_, out=c)
+        pk.unpack_input_grad(c.reshape(pk.r, -1), gx[n0:n1], scratch)
     return gx
 
 
@@ -547,22 +557,15 @@ def gemm_weight(x, grad_output, g):
     gw = np.zeros((g.groups, kg, rg), dtype=x.dtype)
     if _direct_pointwise(g):
         gw += np.matmul(_grouped(grad_output, g, kg), _grouped(x, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
-    elif _is_wide(g):
-        wd = _Wide(g, x.itemsize)
-        xp = _padded(x, g)
-        gyw, cols = wd.buffer(g.c_out, x.dtype), wd.buffer(wd.r, x.dtype)
-        for n0, n1 in wd.chunks:
-            gw_, c = wd.view(gyw, g.c_out, n1 - n0, g.groups), wd.view(cols, wd.r, n1 - n0, g.groups)
-            widen(grad_output[n0:n1], gw_.reshape(g.c_out, -1), wd.row, wd.length)
-            im2col_wide(xp[n0:n1], c.reshape(wd.r, -1), g.kh, g.kw, g.dh, g.dw, wd.length)
-            gw += np.matmul(gw_, c.transpose(0, 2, 1))
-    else:
-        chunks, step = _chunks(g, x.itemsize)
-        cols = np.empty((step, g.c_in * g.kh * g.kw, g.oh * g.ow), dtype=x.dtype)
-        for n0, n1 in chunks:
-            c = cols[: n1 - n0]
-            im2col(x[n0:n1], c, *_geometry_args(g))
-            gw += np.matmul(_grouped(grad_output[n0:n1], g, kg), _grouped(c, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
+        return gw.reshape(g.weight_shape)
+    pk = _Packing(g, x.itemsize)
+    xp = pk.padded_input(x)
+    gyw, cols = pk.buffer(g.c_out, x.dtype), pk.buffer(pk.r, x.dtype)
+    for n0, n1 in pk.chunks:
+        gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
+        widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
+        pk.pack(xp[n0:n1], c.reshape(pk.r, -1))
+        gw += np.matmul(gy_, c.transpose(0, 2, 1))
     return gw.reshape(g.weight_shape)
 
 
