@@ -39,7 +39,34 @@ def parse_args(argv):
     p.add_argument("--compare", help="an earlier run's JSON: show fastconv's speed change per case")
     p.add_argument("--out", default="bench-results", help="folder for results.json and speedup.png")
     p.add_argument("--no-compile-time", action="store_true", help="skip the compile-time measurement")
+    p.add_argument("--markdown", metavar="RESULTS_JSON", help="print an earlier run's results as a Markdown table, run nothing")
     return p.parse_args(argv)
+
+
+def markdown(report) -> str:
+    """An earlier run's results as a Markdown table (one row per case and dtype)."""
+    rows = {}
+    for r in report["results"]:
+        rows.setdefault((r["case"], r["dtype"]), {})[r["mode"]] = r
+    lines = [
+        "| case | dtype | fwd vs torch | fwd+bwd vs torch | fwd+bwd ms (fastconv / torch) | fwd+bwd GFLOP/s or GB/s | % peak | vs reference | max error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (case, dtype), modes in rows.items():
+        fwd, both = modes.get("fwd", {}), modes.get("fwdbwd", {})
+        if both.get("status") == "error" or fwd.get("status") == "error":
+            lines.append(f"| {case} | {dtype} | error | | | | | | |")
+            continue
+        t = both["times_s"]
+        err = max(both.get("error_vs_reference", 0), both.get("error_vs_torch", 0), fwd.get("error_vs_reference", 0))
+        rate = both.get("gflops", both.get("gbs"))
+        ref = both.get("speedup_vs_reference")
+        lines.append(
+            f"| {case} | {dtype} | {fwd.get('speedup_vs_torch', float('nan')):.2f}x | {both.get('speedup_vs_torch', float('nan')):.2f}x "
+            f"| {t['fastconv'] * 1e3:.2f} / {t.get('torch', float('nan')) * 1e3:.2f} | {rate:.1f} | {both['pct_peak']:.0f}% "
+            f"| {f'{ref:.0f}x' if ref else '-'} | {err:.1e} |"
+        )
+    return "\n".join(lines)
 
 
 def machine_info(threads):
@@ -233,6 +260,10 @@ def chart(records, path):
 def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return 0
     from rich.console import Console
     from rich.progress import Progress
 
