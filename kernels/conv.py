@@ -37,68 +37,63 @@ def valid_range(out, stride, offset, size):
 
 
 def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
-    """cols[(c*kh + i)*kw + j, n*oh*ow + y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0."""
+    """cols[(c*kh + i)*kw + j, n*oh*ow + y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0.
+
+    Each (n, c) plane is first copied into a zero-padded buffer that also covers
+    every window, so the copies need no bounds tests. The buffer is shared across
+    planes: this kernel runs serially (see below)."""
     n_, c_, h, w = x.shape
+    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    padded = np.zeros((hp, wp), dtype=x.dtype)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
+        padded[pt : pt + h, pl : pl + w] = x[n, c]
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j, n * oh * ow : (n + 1) * oh * ow]
-                off = j * dw - pl
-                lo, hi = valid_range(ow, sw, off, w)
                 for y in range(oh):
-                    iy = y * sh - pt + i * dh
-                    base = y * ow
-                    if iy < 0 or iy >= h:
-                        for xo in range(ow):
-                            row[base + xo] = 0.0
-                        continue
-                    for xo in range(lo):
-                        row[base + xo] = 0.0
-                    dst = row[base + lo : base + hi]
-                    src = x[n, c, iy, lo * sw + off :]
+                    src = padded[y * sh + i * dh, j * dw :]
+                    dst = row[y * ow : (y + 1) * ow]
                     if sw == 1:
-                        for q in range(hi - lo):
+                        for q in range(ow):
                             dst[q] = src[q]
                     elif sw == 2:
-                        for q in range(hi - lo):
+                        for q in range(ow):
                             dst[q] = src[2 * q]
                     else:
-                        for q in range(hi - lo):
+                        for q in range(ow):
                             dst[q] = src[q * sw]
-                    for xo in range(hi, ow):
-                        row[base + xo] = 0.0
 
 
 def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
-    """Adjoint of im2col: gx[n, c] = sum of the cols entries that came from each cell."""
+    """Adjoint of im2col: gx[n, c] = sum of the cols entries that came from each cell,
+    added up in a padded buffer and cropped."""
     n_, c_, h, w = gx.shape
+    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    padded = np.empty((hp, wp), dtype=gx.dtype)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
-        plane = gx[n, c]
-        plane[:, :] = 0.0
+        padded[:, :] = 0.0
         for i in range(kh):
             for j in range(kw):
                 row = cols[(c * kh + i) * kw + j, n * oh * ow : (n + 1) * oh * ow]
-                off = j * dw - pl
-                lo, hi = valid_range(ow, sw, off, w)
                 for y in range(oh):
-                    iy = y * sh - pt + i * dh
-                    if iy < 0 or iy >= h:
-                        continue
-                    dst = plane[iy, lo * sw + off :]
-                    src = row[y * ow + lo : y * ow + hi]
+                    dst = padded[y * sh + i * dh, j * dw :]
+                    src = row[y * ow : (y + 1) * ow]
                     if sw == 1:
-                        for q in range(hi - lo):
+                        for q in range(ow):
                             dst[q] += src[q]
                     elif sw == 2:
-                        for q in range(hi - lo):
+                        for q in range(ow):
                             dst[2 * q] += src[q]
                     else:
-                        for q in range(hi - lo):
+                        for q in range(ow):
                             dst[q * sw] += src[q]
+        gx[n, c] = padded[pt : pt + h, pl : pl + w]
 
 
 # The GEMM path packs serially: a parallel packing region between two BLAS calls
@@ -448,7 +443,7 @@ def _geometry_args(g):
 # Samples per packed chunk: the chunk's matrix stays in cache between being packed
 # and being multiplied, the buffers are reused across chunks, and each chunk is one
 # GEMM (K x R times R x chunk columns), wide enough for BLAS to run near its peak.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 
 
 def _direct_pointwise(g):
