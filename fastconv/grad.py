@@ -64,13 +64,7 @@ def max_pool2d_input(input, grad_output, kernel_size, stride=None, padding=0, di
 
 def max_unpool2d_input(grad_output, indices):
     """Gradient of max_unpool2d with respect to its input: grad_output at the indices."""
-    gy = P.as_float_array(grad_output, "grad_output")
-    P.check_ndim(gy, "grad_output")
-    idx = np.asarray(indices)
-    if idx.ndim != 4 or idx.shape[:2] != gy.shape[:2]:
-        raise ValueError(f"indices must be 4-D with N, C = {gy.shape[:2]}, got shape {idx.shape}")
-    idx = P.checked_indices(idx, idx.shape)
-    P.check_index_range(idx, gy.shape[2] * gy.shape[3])
+    gy, idx = P.unpool_grad_arguments(grad_output, indices)
     gx = np.empty(idx.shape, dtype=gy.dtype)
     K.gather_indices(_contiguous(gy), _contiguous(idx), gx)
     return gx
@@ -98,8 +92,7 @@ def sum_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=
 def lp_pool2d_input(input, grad_output, norm_type, kernel_size, stride=None, ceil_mode=False):
     """Gradient of lp_pool2d; a window whose power sum is zero passes no gradient
     (as PyTorch's autograd of its formula)."""
-    x, gy = P.adaptive_grad_arguments("input", input, grad_output)
-    P.check_ndim(x, "input")
+    x, gy = P.lp_grad_arguments(input, grad_output)
     g = P.lp_geometry(x.shape, norm_type, kernel_size, stride, ceil_mode)
     P.check_grad_output(gy, g.output_shape)
     p = norm_type
@@ -113,11 +106,7 @@ def lp_pool2d_input(input, grad_output, norm_type, kernel_size, stride=None, cei
 
 def adaptive_avg_pool2d_input(input_size, grad_output):
     """Gradient of adaptive_avg_pool2d; the output size is grad_output's."""
-    n, c, h, w = P.check_size(input_size, "input_size")
-    gy = P.as_float_array(grad_output, "grad_output")
-    P.check_ndim(gy, "grad_output")
-    if gy.shape[:2] != (n, c):
-        raise ValueError(f"grad_output must have N, C = {(n, c)}, got shape {gy.shape}")
+    (n, c, h, w), gy = P.adaptive_avg_grad_arguments(input_size, grad_output)
     gx = np.empty((n, c, h, w), dtype=gy.dtype)
     K.adaptive_avg_pool_backward(_contiguous(gy), gx, *adaptive_windows((n, c, h, w), gy.shape[2:]))
     return gx
@@ -125,10 +114,7 @@ def adaptive_avg_pool2d_input(input_size, grad_output):
 
 def adaptive_max_pool2d_input(input, grad_output, indices=None):
     """Gradient of adaptive_max_pool2d; the output size is grad_output's."""
-    x, gy = P.adaptive_grad_arguments("input", input, grad_output)
-    P.check_ndim(x, "input")
-    if gy.shape[:2] != x.shape[:2]:
-        raise ValueError(f"grad_output must have N, C = {x.shape[:2]}, got shape {gy.shape}")
+    x, gy = P.adaptive_max_grad_arguments(input, grad_output)
     if indices is None:
         out = np.empty(gy.shape, dtype=x.dtype)
         idx = np.empty(gy.shape, dtype=np.int64)

@@ -155,6 +155,12 @@ class ConvGeometry(NamedTuple):
         return 2 * self.n * self.c_out * self.oh * self.ow * (self.c_in // self.groups) * self.kh * self.kw
 
 
+def check_groups(groups) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    return int(groups)
+
+
 def conv_padding(padding, kernel: tuple[int, int], stride, dilation) -> tuple[int, int, int, int]:
     """Normalise conv2d padding to (top, bottom, left, right).
 
@@ -195,9 +201,7 @@ def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, 
     if len(weight_shape) != 4:
         raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kH, kW), got shape {tuple(weight_shape)}")
     c_out, c_per_group, kh, kw = weight_shape
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    groups = int(groups)
+    groups = check_groups(groups)
     if c_in % groups:
         raise ValueError(f"input channels ({c_in}) must be divisible by groups ({groups})")
     if c_out % groups:
@@ -241,9 +245,7 @@ def conv_transpose2d_geometry(
     if len(weight_shape) != 4:
         raise ValueError(f"weight must be 4-D (C_in, C_out/groups, kH, kW), got shape {tuple(weight_shape)}")
     w_in, c_out_per_group, kh, kw = weight_shape
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    groups = int(groups)
+    groups = check_groups(groups)
     if c_in % groups:
         raise ValueError(f"input channels ({c_in}) must be divisible by groups ({groups})")
     if w_in != c_in:
@@ -524,8 +526,41 @@ def check_index_range(idx, plane_size):
         raise ValueError(f"indices must lie in [0, {plane_size}) (the output plane), got values in [{lo}, {hi}]")
 
 
-def adaptive_grad_arguments(first_name, first, grad_output):
-    """-> (first, grad_output) where grad_output is 4-D with first's N and C."""
-    a, gy = _grad_operands(first_name, first, grad_output)
+def _same_batch_and_channels(gy, n, c):
     check_ndim(gy, "grad_output")
-    return a, gy
+    if gy.shape[:2] != (n, c):
+        raise ValueError(f"grad_output must have N, C = {(n, c)}, got shape {gy.shape}")
+
+
+def lp_grad_arguments(input, grad_output):
+    """-> (input, grad_output) of one dtype, input 4-D, for lp_pool2d_input."""
+    x, gy = _grad_operands("input", input, grad_output)
+    check_ndim(x, "input")
+    return x, gy
+
+
+def adaptive_max_grad_arguments(input, grad_output):
+    """-> (input, grad_output) for adaptive_max_pool2d_input; the output size is grad_output's."""
+    x, gy = lp_grad_arguments(input, grad_output)
+    _same_batch_and_channels(gy, *x.shape[:2])
+    return x, gy
+
+
+def adaptive_avg_grad_arguments(input_size, grad_output):
+    """-> (input_size, grad_output) for adaptive_avg_pool2d_input."""
+    size = check_size(input_size, "input_size")
+    gy = as_float_array(grad_output, "grad_output")
+    _same_batch_and_channels(gy, *size[:2])
+    return size, gy
+
+
+def unpool_grad_arguments(grad_output, indices):
+    """-> (grad_output, int64 indices) for max_unpool2d_input: indices index grad_output's planes."""
+    gy = as_float_array(grad_output, "grad_output")
+    check_ndim(gy, "grad_output")
+    idx = np.asarray(indices)
+    if idx.ndim != 4 or idx.shape[:2] != gy.shape[:2]:
+        raise ValueError(f"indices must be 4-D with N, C = {gy.shape[:2]}, got shape {idx.shape}")
+    idx = checked_indices(idx, idx.shape)
+    check_index_range(idx, gy.shape[2] * gy.shape[3])
+    return gy, idx
