@@ -201,52 +201,6 @@ def window_counts(out, stride, pad, kernel, size, include_pad, counts):
 
 
 @serial
-def add_window_columns(src, acc, kw, sw, pw, w):
-    """acc[x] += sum over j of src[x*sw - pw + j] (cells inside the row only)."""
-    ow = acc.shape[0]
-    for j in range(kw):
-        off = j - pw
-        lo = 0 if off >= 0 else (-off + sw - 1) // sw
-        hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
-        if hi <= lo:
-            continue
-        cells = src[lo * sw + off :]
-        a = acc[lo:hi]
-        if sw == 1:
-            for q in range(hi - lo):
-                a[q] += cells[q]
-        elif sw == 2:
-            for q in range(hi - lo):
-                a[q] += cells[2 * q]
-        else:
-            for q in range(hi - lo):
-                a[q] += cells[q * sw]
-
-
-@serial
-def spread_window_columns(scaled, dst, kw, sw, pw, w):
-    """Adjoint of add_window_columns: dst[x*sw - pw + j] += scaled[x]."""
-    ow = scaled.shape[0]
-    for j in range(kw):
-        off = j - pw
-        lo = 0 if off >= 0 else (-off + sw - 1) // sw
-        hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
-        if hi <= lo:
-            continue
-        cells = dst[lo * sw + off :]
-        a = scaled[lo:hi]
-        if sw == 1:
-            for q in range(hi - lo):
-                cells[q] += a[q]
-        elif sw == 2:
-            for q in range(hi - lo):
-                cells[2 * q] += a[q]
-        else:
-            for q in range(hi - lo):
-                cells[q * sw] += a[q]
-
-
-@serial
 def inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dtype_zero):
     """1 / divisor of every window, (oh, ow), in the arrays' dtype."""
     rows = np.empty(oh, dtype=np.int64)
@@ -266,6 +220,8 @@ def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
+    hp = max(h + ph, (oh - 1) * sh + kh)
+    wp = max(w + pw, (ow - 1) * sw + kw)
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
     for t in prange(n_ * c_):
         n = t // c_
@@ -281,12 +237,30 @@ def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):
                 for xo in range(ow):
                     d[xo] = (r0[2 * xo] + r0[2 * xo + 1] + r1[2 * xo] + r1[2 * xo + 1]) * iv[xo]
             continue
-        acc = np.empty(ow, dtype=out.dtype)
+        # Other windows: the plane in a zero-padded buffer that covers every window,
+        # then per output row a vertical sum of kh rows and a horizontal one of kw.
+        padded = np.zeros((hp, wp), dtype=x.dtype)
+        padded[ph : ph + h, pw : pw + w] = plane
+        column_sums = np.empty(wp, dtype=x.dtype)
+        acc = np.empty(ow, dtype=x.dtype)
         for y in range(oh):
+            column_sums[:] = padded[y * sh]
+            for i in range(1, kh):
+                r = padded[y * sh + i]
+                for q in range(wp):
+                    column_sums[q] += r[q]
             acc[:] = 0.0
-            y0 = y * sh - ph
-            for iy in range(max(y0, 0), min(y0 + kh, h)):
-                add_window_columns(plane[iy], acc, kw, sw, pw, w)
+            for j in range(kw):
+                cells = column_sums[j:]
+                if sw == 1:
+                    for xo in range(ow):
+                        acc[xo] += cells[xo]
+                elif sw == 2:
+                    for xo in range(ow):
+                        acc[xo] += cells[2 * xo]
+                else:
+                    for xo in range(ow):
+                        acc[xo] += cells[xo * sw]
             d = dst[y]
             iv = inv[y]
             for xo in range(ow):
@@ -299,6 +273,8 @@ def avg_pool_backward(grad_output, gx, kh, kw, sh, sw, ph, pw, include_pad, divi
     n_, c_, h, w = gx.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, grad_output[0, 0, 0, 0] * 0)
+    hp = max(h + ph, (oh - 1) * sh + kh)
+    wp = max(w + pw, (ow - 1) * sw + kw)
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
     for t in prange(n_ * c_):
         n = t // c_
@@ -317,15 +293,32 @@ def avg_pool_backward(grad_output, gx, kh, kw, sh, sw, ph, pw, include_pad, divi
                     r0[xi] = v
                     r1[xi] = v
             continue
+        # The adjoint of avg_pool's padded, separable sums, cropped at the end.
+        padded = np.zeros((hp, wp), dtype=gx.dtype)
+        row_sums = np.empty(wp, dtype=gx.dtype)
         scaled = np.empty(ow, dtype=gx.dtype)
         for y in range(oh):
             gr = g[y]
             iv = inv[y]
             for xo in range(ow):
                 scaled[xo] = gr[xo] * iv[xo]
-            y0 = y * sh - ph
-            for iy in range(max(y0, 0), min(y0 + kh, h)):
-                spread_window_columns(scaled, plane[iy], kw, sw, pw, w)
+            row_sums[:] = 0.0
+            for j in range(kw):
+                cells = row_sums[j:]
+                if sw == 1:
+                    for xo in range(ow):
+                        cells[xo] += scaled[xo]
+                elif sw == 2:
+                    for xo in range(ow):
+                        cells[2 * xo] += scaled[xo]
+                else:
+                    for xo in range(ow):
+                        cells[xo * sw] += scaled[xo]
+            for i in range(kh):
+                r = padded[y * sh + i]
+                for q in range(wp):
+                    r[q] += row_sums[q]
+        plane[:, :] = padded[ph : ph + h, pw : pw + w]
 
 
 @parallel
