@@ -86,11 +86,47 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+    hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         plane = x[n, c]
         dst = out[n, c]
+        if not with_indices and not two_by_two:
+            # Values only: the max (NaN winning) does not depend on the visiting order,
+            # so take it separably, over kh rows then kw columns, in a -inf padded plane.
+            padded = np.full((hp, wp), -np.inf, dtype=x.dtype)
+            padded[ph : ph + h, pw : pw + w] = plane
+            column_max = np.empty(wp, dtype=x.dtype)
+            for y in range(oh):
+                column_max[:] = padded[y * sh]
+                for i in range(1, kh):
+                    r = padded[y * sh + i * dh]
+                    for q in range(wp):
+                        v = r[q]
+                        old = column_max[q]
+                        column_max[q] = v if (v > old) | (v != v) else old
+                d = dst[y]
+                d[:] = -np.inf
+                for j in range(kw):
+                    cells = column_max[j * dw :]
+                    if sw == 1:
+                        for xo in range(ow):
+                            v = cells[xo]
+                            old = d[xo]
+                            d[xo] = v if (v > old) | (v != v) else old
+                    elif sw == 2:
+                        for xo in range(ow):
+                            v = cells[2 * xo]
+                            old = d[xo]
+                            d[xo] = v if (v > old) | (v != v) else old
+                    else:
+                        for xo in range(ow):
+                            v = cells[xo * sw]
+                            old = d[xo]
+                            d[xo] = v if (v > old) | (v != v) else old
+            continue
         if two_by_two and not with_indices:
             # The common 2x2/2 window without indices: a max of four, NaN winning.
             for y in range(oh):
