@@ -20,64 +20,66 @@ def first_inside(start, step):
 
 
 @serial
-def row_max(plane, y0, kh, kw, sw, pw, dh, dw, best, tap):
-    """Window max of one output row, all columns at once, for the windows whose top
-    row is y0: best[x], and in tap[x] the winning kernel cell i*kw + j (-1 if none:
-    padding or -inf only). Cells are visited in each window's row-major order, the
-    update is "greater, or NaN", so the first maximum wins and NaN beats everything.
-    Stride 1 and 2 have their own loops so that LLVM vectorises them."""
-    h, w = plane.shape
+def row_max(padded, top, kh, kw, sw, dh, dw, best, tap):
+    """Window max of one output row, all columns at once, from a -inf padded plane
+    whose row `top` is the windows' first: best[x], and in tap[x] the winning kernel
+    cell i*kw + j (-1 if none: padding or -inf only). Cells are visited in each
+    window's row-major order and the update is "greater, or NaN", so the first maximum
+    wins and NaN beats everything. Stride 1 and 2 have their own loops so that LLVM
+    vectorises them."""
     ow = best.shape[0]
     best[:] = -np.inf
     tap[:] = -1
     for i in range(kh):
-        iy = y0 + i * dh
-        if iy < 0 or iy >= h:
-            continue
-        src = plane[iy]
+        r = padded[top + i * dh]
         for j in range(kw):
-            off = j * dw - pw
-            lo = 0 if off >= 0 else (-off + sw - 1) // sw
-            hi = min(ow, (w - 1 - off) // sw + 1) if w - 1 - off >= 0 else 0
-            if hi <= lo:
-                continue
-            cells = src[lo * sw + off :]
-            b = best[lo:hi]
-            tp = tap[lo:hi]
+            cells = r[j * dw :]
             cell = i * kw + j
             if sw == 1:
-                for q in range(hi - lo):
+                for q in range(ow):
                     v = cells[q]
-                    old = b[q]
+                    old = best[q]
                     take = (v > old) | (v != v)
-                    b[q] = v if take else old
-                    tp[q] = cell if take else tp[q]
+                    best[q] = v if take else old
+                    tap[q] = cell if take else tap[q]
             elif sw == 2:
-                for q in range(hi - lo):
+                for q in range(ow):
                     v = cells[2 * q]
-                    old = b[q]
+                    old = best[q]
                     take = (v > old) | (v != v)
-                    b[q] = v if take else old
-                    tp[q] = cell if take else tp[q]
+                    best[q] = v if take else old
+                    tap[q] = cell if take else tap[q]
             else:
-                for q in range(hi - lo):
+                for q in range(ow):
                     v = cells[q * sw]
-                    old = b[q]
+                    old = best[q]
                     take = (v > old) | (v != v)
-                    b[q] = v if take else old
-                    tp[q] = cell if take else tp[q]
+                    best[q] = v if take else old
+                    tap[q] = cell if take else tap[q]
 
 
 @serial
-def tap_to_index(tap, y0, kw, sw, pw, dh, dw, w, index):
+def tap_offsets(kh, kw, dh, dw, w):
+    """Flat offset of each kernel cell i*kw + j from its window's top-left corner."""
+    offsets = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            offsets[i * kw + j] = i * dh * w + j * dw
+    return offsets
+
+
+@serial
+def tap_to_index(tap, offsets, y0, sw, pw, dh, dw, w, index):
     """Flat input index of each winning cell; a window without one keeps its first
-    inside cell, as PyTorch does."""
+    inside cell, as PyTorch does. (A table, not t // kw: integer division per output
+    cost more than the whole window scan.)"""
+    corner = y0 * w - pw
     for xo in range(tap.shape[0]):
         t = tap[xo]
         if t < 0:
             index[xo] = first_inside(y0, dh) * w + first_inside(xo * sw - pw, dw)
         else:
-            index[xo] = (y0 + (t // kw) * dh) * w + xo * sw - pw + (t % kw) * dw
+            index[xo] = corner + xo * sw + offsets[t]
 
 
 @parallel
@@ -88,6 +90,7 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
     hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    offsets = tap_offsets(kh, kw, dh, dw, w)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
@@ -167,13 +170,12 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
                     d[xo] = best
                     ir[xo] = 2 * y * w + 2 * xo + k
             continue
-        best = np.empty(ow, dtype=x.dtype)
+        padded = np.full((hp, wp), -np.inf, dtype=x.dtype)
+        padded[ph : ph + h, pw : pw + w] = plane
         tap = np.empty(ow, dtype=np.int32)
         for y in range(oh):
-            row_max(plane, y * sh - ph, kh, kw, sw, pw, dh, dw, best, tap)
-            dst[y, :] = best
-            if with_indices:
-                tap_to_index(tap, y * sh - ph, kw, sw, pw, dh, dw, w, indices[n, c, y])
+            row_max(padded, y * sh, kh, kw, sw, dh, dw, dst[y], tap)
+            tap_to_index(tap, offsets, y * sh - ph, sw, pw, dh, dw, w, indices[n, c, y])
 
 
 @parallel
@@ -203,6 +205,9 @@ def max_pool_backward(x, grad_output, gx, kh, kw, sh, sw, ph, pw, dh, dw):
     n_, c_, h, w = x.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     size = h * w
+    offsets = tap_offsets(kh, kw, dh, dw, w)
+    hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
@@ -210,12 +215,14 @@ def max_pool_backward(x, grad_output, gx, kh, kw, sh, sw, ph, pw, dh, dw):
         flat = gx[n, c].reshape(size)
         flat[:] = 0.0
         g = grad_output[n, c]
+        padded = np.full((hp, wp), -np.inf, dtype=x.dtype)
+        padded[ph : ph + h, pw : pw + w] = plane
         best = np.empty(ow, dtype=x.dtype)
         tap = np.empty(ow, dtype=np.int32)
         index = np.empty(ow, dtype=np.int64)
         for y in range(oh):
-            row_max(plane, y * sh - ph, kh, kw, sw, pw, dh, dw, best, tap)
-            tap_to_index(tap, y * sh - ph, kw, sw, pw, dh, dw, w, index)
+            row_max(padded, y * sh, kh, kw, sw, dh, dw, best, tap)
+            tap_to_index(tap, offsets, y * sh - ph, sw, pw, dh, dw, w, index)
             for xo in range(ow):
                 i = index[xo]
                 if i >= 0 and i < size:
