@@ -46,25 +46,28 @@ def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
     padded = np.zeros((hp, wp), dtype=x.dtype)
+    flat = padded.reshape(hp * wp)
+    p_ = oh * ow
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         padded[pt : pt + h, pl : pl + w] = x[n, c]
         for i in range(kh):
             for j in range(kw):
-                row = cols[(c * kh + i) * kw + j, n * oh * ow : (n + 1) * oh * ow]
+                row = cols[(c * kh + i) * kw + j, n * p_ : (n + 1) * p_]
+                # flat indices, no per-row views: rows can be a handful of elements
                 for y in range(oh):
-                    src = padded[y * sh + i * dh, j * dw :]
-                    dst = row[y * ow : (y + 1) * ow]
+                    src = (y * sh + i * dh) * wp + j * dw
+                    dst = y * ow
                     if sw == 1:
                         for q in range(ow):
-                            dst[q] = src[q]
+                            row[dst + q] = flat[src + q]
                     elif sw == 2:
                         for q in range(ow):
-                            dst[q] = src[2 * q]
+                            row[dst + q] = flat[src + 2 * q]
                     else:
                         for q in range(ow):
-                            dst[q] = src[q * sw]
+                            row[dst + q] = flat[src + q * sw]
 
 
 def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
@@ -74,25 +77,27 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
     padded = np.empty((hp, wp), dtype=gx.dtype)
+    flat = padded.reshape(hp * wp)
+    p_ = oh * ow
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         padded[:, :] = 0.0
         for i in range(kh):
             for j in range(kw):
-                row = cols[(c * kh + i) * kw + j, n * oh * ow : (n + 1) * oh * ow]
+                row = cols[(c * kh + i) * kw + j, n * p_ : (n + 1) * p_]
                 for y in range(oh):
-                    dst = padded[y * sh + i * dh, j * dw :]
-                    src = row[y * ow : (y + 1) * ow]
+                    dst = (y * sh + i * dh) * wp + j * dw
+                    src = y * ow
                     if sw == 1:
                         for q in range(ow):
-                            dst[q] += src[q]
+                            flat[dst + q] += row[src + q]
                     elif sw == 2:
                         for q in range(ow):
-                            dst[2 * q] += src[q]
+                            flat[dst + 2 * q] += row[src + q]
                     else:
                         for q in range(ow):
-                            dst[q * sw] += src[q]
+                            flat[dst + q * sw] += row[src + q]
         gx[n, c] = padded[pt : pt + h, pl : pl + w]
 
 
