@@ -138,16 +138,21 @@ def col2im_wide(cols, gxp, kh, kw, dh, dw, length):
                         shifted[q] += src[q]
 
 
-def unwide(wide, out, row, top, left, length):
-    """out[b, k, y, x] = wide[k, b*length + (y + top)*row + x + left]."""
+def unwide(wide, out, row, length):
+    """out[b, k, y, x] = wide[k, b*length + y*row + x] (rows of `row` columns, the
+    first ow of each kept)."""
     nb, k_, oh, ow = out.shape
     for b in range(nb):
         for k in range(k_):
-            for y in range(oh):
-                src = wide[k, b * length + (y + top) * row + left :]
-                dst = out[b, k, y]
-                for x in range(ow):
-                    dst[x] = src[x]
+            src = wide[k, b * length : (b + 1) * length]
+            dst = out[b, k].reshape(oh * ow)
+            if row == ow:
+                for q in range(oh * ow):
+                    dst[q] = src[q]
+            else:
+                for y in range(oh):
+                    for x in range(ow):
+                        dst[y * ow + x] = src[y * row + x]
 
 
 def widen(planes, wide, row, length):
@@ -156,12 +161,15 @@ def widen(planes, wide, row, length):
     for b in range(nb):
         for k in range(k_):
             dst = wide[k, b * length : (b + 1) * length]
-            dst[:] = 0.0
-            for y in range(oh):
-                src = planes[b, k, y]
-                d = dst[y * row :]
-                for x in range(min(ow, length - y * row)):
-                    d[x] = src[x]
+            src = planes[b, k].reshape(oh * ow)
+            if row == ow:
+                for q in range(oh * ow):
+                    dst[q] = src[q]
+            else:
+                dst[:] = 0.0
+                for y in range(oh):
+                    for x in range(min(ow, length - y * row)):
+                        dst[y * row + x] = src[y * ow + x]
 
 
 im2col_wide = serial(im2col_wide)
@@ -532,7 +540,7 @@ def gemm_forward(x, weight, g):
         c, r = pk.view(cols, pk.r, n1 - n0), pk.view(result, g.c_out, n1 - n0)
         pk.pack(xp[n0:n1], c.reshape(pk.r, -1))
         np.matmul(w, c, out=r)
-        unwide(r.reshape(g.c_out, -1), out[n0:n1], pk.row, 0, 0, pk.length)
+        unwide(r.reshape(g.c_out, -1), out[n0:n1], pk.row, pk.length)
     return out
 
 
