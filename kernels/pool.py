@@ -257,15 +257,24 @@ def inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor,
     return inv
 
 
+@serial
+def average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dtype_zero):
+    """What avg_pool and its gradient share: 1/divisor per window, the padded plane's
+    size (covering every window, ceil_mode overhang included), and whether the 2x2/2
+    fast path applies."""
+    inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dtype_zero)
+    hp = max(h + ph, (oh - 1) * sh + kh)
+    wp = max(w + pw, (ow - 1) * sw + kw)
+    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
+    return inv, hp, wp, two_by_two
+
+
 @parallel(fastmath=True)
 def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):
     """out = window sum / divisor; divisor 0 means PyTorch's count (see window_counts)."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
-    hp = max(h + ph, (oh - 1) * sh + kh)
-    wp = max(w + pw, (ow - 1) * sw + kw)
-    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
+    inv, hp, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
@@ -315,10 +324,7 @@ def avg_pool_backward(grad_output, gx, kh, kw, sh, sw, ph, pw, include_pad, divi
     """gx = every window's grad_output / divisor, added onto its real cells."""
     n_, c_, h, w = gx.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
-    inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, grad_output[0, 0, 0, 0] * 0)
-    hp = max(h + ph, (oh - 1) * sh + kh)
-    wp = max(w + pw, (ow - 1) * sw + kw)
-    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
+    inv, hp, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, grad_output[0, 0, 0, 0] * 0)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
