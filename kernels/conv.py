@@ -2,12 +2,13 @@
 
 Two families, chosen per shape by the caller:
 
-- GEMM: `im2col` packs each sample's windows into a (C*kh*kw, oh*ow) matrix with
-  parallel Numba code, then BLAS multiplies it with the weight (called from Python,
-  never inside a prange). `col2im` adds a gradient matrix back onto the input.
-- Direct: loops with the output row innermost (unit stride), for shapes whose
-  reduction is too small for GEMM to pay off: depthwise and narrow groups, first
-  layers with 1 or 3 input channels.
+- GEMM: a chunk of samples is packed (im2col, serial Numba code beside BLAS's own
+  threads) into a (C*kh*kw, samples * positions) matrix and multiplied with the
+  weight by BLAS, called from Python, never inside a prange; `col2im` adds a
+  gradient matrix back onto the input. See `_Packing` for the layouts.
+- Direct: parallel loops with the output row (or, at stride 1, the whole plane)
+  innermost and unit stride, for shapes whose GEMM would be too thin to pay off:
+  depthwise, channel multipliers, narrow groups, first layers.
 
 Every kernel writes disjoint outputs per prange iteration: forward over (n, k)
 planes, input gradient over (n, c) planes (a scatter inside an owned plane), weight
@@ -289,11 +290,12 @@ def direct_weight(x, grad_output, partial, groups, sh, sw, pt, pl, dh, dw, zero)
 
 
 @parallel
-def sum_batch_spatial(grad_output, out):
-    """out[k] = sum of grad_output[:, k] (the bias gradient), one channel per iteration."""
+def sum_batch_spatial(grad_output, out, zero):
+    """out[k] = sum of grad_output[:, k] (the bias gradient), one channel per iteration;
+    `zero` has the arrays' dtype, so the sum does too."""
     n_, k_, oh, ow = grad_output.shape
     for k in prange(k_):
-        s = out[k] - out[k]
+        s = zero
         for n in range(n_):
             for y in range(oh):
                 for xo in range(ow):
@@ -480,7 +482,7 @@ class _Packing:
 
     def __init__(self, g, itemsize):
         self.g = g
-        self.wide = g.sh == 1 and g.sw == 1
+        self.wide = _is_wide(g)
         self.row = g.w + g.pl + g.pr if self.wide else g.ow
         self.length = (g.oh - 1) * self.row + g.ow if self.wide else g.oh * g.ow
         self.r = g.c_in * g.kh * g.kw
@@ -629,6 +631,6 @@ def direct_weight_driver(x, grad_output, g, threads):
 
 
 def bias_grad(grad_output):
-    out = np.zeros(grad_output.shape[1], dtype=grad_output.dtype)
-    sum_batch_spatial(grad_output, out)
+    out = np.empty(grad_output.shape[1], dtype=grad_output.dtype)
+    sum_batch_spatial(grad_output, out, grad_output.dtype.type(0))
     return out
