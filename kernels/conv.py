@@ -23,17 +23,6 @@ from numba import prange
 
 from ._jit import parallel, serial
 
-
-@serial
-def valid_range(out, stride, offset, size):
-    """Outputs o in [lo, hi) whose input cell o*stride + offset lies in [0, size)."""
-    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
-    hi = 0 if size - 1 - offset < 0 else (size - 1 - offset) // stride + 1
-    lo = min(lo, out)
-    hi = min(max(hi, lo), out)
-    return lo, hi
-
-
 # ------------------------------------------------------------------ im2col family
 
 
@@ -182,72 +171,79 @@ widen = serial(widen)
 # ------------------------------------------------------------------ direct family
 
 
+@serial
+def padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw):
+    """(Hp, Wp) of a zero-padded plane holding the input at (pt, pl) and every window."""
+    return max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1), max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+
+
 @parallel(fastmath=True)
 def direct_forward(x, weight, out, groups, sh, sw, pt, pl, dh, dw):
-    """out[n, k] = sum over the group's channels and kernel of weight * shifted input."""
+    """out[n, k] = sum over the group's channels and kernel of weight * shifted input.
+
+    Each iteration copies its input planes into a local zero-padded buffer, so the
+    tap loops need no bounds tests; flat indices, not per-row views, because strided
+    output rows are often only a few elements long."""
     n_, c_, h, w = x.shape
     k_, cg, kh, kw = weight.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
+    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
     for t in prange(n_ * k_):
         n = t // k_
         k = t % k_
-        plane = out[n, k]
-        plane[:, :] = 0.0
+        acc = np.zeros(oh * ow, dtype=out.dtype)
+        padded = np.zeros((hp, wp), dtype=x.dtype)
+        flat = padded.reshape(hp * wp)
         for cl in range(cg):
-            c = (k // kg) * cg + cl
+            padded[pt : pt + h, pl : pl + w] = x[n, (k // kg) * cg + cl]
             for i in range(kh):
                 for j in range(kw):
                     wv = weight[k, cl, i, j]
-                    off = j * dw - pl
-                    lo, hi = valid_range(ow, sw, off, w)
                     for y in range(oh):
-                        iy = y * sh - pt + i * dh
-                        if iy < 0 or iy >= h:
-                            continue
-                        src = x[n, c, iy, lo * sw + off :]
-                        dst = plane[y, lo:hi]
-                        if sw == 1:
-                            for q in range(hi - lo):
-                                dst[q] += wv * src[q]
+                        src = (y * sh + i * dh) * wp + j * dw
+                        dst = y * ow
+                        if sw == 2:
+                            for q in range(ow):
+                                acc[dst + q] += wv * flat[src + 2 * q]
                         else:
-                            for q in range(hi - lo):
-                                dst[q] += wv * src[q * sw]
+                            for q in range(ow):
+                                acc[dst + q] += wv * flat[src + q * sw]
+        out[n, k] = acc.reshape(oh, ow)
 
 
 @parallel(fastmath=True)
 def direct_input(weight, grad_output, gx, groups, sh, sw, pt, pl, dh, dw):
     """gx[n, c] = sum over the group's output channels of weight * grad_output, scattered
-    back through each kernel offset (the plane is owned by one iteration)."""
+    back through each kernel offset into a local padded plane (owned by one
+    iteration) and cropped."""
     n_, c_, h, w = gx.shape
     k_, cg, kh, kw = weight.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     kg = k_ // groups
+    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
     for t in prange(n_ * c_):
         n = t // c_
         c = t % c_
         cl = c % cg
-        plane = gx[n, c]
-        plane[:, :] = 0.0
+        padded = np.zeros((hp, wp), dtype=gx.dtype)
+        flat = padded.reshape(hp * wp)
         for kl in range(kg):
             k = (c // cg) * kg + kl
+            g = grad_output[n, k].reshape(oh * ow)
             for i in range(kh):
                 for j in range(kw):
                     wv = weight[k, cl, i, j]
-                    off = j * dw - pl
-                    lo, hi = valid_range(ow, sw, off, w)
                     for y in range(oh):
-                        iy = y * sh - pt + i * dh
-                        if iy < 0 or iy >= h:
-                            continue
-                        src = grad_output[n, k, y, lo:hi]
-                        dst = plane[iy, lo * sw + off :]
-                        if sw == 1:
-                            for q in range(hi - lo):
-                                dst[q] += wv * src[q]
+                        dst = (y * sh + i * dh) * wp + j * dw
+                        src = y * ow
+                        if sw == 2:
+                            for q in range(ow):
+                                flat[dst + 2 * q] += wv * g[src + q]
                         else:
-                            for q in range(hi - lo):
-                                dst[q * sw] += wv * src[q]
+                            for q in range(ow):
+                                flat[dst + q * sw] += wv * g[src + q]
+        gx[n, c] = padded[pt : pt + h, pl : pl + w]
 
 
 @parallel(fastmath=True)
@@ -261,31 +257,30 @@ def direct_weight(x, grad_output, partial, groups, sh, sw, pt, pl, dh, dw, zero)
     chunks, k_, cg, kh, kw = partial.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     kg = k_ // groups
+    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
     for t in prange(chunks * k_):
         b = t // k_
         k = t % k_
         acc = partial[b, k]
         acc[:, :, :] = 0.0
+        padded = np.zeros((hp, wp), dtype=x.dtype)
+        flat = padded.reshape(hp * wp)
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
+            g = grad_output[n, k].reshape(oh * ow)
             for cl in range(cg):
-                c = (k // kg) * cg + cl
+                padded[pt : pt + h, pl : pl + w] = x[n, (k // kg) * cg + cl]
                 for i in range(kh):
                     for j in range(kw):
-                        off = j * dw - pl
-                        lo, hi = valid_range(ow, sw, off, w)
                         s = zero
                         for y in range(oh):
-                            iy = y * sh - pt + i * dh
-                            if iy < 0 or iy >= h:
-                                continue
-                            src = x[n, c, iy, lo * sw + off :]
-                            g = grad_output[n, k, y, lo:hi]
-                            if sw == 1:
-                                for q in range(hi - lo):
-                                    s += g[q] * src[q]
+                            src = (y * sh + i * dh) * wp + j * dw
+                            gr = y * ow
+                            if sw == 2:
+                                for q in range(ow):
+                                    s += g[gr + q] * flat[src + 2 * q]
                             else:
-                                for q in range(hi - lo):
-                                    s += g[q] * src[q * sw]
+                                for q in range(ow):
+                                    s += g[gr + q] * flat[src + q * sw]
                         acc[cl, i, j] += s
 
 
