@@ -147,3 +147,30 @@ def test_train_command_reaches_97_percent(capsys):
     out = capsys.readouterr().out
     accuracy = float(out.split("test accuracy ")[1].split()[0])
     assert accuracy >= 0.97, out
+
+
+def test_optimizer_and_loss_errors(tmp_path):
+    params = nn.Linear(3, 2).parameters()
+    with pytest.raises(ValueError, match="lr must be positive"):
+        optim.SGD(params, lr=0)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.Adam([])
+    with pytest.raises(ValueError, match="momentum and weight_decay must be non-negative"):
+        optim.SGD(params, lr=0.1, momentum=-1)
+    with pytest.raises(ValueError, match="nesterov momentum requires"):
+        optim.SGD(params, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas must be in"):
+        optim.Adam(params, betas=(1.0, 0.9))
+    opt = optim.SGD(params, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="does not match parameter 0"):
+        opt.load_state_dict({"steps": np.array(1), "0.momentum_buffer": np.zeros(5)})
+    model = nn.Linear(3, 2)
+    optim.save(tmp_path / "model_only.npz", model)
+    with pytest.raises(KeyError, match="holds no optimizer state"):
+        optim.load(tmp_path / "model_only.npz", model, optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="expected logits"):
+        nn.CrossEntropyLoss()(np.zeros((2, 3, 1)), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="same shape"):
+        nn.MSELoss()(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4\) expects"):
+        nn.BatchNorm2d(4)(np.zeros((2, 3, 5, 5), np.float32))
