@@ -7,6 +7,7 @@ import numpy as np
 from fastconv import dispatch
 from fastconv import params as P
 from fastconv.kernels import pool as K
+from fastconv.threads import get_num_threads
 
 
 def _unbatch(out, unbatched):
@@ -52,6 +53,13 @@ def _contiguous(x):
     return np.ascontiguousarray(x)
 
 
+def _row_blocks(planes, rows):
+    """Parts each plane's output rows are split into, so that few planes still give
+    every thread work (two iterations per thread at least)."""
+    threads = get_num_threads()
+    return 1 if planes >= 2 * threads else min(rows, -(-2 * threads // planes))
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max pooling, as torch.nn.functional.max_pool2d.
 
@@ -67,7 +75,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     g = P.pool2d_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     out = np.empty(g.output_shape, dtype=x.dtype)
     indices = np.empty(g.output_shape if return_indices else (1, 1, 1, 1), dtype=np.int64)
-    K.max_pool(_contiguous(x), out, indices, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, bool(return_indices))
+    K.max_pool(_contiguous(x), out, indices, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, bool(return_indices), _row_blocks(g.n * g.c, g.oh))
     if return_indices:
         return (out[0], indices[0]) if unbatched else (out, indices)
     return _unbatch(out, unbatched)
@@ -87,7 +95,7 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
 def _average(x, g, count_include_pad, divisor):
     out = np.empty(g.output_shape, dtype=x.dtype)
-    K.avg_pool(_contiguous(x), out, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, count_include_pad, divisor)
+    K.avg_pool(_contiguous(x), out, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, count_include_pad, divisor, _row_blocks(g.n * g.c, g.oh))
     return out
 
 

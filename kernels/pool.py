@@ -20,6 +20,19 @@ def first_inside(start, step):
 
 
 @serial
+def padded_band(plane, first, last, ph, pw, wp, fill):
+    """Rows [first, last) of the plane padded by (ph, pw) on top/left and with `fill`
+    everywhere outside it, as a (last - first, wp) array: a block of output rows
+    needs only its own band."""
+    h, w = plane.shape
+    band = np.full((last - first, wp), fill, dtype=plane.dtype)
+    lo, hi = max(first, ph), min(last, ph + h)
+    if hi > lo:
+        band[lo - first : hi - first, pw : pw + w] = plane[lo - ph : hi - ph]
+    return band
+
+
+@serial
 def row_max(padded, top, kh, kw, sw, dh, dw, best, tap):
     """Window max of one output row, all columns at once, from a -inf padded plane
     whose row `top` is the windows' first: best[x], and in tap[x] the winning kernel
@@ -83,29 +96,33 @@ def tap_to_index(tap, offsets, y0, sw, pw, dh, dw, w, index):
 
 
 @parallel
-def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
-    """out[n, c, y, x] = window max; indices (flat h*W + w) written when with_indices."""
+def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, blocks):
+    """out[n, c, y, x] = window max; indices (flat h*W + w) written when with_indices.
+
+    Each plane's output rows are split into `blocks` parts, each its own iteration,
+    so a batch of few planes still uses every thread."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
-    hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     offsets = tap_offsets(kh, kw, dh, dw, w)
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t % c_
+    for t in prange(n_ * c_ * blocks):
+        n = t // blocks // c_
+        c = t // blocks % c_
+        y_start = t % blocks * oh // blocks
+        y_end = (t % blocks + 1) * oh // blocks
         plane = x[n, c]
         dst = out[n, c]
         if not with_indices and not two_by_two:
             # Values only: the max (NaN winning) does not depend on the visiting order,
             # so take it separably, over kh rows then kw columns, in a -inf padded plane.
-            padded = np.full((hp, wp), -np.inf, dtype=x.dtype)
-            padded[ph : ph + h, pw : pw + w] = plane
+            first = y_start * sh
+            padded = padded_band(plane, first, (y_end - 1) * sh + (kh - 1) * dh + 1, ph, pw, wp, -np.inf)
             column_max = np.empty(wp, dtype=x.dtype)
-            for y in range(oh):
-                column_max[:] = padded[y * sh]
+            for y in range(y_start, y_end):
+                column_max[:] = padded[y * sh - first]
                 for i in range(1, kh):
-                    r = padded[y * sh + i * dh]
+                    r = padded[y * sh - first + i * dh]
                     for q in range(wp):
                         v = r[q]
                         old = column_max[q]
@@ -132,7 +149,7 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
             continue
         if two_by_two and not with_indices:
             # The common 2x2/2 window without indices: a max of four, NaN winning.
-            for y in range(oh):
+            for y in range(y_start, y_end):
                 r0 = plane[2 * y]
                 r1 = plane[2 * y + 1]
                 d = dst[y]
@@ -147,7 +164,7 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
         if two_by_two:
             # With indices: the same four cells in window order, "greater, or NaN".
             idx = indices[n, c]
-            for y in range(oh):
+            for y in range(y_start, y_end):
                 r0 = plane[2 * y]
                 r1 = plane[2 * y + 1]
                 d = dst[y]
@@ -170,11 +187,11 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices):
                     d[xo] = best
                     ir[xo] = 2 * y * w + 2 * xo + k
             continue
-        padded = np.full((hp, wp), -np.inf, dtype=x.dtype)
-        padded[ph : ph + h, pw : pw + w] = plane
+        first = y_start * sh
+        padded = padded_band(plane, first, (y_end - 1) * sh + (kh - 1) * dh + 1, ph, pw, wp, -np.inf)
         tap = np.empty(ow, dtype=np.int32)
-        for y in range(oh):
-            row_max(padded, y * sh, kh, kw, sw, dh, dw, dst[y], tap)
+        for y in range(y_start, y_end):
+            row_max(padded, y * sh - first, kh, kw, sw, dh, dw, dst[y], tap)
             tap_to_index(tap, offsets, y * sh - ph, sw, pw, dh, dw, w, indices[n, c, y])
 
 
@@ -270,18 +287,21 @@ def average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dty
 
 
 @parallel(fastmath=True)
-def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):
-    """out = window sum / divisor; divisor 0 means PyTorch's count (see window_counts)."""
+def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor, blocks):
+    """out = window sum / divisor; divisor 0 means PyTorch's count (see window_counts).
+    Output rows split into `blocks` iterations per plane, as in max_pool."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    inv, hp, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t % c_
+    inv, _, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
+    for t in prange(n_ * c_ * blocks):
+        n = t // blocks // c_
+        c = t // blocks % c_
+        y_start = t % blocks * oh // blocks
+        y_end = (t % blocks + 1) * oh // blocks
         plane = x[n, c]
         dst = out[n, c]
         if two_by_two:
-            for y in range(oh):
+            for y in range(y_start, y_end):
                 r0 = plane[2 * y]
                 r1 = plane[2 * y + 1]
                 d = dst[y]
@@ -291,14 +311,14 @@ def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor):
             continue
         # Other windows: the plane in a zero-padded buffer that covers every window,
         # then per output row a vertical sum of kh rows and a horizontal one of kw.
-        padded = np.zeros((hp, wp), dtype=x.dtype)
-        padded[ph : ph + h, pw : pw + w] = plane
+        first = y_start * sh
+        padded = padded_band(plane, first, (y_end - 1) * sh + kh, ph, pw, wp, 0.0)
         column_sums = np.empty(wp, dtype=x.dtype)
         acc = np.empty(ow, dtype=x.dtype)
-        for y in range(oh):
-            column_sums[:] = padded[y * sh]
+        for y in range(y_start, y_end):
+            column_sums[:] = padded[y * sh - first]
             for i in range(1, kh):
-                r = padded[y * sh + i]
+                r = padded[y * sh - first + i]
                 for q in range(wp):
                     column_sums[q] += r[q]
             acc[:] = 0.0
