@@ -131,3 +131,19 @@ def test_overlapping_windows_are_deterministic(rng):
     gy = rng.standard_normal((4, 16, 20, 20)).astype(np.float32)
     runs = [grad.max_pool2d_input(x, gy, 3, 1, 1) for _ in range(3)] + [grad.avg_pool2d_input(x.shape, gy, 3, 1, 1) for _ in range(2)]
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2]) and np.array_equal(runs[3], runs[4])
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False), ((2, 3), (3, 1), (1, 0), True)])
+def test_one_plane_split_across_threads(kernel, stride, padding, ceil_mode, rng):
+    # N*C = 1: the forward kernels split the output rows across threads.
+    x = rng.integers(-3, 4, (1, 1, 37, 41)).astype(np.float64)
+    x[0, 0, 5, 7] = np.nan
+    kw = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    for threads in sorted({1, fastconv.get_num_threads(), 2}):
+        with fastconv.num_threads(min(threads, __import__("numba").config.NUMBA_NUM_THREADS)):
+            y, idx = fastconv.max_pool2d(x, return_indices=True, **kw)
+            ry, ridx = reference.max_pool2d(x, return_indices=True, **kw)
+            assert_close(y, ry, np.float64, POOL_RTOL)
+            assert np.array_equal(idx, ridx)
+            assert_close(fastconv.max_pool2d(x, **kw), ry, np.float64, POOL_RTOL)
+            assert_close(fastconv.avg_pool2d(np.nan_to_num(x), **kw), reference.avg_pool2d(np.nan_to_num(x), **kw), np.float64, POOL_RTOL)
