@@ -26,6 +26,12 @@ from ._jit import parallel, serial
 # ------------------------------------------------------------------ im2col family
 
 
+@serial
+def padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw):
+    """(Hp, Wp) of a zero-padded plane holding the input at (pt, pl) and every window."""
+    return max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1), max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+
+
 def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     """cols[(c*kh + i)*kw + j, n*oh*ow + y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0.
 
@@ -33,8 +39,7 @@ def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     every window, so the copies need no bounds tests. The buffer is shared across
     planes: this kernel runs serially (see below)."""
     n_, c_, h, w = x.shape
-    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
     padded = np.zeros((hp, wp), dtype=x.dtype)
     flat = padded.reshape(hp * wp)
     p_ = oh * ow
@@ -64,8 +69,7 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
     """Adjoint of im2col: gx[n, c] = sum of the cols entries that came from each cell,
     added up in a padded buffer and cropped."""
     n_, c_, h, w = gx.shape
-    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
     padded = np.empty((hp, wp), dtype=gx.dtype)
     flat = padded.reshape(hp * wp)
     p_ = oh * ow
@@ -169,12 +173,6 @@ widen = serial(widen)
 
 
 # ------------------------------------------------------------------ direct family
-
-
-@serial
-def padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw):
-    """(Hp, Wp) of a zero-padded plane holding the input at (pt, pl) and every window."""
-    return max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1), max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
 
 
 @parallel(fastmath=True)
