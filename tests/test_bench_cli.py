@@ -64,3 +64,12 @@ def test_peak_measurement_is_positive():
     peaks = bench.measure_peaks(["float32"], quick=True)
     assert peaks["gemm_gflops_float32"] > 0 and peaks["copy_gbs"] > 0
     assert np.isfinite(list(peaks.values())).all()
+
+
+def test_bandwidth_copy_kernel_copies():
+    from fastconv.kernels.memory import copy
+
+    src = np.arange(200_003, dtype=np.float32)
+    dst = np.zeros_like(src)
+    copy(src, dst)
+    assert np.array_equal(dst, src)
