@@ -1,8 +1,9 @@
 """Pooling kernels: max (with indices), unpool, average/sum, adaptive; forward and
 gradient.
 
-Every kernel is parallel over the N*C planes; each iteration owns one output plane
-(forward) or one input plane (gradient), so overlapping windows scatter race-free.
+Every kernel is parallel over the N*C planes; each iteration owns whole output planes
+(forward; or blocks of their rows) or whole input planes (gradient), so overlapping
+windows scatter race-free.
 Window (y, x) covers rows y*sh - ph + i*dh (i < kh) and columns x*sw - pw + j*dw;
 cells outside the input are padding (-inf for max, 0 for sums).
 """
@@ -32,49 +33,72 @@ def padded_band(plane, first, last, ph, pw, wp, fill):
     return band
 
 
+# ------------------------------------------------------------ polyphase bands
+#
+# Window (y, x) reads padded cell (y*sh + i*dh, x*sw + j*dw). Split the padded
+# plane by row phase a and column phase b, band[a, b, Y, X] = padded[Y*sh + a, X*sw + b],
+# and that cell is band[(i*dh) % sh, (j*dw) % sw] at (y + (i*dh)//sh, x + (j*dw)//sw):
+# the same flat offset for every window. Laying the output out in rows of the
+# band's width wq turns each kernel tap into one contiguous loop over a whole block
+# of output rows, whatever the stride; the wq - ow extra columns per row are
+# computed and dropped. Bands are flat buffers, reused across the planes of a
+# prange iteration.
+
+
 @serial
-def row_max(padded, top, kh, kw, sw, dh, dw, best, tap):
-    """Window max of one output row, all columns at once, from a -inf padded plane
-    whose row `top` is the windows' first: best[x], and in tap[x] the winning kernel
-    cell i*kw + j (-1 if none: padding or -inf only). Cells are visited in each
-    window's row-major order and the update is "greater, or NaN", so the first maximum
-    wins and NaN beats everything. Stride 1 and 2 have their own loops so that LLVM
-    vectorises them."""
-    ow = best.shape[0]
-    best[:] = -np.inf
-    tap[:] = -1
-    for i in range(kh):
-        r = padded[top + i * dh]
-        for j in range(kw):
-            cells = r[j * dw :]
-            cell = i * kw + j
-            if sw == 1:
-                for q in range(ow):
-                    v = cells[q]
-                    old = best[q]
-                    take = (v > old) | (v != v)
-                    best[q] = v if take else old
-                    tap[q] = cell if take else tap[q]
-            elif sw == 2:
-                for q in range(ow):
-                    v = cells[2 * q]
-                    old = best[q]
-                    take = (v > old) | (v != v)
-                    best[q] = v if take else old
-                    tap[q] = cell if take else tap[q]
-            else:
-                for q in range(ow):
-                    v = cells[q * sw]
-                    old = best[q]
-                    take = (v > old) | (v != v)
-                    best[q] = v if take else old
-                    tap[q] = cell if take else tap[q]
+def band_shape(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, rows):
+    """(hq, wq) of the band for a block of `rows` output rows."""
+    last = (rows - 1) * sh + (kh - 1) * dh + 1
+    wq = (max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1) + sw - 1) // sw
+    return (last + sh - 1) // sh, wq
+
+
+@serial
+def fill_band(plane, first, ph, pw, sh, sw, hq, wq, fill, band, padded):
+    """band (flat, sh*sw*hq*wq) = padded rows from `first` (a multiple of sh) of the
+    plane, padded by (ph, pw) and `fill` outside it, split by phase as above.
+    `padded` is scratch for the rows before the column split (sh*hq*sw*wq cells).
+
+    Every loop here is long: LLVM's vector loops are unrolled, and a loop shorter
+    than a few vectors (a row of a small plane) would run scalar."""
+    h, w = plane.shape
+    wp = sw * wq
+    src = plane.reshape(h * w)
+    rows = band if sw == 1 else padded
+    rows[: sh * hq * wp] = fill
+    for a in range(sh):
+        for y in range(hq):
+            r = first + y * sh + a - ph
+            if 0 <= r < h:
+                base = (a * hq + y) * wp + pw
+                for q in range(w):
+                    rows[base + q] = src[r * w + q]
+    size = hq * wq
+    for a in range(sh):
+        s = padded[a * hq * wp : (a + 1) * hq * wp]
+        if sw == 2:
+            even = band[2 * a * size : (2 * a + 1) * size]
+            odd = band[(2 * a + 1) * size : (2 * a + 2) * size]
+            for k in range(size):
+                even[k] = s[2 * k]
+                odd[k] = s[2 * k + 1]
+        elif sw > 2:
+            for b in range(sw):
+                dst = band[(a * sw + b) * size : (a * sw + b + 1) * size]
+                for k in range(size):
+                    dst[k] = s[k * sw + b]
+
+
+@serial
+def tap_start(i, j, sh, sw, dh, dw, hq, wq):
+    """Where in the band tap (i, j) of the first output starts."""
+    return (((i * dh % sh) * sw + j * dw % sw) * hq + i * dh // sh) * wq + j * dw // sw
 
 
 @serial
 def tap_offsets(kh, kw, dh, dw, w):
     """Flat offset of each kernel cell i*kw + j from its window's top-left corner."""
-    offsets = np.empty(kh * kw, dtype=np.int64)
+    offsets = np.empty(kh * kw, dtype=np.int32)
     for i in range(kh):
         for j in range(kw):
             offsets[i * kw + j] = i * dh * w + j * dw
@@ -82,117 +106,201 @@ def tap_offsets(kh, kw, dh, dw, w):
 
 
 @serial
-def tap_to_index(tap, offsets, y0, sw, pw, dh, dw, w, index):
-    """Flat input index of each winning cell; a window without one keeps its first
-    inside cell, as PyTorch does. (A table, not t // kw: integer division per output
-    cost more than the whole window scan.)"""
-    corner = y0 * w - pw
-    for xo in range(tap.shape[0]):
-        t = tap[xo]
-        if t < 0:
-            index[xo] = first_inside(y0, dh) * w + first_inside(xo * sw - pw, dw)
-        else:
-            index[xo] = corner + xo * sw + offsets[t]
+def window_max(band, kh, kw, sh, sw, dh, dw, hq, wq, offsets, best, tap, length, with_tap):
+    """Window maxima of a block of output rows in the wide layout, from a -inf band:
+    best[q], and if with_tap, in tap[q] the winning cell's offset from its window's
+    corner (-1 if none: padding or -inf only). Cells are visited in each window's
+    row-major order and the update is "greater, or NaN", so the first maximum wins
+    and NaN beats everything. A kernel row of three taps is one pass, so best and
+    tap stay in registers across it."""
+    best[:length] = -np.inf
+    tap[:length] = -1
+    for i in range(kh):
+        if kw == 3:
+            c0 = band[tap_start(i, 0, sh, sw, dh, dw, hq, wq) :]
+            c1 = band[tap_start(i, 1, sh, sw, dh, dw, hq, wq) :]
+            c2 = band[tap_start(i, 2, sh, sw, dh, dw, hq, wq) :]
+            o0, o1, o2 = offsets[3 * i], offsets[3 * i + 1], offsets[3 * i + 2]
+            for q in range(length):
+                m = best[q]
+                t = tap[q]
+                v = c0[q]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                t = o0 if take else t
+                v = c1[q]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                t = o1 if take else t
+                v = c2[q]
+                take = (v > m) | (v != v)
+                best[q] = v if take else m
+                tap[q] = o2 if take else t
+            continue
+        for j in range(kw):
+            cells = band[tap_start(i, j, sh, sw, dh, dw, hq, wq) :]
+            offset = offsets[i * kw + j]
+            if with_tap:
+                for q in range(length):
+                    v = cells[q]
+                    old = best[q]
+                    take = (v > old) | (v != v)
+                    best[q] = v if take else old
+                    tap[q] = offset if take else tap[q]
+            else:
+                for q in range(length):
+                    v = cells[q]
+                    old = best[q]
+                    best[q] = v if (v > old) | (v != v) else old
+
+
+@serial
+def index_tables(oh, ow, wq, w, sh, sw, ph, pw, dh, dw):
+    """For each output in the wide layout (rows of wq): the flat input index of its
+    window's top-left corner, and of its first inside cell (PyTorch's index for a
+    window without a maximum)."""
+    corner = np.zeros(oh * wq, dtype=np.int64)
+    fallback = np.zeros(oh * wq, dtype=np.int64)
+    for y in range(oh):
+        for x in range(ow):
+            corner[y * wq + x] = (y * sh - ph) * w + x * sw - pw
+            fallback[y * wq + x] = first_inside(y * sh - ph, dh) * w + first_inside(x * sw - pw, dw)
+    return corner, fallback
+
+
+@serial
+def row_block(t, blocks, c_, oh):
+    """Work item t of a forward kernel that splits each plane's output rows into
+    `blocks` parts: its plane (n, c) and its rows [y_start, y_end)."""
+    return t // blocks // c_, t // blocks % c_, t % blocks * oh // blocks, (t % blocks + 1) * oh // blocks
+
+
+@serial
+def iteration_groups(items):
+    """Prange iterations for `items` independent pieces of work: enough for any
+    thread count, few enough that per-iteration buffers are allocated rarely."""
+    return min(items, 256)
 
 
 @parallel
 def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, blocks):
     """out[n, c, y, x] = window max; indices (flat h*W + w) written when with_indices.
 
-    Each plane's output rows are split into `blocks` parts, each its own iteration,
-    so a batch of few planes still uses every thread."""
+    Each plane's output rows are split into `blocks` parts, so a batch of few planes
+    still uses every thread; each prange iteration takes a run of (plane, part)
+    items and owns their outputs."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+    rows = -(-oh // blocks)
+    hq, wq = band_shape(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, rows)
     wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     offsets = tap_offsets(kh, kw, dh, dw, w)
-    for t in prange(n_ * c_ * blocks):
-        n = t // blocks // c_
-        c = t // blocks % c_
-        y_start = t % blocks * oh // blocks
-        y_end = (t % blocks + 1) * oh // blocks
-        plane = x[n, c]
-        dst = out[n, c]
-        if not with_indices and not two_by_two:
-            # Values only: the max (NaN winning) does not depend on the visiting order,
-            # so take it separably, over kh rows then kw columns, in a -inf padded plane.
-            first = y_start * sh
-            padded = padded_band(plane, first, (y_end - 1) * sh + (kh - 1) * dh + 1, ph, pw, wp, -np.inf)
-            column_max = np.empty(wp, dtype=x.dtype)
+    corner, fallback = index_tables(oh, ow, wq, w, sh, sw, ph, pw, dh, dw)
+    items = n_ * c_ * blocks
+    groups = iteration_groups(items)
+    size = sh * sw * hq * wq if with_indices and not two_by_two else 0
+    for group in prange(groups):
+        band = np.empty(size, dtype=x.dtype)
+        padded = np.empty(size, dtype=x.dtype)
+        best = np.empty(rows * wq, dtype=x.dtype)
+        tap = np.empty(rows * wq, dtype=np.int32)
+        out_flat = out.reshape(out.size)
+        indices_flat = indices.reshape(indices.size)
+        for t in range(group * items // groups, (group + 1) * items // groups):
+            n, c, y_start, y_end = row_block(t, blocks, c_, oh)
+            plane = x[n, c]
+            dst = out[n, c]
+            if not with_indices and not two_by_two:
+                # Values only: the max (NaN winning) does not depend on the visiting order,
+                # so take it separably, over kh rows then kw columns, in a -inf padded plane.
+                first = y_start * sh
+                rows_band = padded_band(plane, first, (y_end - 1) * sh + (kh - 1) * dh + 1, ph, pw, wp, -np.inf)
+                column_max = np.empty(wp, dtype=x.dtype)
+                for y in range(y_start, y_end):
+                    column_max[:] = rows_band[y * sh - first]
+                    for i in range(1, kh):
+                        r = rows_band[y * sh - first + i * dh]
+                        for q in range(wp):
+                            v = r[q]
+                            old = column_max[q]
+                            column_max[q] = v if (v > old) | (v != v) else old
+                    d = dst[y]
+                    d[:] = -np.inf
+                    for j in range(kw):
+                        cells = column_max[j * dw :]
+                        if sw == 1:
+                            for xo in range(ow):
+                                v = cells[xo]
+                                old = d[xo]
+                                d[xo] = v if (v > old) | (v != v) else old
+                        elif sw == 2:
+                            for xo in range(ow):
+                                v = cells[2 * xo]
+                                old = d[xo]
+                                d[xo] = v if (v > old) | (v != v) else old
+                        else:
+                            for xo in range(ow):
+                                v = cells[xo * sw]
+                                old = d[xo]
+                                d[xo] = v if (v > old) | (v != v) else old
+                continue
+            if two_by_two and not with_indices:
+                # The common 2x2/2 window without indices: a max of four, NaN winning.
+                for y in range(y_start, y_end):
+                    r0 = plane[2 * y]
+                    r1 = plane[2 * y + 1]
+                    d = dst[y]
+                    for xo in range(ow):
+                        a = r0[2 * xo]
+                        b = r0[2 * xo + 1]
+                        e = r1[2 * xo]
+                        f = r1[2 * xo + 1]
+                        m = max(max(a, b), max(e, f))
+                        d[xo] = m if a == a and b == b and e == e and f == f else np.nan
+                continue
+            if two_by_two:
+                # With indices: the same four cells in window order, "greater, or NaN".
+                idx = indices[n, c]
+                for y in range(y_start, y_end):
+                    r0 = plane[2 * y]
+                    r1 = plane[2 * y + 1]
+                    d = dst[y]
+                    ir = idx[y]
+                    for xo in range(ow):
+                        m = r0[2 * xo]
+                        k = 0
+                        v = r0[2 * xo + 1]
+                        take = (v > m) | (v != v)
+                        m = v if take else m
+                        k = 1 if take else k
+                        v = r1[2 * xo]
+                        take = (v > m) | (v != v)
+                        m = v if take else m
+                        k = w if take else k
+                        v = r1[2 * xo + 1]
+                        take = (v > m) | (v != v)
+                        m = v if take else m
+                        k = w + 1 if take else k
+                        d[xo] = m
+                        ir[xo] = 2 * y * w + 2 * xo + k
+                continue
+            if y_end == y_start:
+                continue
+            fill_band(plane, y_start * sh, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
+            length = (y_end - y_start - 1) * wq + ow
+            window_max(band, kh, kw, sh, sw, dh, dw, hq, wq, offsets, best, tap, length, with_indices)
+            # Rows out of the wide layout, with flat indices: a helper call or a view
+            # per row of a few elements costs more than the row.
             for y in range(y_start, y_end):
-                column_max[:] = padded[y * sh - first]
-                for i in range(1, kh):
-                    r = padded[y * sh - first + i * dh]
-                    for q in range(wp):
-                        v = r[q]
-                        old = column_max[q]
-                        column_max[q] = v if (v > old) | (v != v) else old
-                d = dst[y]
-                d[:] = -np.inf
-                for j in range(kw):
-                    cells = column_max[j * dw :]
-                    if sw == 1:
-                        for xo in range(ow):
-                            v = cells[xo]
-                            old = d[xo]
-                            d[xo] = v if (v > old) | (v != v) else old
-                    elif sw == 2:
-                        for xo in range(ow):
-                            v = cells[2 * xo]
-                            old = d[xo]
-                            d[xo] = v if (v > old) | (v != v) else old
-                    else:
-                        for xo in range(ow):
-                            v = cells[xo * sw]
-                            old = d[xo]
-                            d[xo] = v if (v > old) | (v != v) else old
-            continue
-        if two_by_two and not with_indices:
-            # The common 2x2/2 window without indices: a max of four, NaN winning.
-            for y in range(y_start, y_end):
-                r0 = plane[2 * y]
-                r1 = plane[2 * y + 1]
-                d = dst[y]
+                q = (y - y_start) * wq
+                o = (t // blocks * oh + y) * ow
                 for xo in range(ow):
-                    a = r0[2 * xo]
-                    b = r0[2 * xo + 1]
-                    e = r1[2 * xo]
-                    f = r1[2 * xo + 1]
-                    m = max(max(a, b), max(e, f))
-                    d[xo] = m if a == a and b == b and e == e and f == f else np.nan
-            continue
-        if two_by_two:
-            # With indices: the same four cells in window order, "greater, or NaN".
-            idx = indices[n, c]
-            for y in range(y_start, y_end):
-                r0 = plane[2 * y]
-                r1 = plane[2 * y + 1]
-                d = dst[y]
-                ir = idx[y]
-                for xo in range(ow):
-                    best = r0[2 * xo]
-                    k = 0
-                    v = r0[2 * xo + 1]
-                    take = (v > best) | (v != v)
-                    best = v if take else best
-                    k = 1 if take else k
-                    v = r1[2 * xo]
-                    take = (v > best) | (v != v)
-                    best = v if take else best
-                    k = w if take else k
-                    v = r1[2 * xo + 1]
-                    take = (v > best) | (v != v)
-                    best = v if take else best
-                    k = w + 1 if take else k
-                    d[xo] = best
-                    ir[xo] = 2 * y * w + 2 * xo + k
-            continue
-        first = y_start * sh
-        padded = padded_band(plane, first, (y_end - 1) * sh + (kh - 1) * dh + 1, ph, pw, wp, -np.inf)
-        tap = np.empty(ow, dtype=np.int32)
-        for y in range(y_start, y_end):
-            row_max(padded, y * sh - first, kh, kw, sw, dh, dw, dst[y], tap)
-            tap_to_index(tap, offsets, y * sh - ph, sw, pw, dh, dw, w, indices[n, c, y])
+                    out_flat[o + xo] = best[q + xo]
+                if with_indices:
+                    for xo in range(ow):
+                        k = tap[q + xo]
+                        indices_flat[o + xo] = corner[y * wq + xo] + k if k >= 0 else fallback[y * wq + xo]
 
 
 @parallel
@@ -222,28 +330,31 @@ def max_pool_backward(x, grad_output, gx, kh, kw, sh, sw, ph, pw, dh, dw):
     n_, c_, h, w = x.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     size = h * w
+    hq, wq = band_shape(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, oh)
     offsets = tap_offsets(kh, kw, dh, dw, w)
-    hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t % c_
-        plane = x[n, c]
-        flat = gx[n, c].reshape(size)
-        flat[:] = 0.0
-        g = grad_output[n, c]
-        padded = np.full((hp, wp), -np.inf, dtype=x.dtype)
-        padded[ph : ph + h, pw : pw + w] = plane
-        best = np.empty(ow, dtype=x.dtype)
-        tap = np.empty(ow, dtype=np.int32)
-        index = np.empty(ow, dtype=np.int64)
-        for y in range(oh):
-            row_max(padded, y * sh, kh, kw, sw, dh, dw, best, tap)
-            tap_to_index(tap, offsets, y * sh - ph, sw, pw, dh, dw, w, index)
-            for xo in range(ow):
-                i = index[xo]
-                if i >= 0 and i < size:
-                    flat[i] += g[y, xo]
+    corner, fallback = index_tables(oh, ow, wq, w, sh, sw, ph, pw, dh, dw)
+    length = (oh - 1) * wq + ow
+    items = n_ * c_
+    groups = iteration_groups(items)
+    for group in prange(groups):
+        band = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        padded = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        best = np.empty(length, dtype=x.dtype)
+        tap = np.empty(length, dtype=np.int32)
+        for t in range(group * items // groups, (group + 1) * items // groups):
+            n = t // c_
+            c = t % c_
+            flat = gx[n, c].reshape(size)
+            flat[:] = 0.0
+            fill_band(x[n, c], 0, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
+            window_max(band, kh, kw, sh, sw, dh, dw, hq, wq, offsets, best, tap, length, True)
+            g = grad_output[n, c].reshape(oh * ow)
+            for y in range(oh):
+                for xo in range(ow):
+                    k = tap[y * wq + xo]
+                    i = corner[y * wq + xo] + k if k >= 0 else fallback[y * wq + xo]
+                    if i >= 0 and i < size:
+                        flat[i] += g[y * ow + xo]
 
 
 @serial
@@ -294,10 +405,7 @@ def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor, blocks):
     oh, ow = out.shape[2], out.shape[3]
     inv, _, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
     for t in prange(n_ * c_ * blocks):
-        n = t // blocks // c_
-        c = t // blocks % c_
-        y_start = t % blocks * oh // blocks
-        y_end = (t % blocks + 1) * oh // blocks
+        n, c, y_start, y_end = row_block(t, blocks, c_, oh)
         plane = x[n, c]
         dst = out[n, c]
         if two_by_two:

@@ -147,3 +147,18 @@ def test_one_plane_split_across_threads(kernel, stride, padding, ceil_mode, rng)
             assert np.array_equal(idx, ridx)
             assert_close(fastconv.max_pool2d(x, **kw), ry, np.float64, POOL_RTOL)
             assert_close(fastconv.avg_pool2d(np.nan_to_num(x), **kw), reference.avg_pool2d(np.nan_to_num(x), **kw), np.float64, POOL_RTOL)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [(3, 2, 1, 1), (3, 1, 1, 1), (2, 3, 1, 2), ((3, 2), (1, 3), (1, 0), (2, 1))])
+def test_many_planes_in_uneven_runs(kernel, stride, padding, dilation, rng):
+    # 3 * 101 planes: each prange iteration takes a run of planes, of unequal lengths.
+    x = rng.integers(-3, 4, (3, 101, 9, 10)).astype(np.float32)
+    x[1, 7, 2, 3] = np.nan
+    x[2, 50] = -np.inf
+    kw = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation)
+    y, idx = fastconv.max_pool2d(x, return_indices=True, **kw)
+    ry, ridx = reference.max_pool2d(x, return_indices=True, **kw)
+    assert_close(y, ry, np.float32, POOL_RTOL)
+    assert np.array_equal(idx, ridx)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_close(grad.max_pool2d_input(x, gy, **kw), reference.max_pool2d_input(x, gy, **kw), np.float32, POOL_RTOL)
