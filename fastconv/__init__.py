@@ -5,8 +5,18 @@ Forward operators live here (as in torch.nn.functional), gradients in
 `fastconv.reference`. Arrays are NCHW, conv weights OIHW, transposed-conv weights IOHW.
 """
 
-from fastconv import grad, reference
-from fastconv.functional import (
+import os
+
+# NumPy's OpenBLAS keeps each worker thread spinning for about 0.1 s after a GEMM (its
+# default thread timeout, 2**28 cycles). On a machine with few cores that takes a core
+# from whatever runs next, Numba's kernels or PyTorch's: measured on 2 cores, both ran
+# up to 2x slower right after fastconv's GEMMs. A timeout of 2**4 cycles puts them to
+# sleep at once. OpenBLAS reads it when it loads, so this works when fastconv is
+# imported before NumPy; a value already set is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from fastconv import grad, reference  # noqa: E402
+from fastconv.functional import (  # noqa: E402
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
     avg_pool2d,
@@ -17,8 +27,8 @@ from fastconv.functional import (
     max_unpool2d,
     sum_pool2d,
 )
-from fastconv.threads import get_num_threads, num_threads, set_num_threads
-from fastconv.warmup import warmup
+from fastconv.threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
+from fastconv.warmup import warmup  # noqa: E402
 
 __all__ = [
     "adaptive_avg_pool2d",

@@ -21,13 +21,18 @@ _forced: str | None = None
 
 
 def conv_path(g: ConvGeometry) -> str:
-    """'direct' where a GEMM would be too thin to pay off: one input channel per group
-    (depthwise, with or without a channel multiplier) or at most 8 output channels
-    per group (first layers like LeNet's, narrow groups); else 'gemm'. Measured on
-    the catalogue (python -m fastconv bench)."""
+    """'gemm' for 1x1 convolutions (a plain matrix product) and for strided ones with
+    wide groups; 'direct' for the rest: stride 1 when the output channels of a group
+    come in blocks of 4 (the direct kernels' register blocking), one input channel
+    per group (depthwise, with or without a channel multiplier), or at most 8 output
+    channels per group. Measured on the catalogue (python -m fastconv bench)."""
     if _forced is not None:
         return _forced
-    if g.c_in // g.groups == 1 or g.c_out // g.groups <= 8:
+    cg, kg = g.c_in // g.groups, g.c_out // g.groups
+    pointwise = g.kh == g.kw == 1 and g.sh == g.sw == 1
+    if pointwise and cg > 1:
+        return "gemm"
+    if (g.sh == g.sw == 1 and kg % 4 == 0) or cg == 1 or kg <= 8:
         return "direct"
     return "gemm"
 

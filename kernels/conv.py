@@ -335,24 +335,76 @@ def pad_into(plane, flat, top, left, wp):
             dst[x] = src[x]
 
 
+@serial
+def crop_wide(acc, plane, wp):
+    """plane (oh, ow) = the first ow columns of each row of acc (rows of length wp)."""
+    oh, ow = plane.shape
+    for y in range(oh):
+        a = acc[y * wp :]
+        d = plane[y]
+        for xo in range(ow):
+            d[xo] = a[xo]
+
+
 @parallel(fastmath=True)
-def wide_forward(x, weight, out, groups, pt, pl, hp, wp, dh, dw):
-    """Stride-1 forward; each iteration pads its input planes into a local buffer."""
+def wide_forward(x, weight, out, groups, pt, pl, hp, wp, dh, dw, block):
+    """Stride-1 forward; each iteration computes `block` (1 or 4) output channels of
+    one group from each padded input plane, so that one load of the input feeds
+    every channel's multiply-adds (4 accumulators stay in registers)."""
     n_, c_, h, w = x.shape
     k_, cg, kh, kw = weight.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     length = (oh - 1) * wp + ow
-    for t in prange(n_ * k_):
-        n = t // k_
-        k = t % k_
-        acc = np.zeros(length, dtype=out.dtype)
+    blocks = k_ // block
+    for t in prange(n_ * blocks):
+        n = t // blocks
+        k = t % blocks * block
+        acc = np.zeros((block, length), dtype=out.dtype)
         src = np.empty(hp * wp, dtype=x.dtype)
         for cl in range(cg):
             pad_into(x[n, (k // kg) * cg + cl], src, pt, pl, wp)
             for i in range(kh):
                 row = i * dh * wp
-                if kw == 3:
+                if block == 4 and kw == 3:
+                    a0 = acc[0]
+                    a1 = acc[1]
+                    a2 = acc[2]
+                    a3 = acc[3]
+                    w00, w01, w02 = weight[k, cl, i, 0], weight[k, cl, i, 1], weight[k, cl, i, 2]
+                    w10, w11, w12 = weight[k + 1, cl, i, 0], weight[k + 1, cl, i, 1], weight[k + 1, cl, i, 2]
+                    w20, w21, w22 = weight[k + 2, cl, i, 0], weight[k + 2, cl, i, 1], weight[k + 2, cl, i, 2]
+                    w30, w31, w32 = weight[k + 3, cl, i, 0], weight[k + 3, cl, i, 1], weight[k + 3, cl, i, 2]
+                    s0 = src[row : row + length]
+                    s1 = src[row + dw : row + dw + length]
+                    s2 = src[row + 2 * dw : row + 2 * dw + length]
+                    for q in range(length):
+                        v0 = s0[q]
+                        v1 = s1[q]
+                        v2 = s2[q]
+                        a0[q] += w00 * v0 + w01 * v1 + w02 * v2
+                        a1[q] += w10 * v0 + w11 * v1 + w12 * v2
+                        a2[q] += w20 * v0 + w21 * v1 + w22 * v2
+                        a3[q] += w30 * v0 + w31 * v1 + w32 * v2
+                elif block == 4:
+                    a0 = acc[0]
+                    a1 = acc[1]
+                    a2 = acc[2]
+                    a3 = acc[3]
+                    for j in range(kw):
+                        w0 = weight[k, cl, i, j]
+                        w1 = weight[k + 1, cl, i, j]
+                        w2 = weight[k + 2, cl, i, j]
+                        w3 = weight[k + 3, cl, i, j]
+                        sj = src[row + j * dw : row + j * dw + length]
+                        for q in range(length):
+                            v = sj[q]
+                            a0[q] += w0 * v
+                            a1[q] += w1 * v
+                            a2[q] += w2 * v
+                            a3[q] += w3 * v
+                elif kw == 3:
+                    a = acc[0]
                     w0 = weight[k, cl, i, 0]
                     w1 = weight[k, cl, i, 1]
                     w2 = weight[k, cl, i, 2]
@@ -360,19 +412,16 @@ def wide_forward(x, weight, out, groups, pt, pl, hp, wp, dh, dw):
                     s1 = src[row + dw : row + dw + length]
                     s2 = src[row + 2 * dw : row + 2 * dw + length]
                     for q in range(length):
-                        acc[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
+                        a[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
                 else:
+                    a = acc[0]
                     for j in range(kw):
                         wv = weight[k, cl, i, j]
                         sj = src[row + j * dw : row + j * dw + length]
                         for q in range(length):
-                            acc[q] += wv * sj[q]
-        plane = out[n, k]
-        for y in range(oh):
-            a = acc[y * wp :]
-            d = plane[y]
-            for xo in range(ow):
-                d[xo] = a[xo]
+                            a[q] += wv * sj[q]
+        for m in range(block):
+            crop_wide(acc[m], out[n, k + m], wp)
 
 
 @parallel(fastmath=True)
@@ -409,32 +458,79 @@ def wide_input(weight, grad_output, gx, groups, pt, pl, hp, wp, dh, dw):
 
 
 @parallel(fastmath=True)
-def wide_weight(x, grad_output, partial, groups, pt, pl, hp, wp, dh, dw, zero):
+def wide_weight(x, grad_output, partial, groups, pt, pl, hp, wp, dh, dw, zero, block):
     """Stride-1 weight gradient: dot products of grad_output (rows of length Wp,
-    zeros past ow) with the shifted padded input, per (batch chunk, k)."""
+    zeros past ow) with the shifted padded input, per (batch chunk, block of `block`
+    output channels of one group). With 4 channels and 3-wide kernel rows, one pass
+    over the input makes 12 dot products from each load."""
     n_, c_, h, w = x.shape
     chunks, k_, cg, kh, kw = partial.shape
     oh = grad_output.shape[2]
     kg = k_ // groups
     length = (oh - 1) * wp + wp - (kw - 1) * dw
-    for t in prange(chunks * k_):
-        b = t // k_
-        k = t % k_
-        acc = partial[b, k]
-        acc[:, :, :] = 0.0
-        g = np.empty(oh * wp, dtype=x.dtype)
+    blocks = k_ // block
+    for t in prange(chunks * blocks):
+        b = t // blocks
+        k = t % blocks * block
+        acc = partial[b, k : k + block]
+        acc[:, :, :, :] = 0.0
+        g = np.empty((block, oh * wp), dtype=x.dtype)
         src = np.empty(hp * wp, dtype=x.dtype)
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
-            pad_into(grad_output[n, k], g, 0, 0, wp)
+            for m in range(block):
+                pad_into(grad_output[n, k + m], g[m], 0, 0, wp)
             for cl in range(cg):
                 pad_into(x[n, (k // kg) * cg + cl], src, pt, pl, wp)
                 for i in range(kh):
-                    for j in range(kw):
-                        shifted = src[i * dh * wp + j * dw :]
-                        s = zero
+                    if block == 4 and kw == 3:
+                        g0 = g[0]
+                        g1 = g[1]
+                        g2 = g[2]
+                        g3 = g[3]
+                        s0 = src[i * dh * wp :]
+                        s1 = src[i * dh * wp + dw :]
+                        s2 = src[i * dh * wp + 2 * dw :]
+                        # Unrolled by hand: twelve sums held in registers, each
+                        # load of the input feeding four channels' three taps.
+                        d00 = d01 = d02 = d10 = d11 = d12 = zero
+                        d20 = d21 = d22 = d30 = d31 = d32 = zero
                         for q in range(length):
-                            s += g[q] * shifted[q]
-                        acc[cl, i, j] += s
+                            v0 = s0[q]
+                            v1 = s1[q]
+                            v2 = s2[q]
+                            d00 += g0[q] * v0
+                            d01 += g0[q] * v1
+                            d02 += g0[q] * v2
+                            d10 += g1[q] * v0
+                            d11 += g1[q] * v1
+                            d12 += g1[q] * v2
+                            d20 += g2[q] * v0
+                            d21 += g2[q] * v1
+                            d22 += g2[q] * v2
+                            d30 += g3[q] * v0
+                            d31 += g3[q] * v1
+                            d32 += g3[q] * v2
+                        acc[0, cl, i, 0] += d00
+                        acc[0, cl, i, 1] += d01
+                        acc[0, cl, i, 2] += d02
+                        acc[1, cl, i, 0] += d10
+                        acc[1, cl, i, 1] += d11
+                        acc[1, cl, i, 2] += d12
+                        acc[2, cl, i, 0] += d20
+                        acc[2, cl, i, 1] += d21
+                        acc[2, cl, i, 2] += d22
+                        acc[3, cl, i, 0] += d30
+                        acc[3, cl, i, 1] += d31
+                        acc[3, cl, i, 2] += d32
+                        continue
+                    for m in range(block):
+                        gm = g[m]
+                        for j in range(kw):
+                            shifted = src[i * dh * wp + j * dw :]
+                            s = zero
+                            for q in range(length):
+                                s += gm[q] * shifted[q]
+                            acc[m, cl, i, j] += s
 
 
 # ------------------------------------------------------------------ drivers
@@ -576,10 +672,10 @@ def _args(g):
     return g.groups, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw
 
 
-def _weight_chunks(g, threads):
-    # Enough (chunk, k) iterations to keep every thread busy; the chunk count depends
-    # only on the shape and thread count, so reruns are bitwise identical.
-    return max(1, min(g.n, -(-2 * threads // g.c_out)))
+def _weight_chunks(g, threads, block):
+    # Enough (chunk, channel block) iterations to keep every thread busy; the chunk
+    # count depends only on the shape and thread count, so reruns are bitwise identical.
+    return max(1, min(g.n, -(-2 * threads // (g.c_out // block))))
 
 
 def _is_wide(g):
@@ -596,10 +692,23 @@ def _wide_args(g):
     return g.groups, g.pt, g.pl, g.h + g.pt + g.pb, g.w + g.pl + g.pr, g.dh, g.dw
 
 
+def _channel_block(channels_per_group):
+    """Output channels per wide_forward iteration."""
+    return 4 if channels_per_group % 4 == 0 else 1
+
+
+def _flipped_transpose(weight, g):
+    """The weight of the stride-1 convolution that maps grad_output to the input
+    gradient: channels swapped within each group, kernel rotated by 180 degrees."""
+    kg, cg = g.c_out // g.groups, g.c_in // g.groups
+    w = weight.reshape(g.groups, kg, cg, g.kh, g.kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
+    return np.ascontiguousarray(w).reshape(g.c_in, kg, g.kh, g.kw)
+
+
 def direct_forward_driver(x, weight, g):
     out = np.empty(g.output_shape, dtype=x.dtype)
     if _is_wide(g):
-        wide_forward(x, weight, out, *_wide_args(g))
+        wide_forward(x, weight, out, *_wide_args(g), _channel_block(g.c_out // g.groups))
     else:
         direct_forward(x, weight, out, *_args(g))
     return out
@@ -607,7 +716,16 @@ def direct_forward_driver(x, weight, g):
 
 def direct_input_driver(weight, grad_output, g):
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    if _is_wide(g):
+    # At stride 1 the input gradient is a forward convolution of grad_output with
+    # the flipped, transposed weight, padded by the kernel's extent less the padding
+    # (when no side of that is negative): the blocked forward kernel then runs it.
+    top, left = (g.kh - 1) * g.dh - g.pt, (g.kw - 1) * g.dw - g.pl
+    pads = [top, g.h - g.oh + (g.kh - 1) * g.dh - top, left, g.w - g.ow + (g.kw - 1) * g.dw - left]
+    if _is_wide(g) and min(pads) >= 0:
+        top, bottom, left, right = pads
+        wt = _flipped_transpose(weight, g)
+        wide_forward(grad_output, wt, gx, g.groups, top, left, g.oh + top + bottom, g.ow + left + right, g.dh, g.dw, _channel_block(g.c_in // g.groups))
+    elif _is_wide(g):
         wide_input(weight, grad_output, gx, *_wide_args(g))
     else:
         direct_input(weight, grad_output, gx, *_args(g))
@@ -615,9 +733,10 @@ def direct_input_driver(weight, grad_output, g):
 
 
 def direct_weight_driver(x, grad_output, g, threads):
-    partial = np.empty((_weight_chunks(g, threads),) + g.weight_shape, dtype=x.dtype)
+    block = _channel_block(g.c_out // g.groups) if _is_wide(g) else 1
+    partial = np.empty((_weight_chunks(g, threads, block),) + g.weight_shape, dtype=x.dtype)
     if _is_wide(g):
-        wide_weight(x, grad_output, partial, *_wide_args(g), x.dtype.type(0))
+        wide_weight(x, grad_output, partial, *_wide_args(g), x.dtype.type(0), block)
     else:
         direct_weight(x, grad_output, partial, *_args(g), x.dtype.type(0))
     return partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]

@@ -178,3 +178,24 @@ def test_each_kernel_compiles_once_per_dtype(rng):
                 _check_conv(x[:, :, ::-1], w, kw, dtype, rng)
     for kernel in (K.im2col, K.col2im, K.direct_forward, K.direct_input, K.direct_weight):
         assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "kernel, padding, dilation, channels, out_channels, groups",
+    [
+        (3, 1, 1, 8, 8, 2),  # blocks of 4 output channels, 3-wide rows fused
+        (5, 2, 1, 4, 8, 1),  # blocks of 4, other widths
+        (3, (3, 0), 1, 8, 8, 2),  # padding beyond the kernel: input gradient by scatter
+        (1, 1, 1, 4, 8, 1),
+        (2, (1, 2), 2, 4, 4, 1),
+        (3, 1, 2, 8, 16, 2),
+        (3, 1, 1, 6, 6, 2),  # 3 channels per group: one at a time
+    ],
+)
+def test_direct_stride1_channel_blocks(kernel, padding, dilation, channels, out_channels, groups, dtype, rng):
+    x = rng.standard_normal((2, channels, 7, 9)).astype(dtype)
+    w = rng.standard_normal((out_channels, channels // groups, kernel, kernel)).astype(dtype)
+    kw = dict(padding=padding, dilation=dilation, groups=groups)
+    with dispatch.force_path("direct"):
+        _check_conv(x, w, kw, dtype, rng)
