@@ -3,7 +3,8 @@
 conv2d, conv_transpose2d and their gradients all reduce to three computations on
 a convolution geometry (forward, input gradient, weight gradient); conv_transpose2d
 is the input gradient of the convolution it is the adjoint of. Each is run by the
-GEMM family (im2col + BLAS) or the direct family (loops), see fastconv.kernels.conv.
+GEMM family (im2col + BLAS, fastconv.kernels.conv) or the direct family (loops,
+fastconv.kernels.direct).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import numpy as np
 
 from fastconv.kernels import conv as K
+from fastconv.kernels import direct as D
 from fastconv.params import ConvGeometry
 from fastconv.threads import get_num_threads
 
@@ -22,17 +24,17 @@ _forced: str | None = None
 
 def conv_path(g: ConvGeometry) -> str:
     """'gemm' for 1x1 convolutions (a plain matrix product) and for strided ones with
-    wide groups; 'direct' for the rest: stride 1 when the output channels of a group
-    come in blocks of 4 (the direct kernels' register blocking), one input channel
-    per group (depthwise, with or without a channel multiplier), or at most 8 output
-    channels per group. Measured on the catalogue (python -m fastconv bench)."""
+    many channels per group; 'direct' for the rest: stride 1 when a group's output
+    channels come in blocks of 4 (the direct kernels' register blocking), one input
+    channel per group (depthwise, with or without a channel multiplier), at most 4
+    input or 8 output channels per group (first layers, narrow groups). Measured on
+    the catalogue (python -m fastconv bench)."""
     if _forced is not None:
         return _forced
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
-    pointwise = g.kh == g.kw == 1 and g.sh == g.sw == 1
-    if pointwise and cg > 1:
+    if g.kh == g.kw == 1 and g.sh == g.sw == 1 and cg > 1:
         return "gemm"
-    if (g.sh == g.sw == 1 and kg % 4 == 0) or cg == 1 or kg <= 8:
+    if (g.sh == g.sw == 1 and kg % 4 == 0) or cg <= 4 or kg <= 8:
         return "direct"
     return "gemm"
 
@@ -58,21 +60,21 @@ def forward(x, weight, g: ConvGeometry):
     x, weight = _contiguous(x, weight)
     if conv_path(g) == "gemm":
         return K.gemm_forward(x, weight, g)
-    return K.direct_forward_driver(x, weight, g)
+    return D.forward_driver(x, weight, g)
 
 
 def input_grad(weight, grad_output, g: ConvGeometry):
     weight, grad_output = _contiguous(weight, grad_output)
     if conv_path(g) == "gemm":
         return K.gemm_input(weight, grad_output, g)
-    return K.direct_input_driver(weight, grad_output, g)
+    return D.input_driver(weight, grad_output, g)
 
 
 def weight_grad(x, grad_output, g: ConvGeometry):
     x, grad_output = _contiguous(x, grad_output)
     if conv_path(g) == "gemm":
         return K.gemm_weight(x, grad_output, g)
-    return K.direct_weight_driver(x, grad_output, g, get_num_threads())
+    return D.weight_driver(x, grad_output, g, get_num_threads())
 
 
 def bias_grad(grad_output):

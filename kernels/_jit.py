@@ -11,9 +11,10 @@ import numba
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-def serial(fn=None, *, fastmath=False):
-    """A compiled, cached single-threaded kernel or helper."""
-    decorate = numba.njit(cache=True, nogil=True, fastmath=FASTMATH if fastmath else False)
+def serial(fn=None, *, fastmath=False, inline=False):
+    """A compiled, cached single-threaded kernel or helper; `inline` helpers are
+    inlined into their callers by Numba (no call, so loops fuse and vectorise there)."""
+    decorate = numba.njit(cache=True, nogil=True, fastmath=FASTMATH if fastmath else False, inline="always" if inline else "never")
     return decorate(fn) if fn is not None else decorate
 
 

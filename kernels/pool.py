@@ -12,6 +12,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
+from .phases import tap_start
 
 
 @serial
@@ -35,14 +36,10 @@ def padded_band(plane, first, last, ph, pw, wp, fill):
 
 # ------------------------------------------------------------ polyphase bands
 #
-# Window (y, x) reads padded cell (y*sh + i*dh, x*sw + j*dw). Split the padded
-# plane by row phase a and column phase b, band[a, b, Y, X] = padded[Y*sh + a, X*sw + b],
-# and that cell is band[(i*dh) % sh, (j*dw) % sw] at (y + (i*dh)//sh, x + (j*dw)//sw):
-# the same flat offset for every window. Laying the output out in rows of the
-# band's width wq turns each kernel tap into one contiguous loop over a whole block
-# of output rows, whatever the stride; the wq - ow extra columns per row are
-# computed and dropped. Bands are flat buffers, reused across the planes of a
-# prange iteration.
+# Max pooling with indices works on a band of padded rows in the polyphase wide
+# layout of fastconv.kernels.phases (there, "the plane" is the band of rows a block
+# of output rows reads): each kernel tap is one contiguous loop over the block.
+# Bands are flat buffers, reused across the planes of a prange iteration.
 
 
 @serial
@@ -87,12 +84,6 @@ def fill_band(plane, first, ph, pw, sh, sw, hq, wq, fill, band, padded):
                 dst = band[(a * sw + b) * size : (a * sw + b + 1) * size]
                 for k in range(size):
                     dst[k] = s[k * sw + b]
-
-
-@serial
-def tap_start(i, j, sh, sw, dh, dw, hq, wq):
-    """Where in the band tap (i, j) of the first output starts."""
-    return (((i * dh % sh) * sw + j * dw % sw) * hq + i * dh // sh) * wq + j * dw // sw
 
 
 @serial

@@ -169,6 +169,7 @@ def test_transposed_conv_is_conv_input_gradient(rng):
 
 def test_each_kernel_compiles_once_per_dtype(rng):
     from fastconv.kernels import conv as K
+    from fastconv.kernels import direct as D
 
     for dtype in DTYPES:
         for path in dispatch.PATHS:
@@ -176,7 +177,7 @@ def test_each_kernel_compiles_once_per_dtype(rng):
             with dispatch.force_path(path):
                 _check_conv(x, w, kw, dtype, rng)
                 _check_conv(x[:, :, ::-1], w, kw, dtype, rng)
-    for kernel in (K.im2col, K.col2im, K.direct_forward, K.direct_input, K.direct_weight):
+    for kernel in (K.im2col, K.col2im, D.forward, D.input_grad, D.weight_grad):
         assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
 
 

@@ -48,9 +48,9 @@ def test_results_agree_across_thread_counts(path, rng):
 
 
 def test_warmup_compiles_both_dtypes():
-    from fastconv.kernels import conv, pool
+    from fastconv.kernels import conv, direct, pool
 
     assert fastconv.warmup() > 0
-    for kernel in (conv.im2col, conv.wide_forward, conv.direct_forward, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool):
+    for kernel in (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool):
         dtypes = {sig[0].dtype.name for sig in kernel.signatures}
         assert {"float32", "float64"} <= dtypes, kernel

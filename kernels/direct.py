@@ -1,0 +1,310 @@
+"""Direct convolution kernels: forward, input gradient and weight gradient as loops,
+for shapes whose GEMM would be thin or whose packing would cost more than the
+arithmetic: depthwise and grouped convolutions, few channels, stride 1.
+
+All three work in the polyphase wide layout of fastconv.kernels.phases: each kernel
+tap is one contiguous loop over a whole plane, at any stride and dilation. Taps are
+taken three at a time and output (or input) channels four at a time, the channels of
+one group, so that one load of a plane feeds twelve multiply-adds and the four
+accumulators stay in registers. Tap lists are padded to a multiple of three with
+taps of weight zero.
+
+Every prange iteration owns its outputs: the forward a block of output planes of
+one sample, the input gradient a block of input planes of one sample, the weight
+gradient a block of output channels over a chunk of the batch (the caller sums the
+chunks in a fixed order, so reruns are bitwise identical).
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import parallel, serial
+from .phases import padded_extent, tap_start
+
+BLOCK = 4  # channels per iteration
+
+
+@serial
+def phase_rows(plane, flat, top, left, sh, sw, hq, wq, into_flat):
+    """Copy between plane (h, w) and its cells in the flat phases (sh*sw*hq*wq) of the
+    plane zero-padded at (top, left): into the phases, or (into_flat False) back."""
+    h, w = plane.shape
+    size = hq * wq
+    for r in range(h):
+        # no integer division at stride 1: it would cost more than the row's copy
+        a = 0 if sh == 1 else (r + top) % sh
+        y = r + top if sh == 1 else (r + top) // sh
+        row = plane[r]
+        for b in range(sw):
+            # input columns q0, q0 + sw, ... are phase b's, from its column (q0 + left) // sw
+            q0 = 0 if sw == 1 else (b - left) % sw
+            cells = flat[(a * sw + b) * size + y * wq + (q0 + left) // sw :]
+            if sw == 1 and into_flat:
+                # unit-stride loops of their own, so that LLVM vectorises them
+                for q in range(w):
+                    cells[q] = row[q]
+            elif sw == 1:
+                for q in range(w):
+                    row[q] = cells[q]
+            elif into_flat:
+                for k in range((w - q0 + sw - 1) // sw):
+                    cells[k] = row[q0 + k * sw]
+            else:
+                for k in range((w - q0 + sw - 1) // sw):
+                    row[q0 + k * sw] = cells[k]
+
+
+@serial
+def to_phases(plane, dst, top, left, sh, sw, hq, wq):
+    """dst (flat, sh*sw*hq*wq) = plane zero-padded at (top, left), split by phase."""
+    dst[:] = 0.0
+    phase_rows(plane, dst, top, left, sh, sw, hq, wq, True)
+
+
+@serial
+def to_wide(plane, dst, offset, wq):
+    """dst[offset + y*wq + x] = plane[y, x]; the other cells of dst keep their values."""
+    oh, ow = plane.shape
+    for y in range(oh):
+        d = dst[offset + y * wq :]
+        s = plane[y]
+        for xo in range(ow):
+            d[xo] = s[xo]
+
+
+@serial
+def channel_block(t, groups, per_group, channels):
+    """Iteration t's sample, group, first channel and channel count, for blocks of
+    BLOCK channels within groups of `channels`."""
+    n = t // (groups * per_group)
+    group = t // per_group % groups
+    first = group * channels + t % per_group * BLOCK
+    return n, group, first, min(BLOCK, (group + 1) * channels - first)
+
+
+@serial(fastmath=True, inline=True)
+def add_taps(acc, rows, s0, s1, s2, w, length):
+    """acc[m, :length] += w[m, 0] * s0 + w[m, 1] * s1 + w[m, 2] * s2 for m < rows; with
+    four rows, all four in one pass (unrolled by hand: each load feeds twelve
+    multiply-adds)."""
+    if rows == BLOCK:
+        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+        w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+        w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+        w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+        w30, w31, w32 = w[3, 0], w[3, 1], w[3, 2]
+        for q in range(length):
+            v0 = s0[q]
+            v1 = s1[q]
+            v2 = s2[q]
+            a0[q] += w00 * v0 + w01 * v1 + w02 * v2
+            a1[q] += w10 * v0 + w11 * v1 + w12 * v2
+            a2[q] += w20 * v0 + w21 * v1 + w22 * v2
+            a3[q] += w30 * v0 + w31 * v1 + w32 * v2
+        return
+    for m in range(rows):
+        a = acc[m]
+        w0, w1, w2 = w[m, 0], w[m, 1], w[m, 2]
+        for q in range(length):
+            a[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
+
+
+@parallel(fastmath=True)
+def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq):
+    """out[n, k] = sum over the group's input channels c and taps u of
+    wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q in the wide layout. Each
+    iteration splits its input planes into phases itself (a plane in cache)."""
+    n_ = x.shape[0]
+    k_, cg, taps = wtap.shape
+    oh, ow = out.shape[2], out.shape[3]
+    kg = k_ // groups
+    length = (oh - 1) * wq + ow
+    per_group = -(-kg // BLOCK)
+    for t in prange(n_ * groups * per_group):
+        n, group, k0, size = channel_block(t, groups, per_group, kg)
+        acc = np.zeros((min(BLOCK, kg), length), dtype=out.dtype)
+        src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        for cl in range(cg):
+            to_phases(x[n, group * cg + cl], src, top, left, sh, sw, hq, wq)
+            for u in range(0, taps, 3):
+                s0 = src[starts[u] : starts[u] + length]
+                s1 = src[starts[u + 1] : starts[u + 1] + length]
+                s2 = src[starts[u + 2] : starts[u + 2] + length]
+                add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
+        for m in range(size):
+            plane = out[n, k0 + m]
+            for y in range(oh):
+                a = acc[m, y * wq :]
+                d = plane[y]
+                for xo in range(ow):
+                    d[xo] = a[xo]
+
+
+@parallel(fastmath=True)
+def input_grad(wtap, offsets, phase_of, grad_output, gx, groups, top, left, sh, sw, hq, wq, extension):
+    """gx[n, c] = sum over the group's output channels k and taps u of
+    wtap[k, c, u] * grad_output[n, k] shifted by the tap: a gather into each phase of
+    the padded gradient plane. The taps of phase phase_of[u // 3] come in runs of
+    three; offsets[u] is tap u's shift in the wide layout, at most `extension`."""
+    n_, c_, h, w = gx.shape
+    k_, cg, taps = wtap.shape
+    kg = k_ // groups
+    size = hq * wq
+    per_group = -(-cg // BLOCK)
+    for t in prange(n_ * groups * per_group):
+        n, group, c0, count = channel_block(t, groups, per_group, cg)
+        cl0 = c0 - group * cg
+        acc = np.zeros((min(BLOCK, cg), sh * sw * size), dtype=gx.dtype)
+        # grad_output in the wide layout after `extension` zeros, so that every shift
+        # reads inside; the cells never written stay zero
+        g = np.zeros(extension + size, dtype=gx.dtype)
+        for kl in range(kg):
+            k = group * kg + kl
+            to_wide(grad_output[n, k], g, extension, wq)
+            for u in range(0, taps, 3):
+                base = phase_of[u // 3] * size
+                e0 = g[extension - offsets[u] : extension - offsets[u] + size]
+                e1 = g[extension - offsets[u + 1] : extension - offsets[u + 1] + size]
+                e2 = g[extension - offsets[u + 2] : extension - offsets[u + 2] + size]
+                add_taps(acc[:, base : base + size], count, e0, e1, e2, wtap[k, cl0 : cl0 + count, u : u + 3], size)
+        for m in range(count):
+            phase_rows(gx[n, c0 + m], acc[m], top, left, sh, sw, hq, wq, False)
+
+
+@parallel(fastmath=True)
+def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, zero):
+    """partial[b, k, c, u] = sum over the samples of batch chunk b of the dot product
+    of grad_output[n, k] (wide layout) with phases(x[n, c]) from starts[u]. `zero` has
+    the arrays' dtype, so float32 sums stay float32."""
+    n_ = x.shape[0]
+    chunks, k_, cg, taps = partial.shape
+    oh, ow = grad_output.shape[2], grad_output.shape[3]
+    kg = k_ // groups
+    length = (oh - 1) * wq + ow
+    per_group = -(-kg // BLOCK)
+    for t in prange(chunks * groups * per_group):
+        b, group, k0, size = channel_block(t, groups, per_group, kg)
+        acc = partial[b, k0 : k0 + size]
+        acc[:, :, :] = 0.0
+        g = np.zeros((min(BLOCK, kg), length), dtype=x.dtype)
+        src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
+            for m in range(size):
+                to_wide(grad_output[n, k0 + m], g[m], 0, wq)
+            for cl in range(cg):
+                to_phases(x[n, group * cg + cl], src, top, left, sh, sw, hq, wq)
+                for u in range(0, taps, 3):
+                    s0 = src[starts[u] : starts[u] + length]
+                    s1 = src[starts[u + 1] : starts[u + 1] + length]
+                    s2 = src[starts[u + 2] : starts[u + 2] + length]
+                    if size == BLOCK:
+                        # Unrolled by hand: twelve sums held in registers, each load
+                        # of the input feeding four channels' three taps.
+                        g0, g1, g2, g3 = g[0], g[1], g[2], g[3]
+                        d00 = d01 = d02 = d10 = d11 = d12 = zero
+                        d20 = d21 = d22 = d30 = d31 = d32 = zero
+                        for q in range(length):
+                            v0 = s0[q]
+                            v1 = s1[q]
+                            v2 = s2[q]
+                            d00 += g0[q] * v0
+                            d01 += g0[q] * v1
+                            d02 += g0[q] * v2
+                            d10 += g1[q] * v0
+                            d11 += g1[q] * v1
+                            d12 += g1[q] * v2
+                            d20 += g2[q] * v0
+                            d21 += g2[q] * v1
+                            d22 += g2[q] * v2
+                            d30 += g3[q] * v0
+                            d31 += g3[q] * v1
+                            d32 += g3[q] * v2
+                        acc[0, cl, u] += d00
+                        acc[0, cl, u + 1] += d01
+                        acc[0, cl, u + 2] += d02
+                        acc[1, cl, u] += d10
+                        acc[1, cl, u + 1] += d11
+                        acc[1, cl, u + 2] += d12
+                        acc[2, cl, u] += d20
+                        acc[2, cl, u + 1] += d21
+                        acc[2, cl, u + 2] += d22
+                        acc[3, cl, u] += d30
+                        acc[3, cl, u + 1] += d31
+                        acc[3, cl, u + 2] += d32
+                    else:
+                        for m in range(size):
+                            gm = g[m]
+                            d0 = d1 = d2 = zero
+                            for q in range(length):
+                                d0 += gm[q] * s0[q]
+                                d1 += gm[q] * s1[q]
+                                d2 += gm[q] * s2[q]
+                            acc[m, cl, u] += d0
+                            acc[m, cl, u + 1] += d1
+                            acc[m, cl, u + 2] += d2
+
+
+# ------------------------------------------------------------------ drivers
+
+
+def _phase_shape(g):
+    hp, wp = padded_extent(g.h, g.w, g.pt, g.pl, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
+    return -(-hp // g.sh), -(-wp // g.sw)
+
+
+def _in_threes(taps):
+    """taps padded with None to a multiple of three."""
+    return taps + [None] * (-len(taps) % 3)
+
+
+def _tap_weights(weight, taps):
+    """(K, Cg, len(taps)) array of weight[:, :, i, j] for each tap, zero for None."""
+    k_, cg, kh, kw = weight.shape
+    flat = np.concatenate([weight.reshape(k_, cg, kh * kw), np.zeros((k_, cg, 1), dtype=weight.dtype)], axis=2)
+    return np.ascontiguousarray(flat[:, :, [kh * kw if tap is None else tap[0] * kw + tap[1] for tap in taps]])
+
+
+def _forward_taps(g, hq, wq):
+    taps = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw)])
+    starts = np.array([0 if tap is None else tap_start(tap[0], tap[1], g.sh, g.sw, g.dh, g.dw, hq, wq) for tap in taps], dtype=np.int64)
+    return taps, starts
+
+
+def forward_driver(x, weight, g):
+    hq, wq = _phase_shape(g)
+    taps, starts = _forward_taps(g, hq, wq)
+    out = np.empty(g.output_shape, dtype=x.dtype)
+    forward(x, _tap_weights(weight, taps), starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq)
+    return out
+
+
+def input_driver(weight, grad_output, g):
+    hq, wq = _phase_shape(g)
+    taps, offsets, phase_of = [], [], []
+    for a in range(g.sh):
+        for b in range(g.sw):
+            mine = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b])
+            taps += mine
+            offsets += [0 if tap is None else tap[0] * g.dh // g.sh * wq + tap[1] * g.dw // g.sw for tap in mine]
+            phase_of += [a * g.sw + b] * (len(mine) // 3)
+    offsets = np.array(offsets, dtype=np.int64)
+    gx = np.empty(g.input_shape, dtype=grad_output.dtype)
+    phases = np.array(phase_of, dtype=np.int64)
+    input_grad(_tap_weights(weight, taps), offsets, phases, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, int(offsets.max()))
+    return gx
+
+
+def _weight_chunks(g, threads):
+    # Enough (chunk, channel block) iterations to keep every thread busy; the chunk
+    # count depends only on the shape and thread count, so reruns are bitwise identical.
+    blocks = g.groups * -(-(g.c_out // g.groups) // BLOCK)
+    return max(1, min(g.n, -(-2 * threads // blocks)))
+
+
+def weight_driver(x, grad_output, g, threads):
+    hq, wq = _phase_shape(g)
+    taps, starts = _forward_taps(g, hq, wq)
+    partial = np.empty((_weight_chunks(g, threads), g.c_out, g.c_in // g.groups, len(taps)), dtype=x.dtype)
+    weight_grad(x, grad_output, starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, x.dtype.type(0))
+    total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
+    return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)
