@@ -11,6 +11,9 @@ Both Numba and PyTorch run OpenMP thread pools that by default spin for a while
 after each parallel region; when two libraries alternate, each one's spinning
 threads take the cores the other needs. The benchmark sets OMP_WAIT_POLICY=PASSIVE
 (unless already set) before either pool starts, so neither is slowed by the other.
+NumPy's OpenBLAS workers spin the same way after each GEMM; `import fastconv` sets
+their timeout short (see fastconv/__init__.py), which this command, importing
+fastconv before NumPy, always gets.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def machine_info(threads):
         "torch": torch.__version__ if torch else None,
         "platform": platform.platform(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
     }
 
 
