@@ -388,105 +388,153 @@ def average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dty
     return inv, hp, wp, two_by_two
 
 
+@serial
+def fill_row_phases(plane, first, ph, pw, sh, hq, wp, rows):
+    """rows (flat, sh*hq*wp) = padded rows first + Y*sh + a of the plane (zero-padded
+    by ph, pw) at ((a*hq + Y) * wp): split by row phase only, so that the rows a
+    vertical window sum adds are contiguous runs for a whole block of output rows."""
+    h, w = plane.shape
+    rows[:] = 0.0
+    for a in range(sh):
+        for y in range(hq):
+            r = first + y * sh + a - ph
+            if 0 <= r < h:
+                dst = rows[(a * hq + y) * wp + pw :]
+                src = plane[r]
+                for q in range(w):
+                    dst[q] = src[q]
+
+
 @parallel(fastmath=True)
 def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor, blocks):
     """out = window sum / divisor; divisor 0 means PyTorch's count (see window_counts).
-    Output rows split into `blocks` iterations per plane, as in max_pool."""
+    Work split as in max_pool.
+
+    Sums are separable and taken over a whole block of output rows at a time: the
+    vertical ones over padded rows split by row phase (each term one contiguous run),
+    the horizontal ones with stride sw from rows of sw*wq cells, so that output
+    (y, x) sits at y*wq + x and every loop is long."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     inv, _, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, x[0, 0, 0, 0] * 0)
-    for t in prange(n_ * c_ * blocks):
-        n, c, y_start, y_end = row_block(t, blocks, c_, oh)
-        plane = x[n, c]
-        dst = out[n, c]
-        if two_by_two:
-            for y in range(y_start, y_end):
-                r0 = plane[2 * y]
-                r1 = plane[2 * y + 1]
-                d = dst[y]
-                iv = inv[y]
-                for xo in range(ow):
-                    d[xo] = (r0[2 * xo] + r0[2 * xo + 1] + r1[2 * xo] + r1[2 * xo + 1]) * iv[xo]
-            continue
-        # Other windows: the plane in a zero-padded buffer that covers every window,
-        # then per output row a vertical sum of kh rows and a horizontal one of kw.
-        first = y_start * sh
-        padded = padded_band(plane, first, (y_end - 1) * sh + kh, ph, pw, wp, 0.0)
-        column_sums = np.empty(wp, dtype=x.dtype)
-        acc = np.empty(ow, dtype=x.dtype)
-        for y in range(y_start, y_end):
-            column_sums[:] = padded[y * sh - first]
-            for i in range(1, kh):
-                r = padded[y * sh - first + i]
-                for q in range(wp):
-                    column_sums[q] += r[q]
-            acc[:] = 0.0
+    wq = (wp + sw - 1) // sw
+    wide = sw * wq
+    most = -(-oh // blocks)
+    hq = ((most - 1) * sh + kh + sh - 1) // sh
+    items = n_ * c_ * blocks
+    groups = iteration_groups(items)
+    for group in prange(groups):
+        rows = np.empty(0 if two_by_two else sh * hq * wide, dtype=x.dtype)
+        # room for the last row's windows past its end (they are dropped)
+        column_sums = np.zeros(0 if two_by_two else most * wide + kw, dtype=x.dtype)
+        sums = np.empty(most * wq, dtype=x.dtype)
+        for t in range(group * items // groups, (group + 1) * items // groups):
+            n, c, y_start, y_end = row_block(t, blocks, c_, oh)
+            plane = x[n, c]
+            dst = out[n, c]
+            if two_by_two:
+                for y in range(y_start, y_end):
+                    r0 = plane[2 * y]
+                    r1 = plane[2 * y + 1]
+                    d = dst[y]
+                    iv = inv[y]
+                    for xo in range(ow):
+                        d[xo] = (r0[2 * xo] + r0[2 * xo + 1] + r1[2 * xo] + r1[2 * xo + 1]) * iv[xo]
+                continue
+            if y_end == y_start:
+                continue
+            fill_row_phases(plane, y_start * sh, ph, pw, sh, hq, wide, rows)
+            length = (y_end - y_start) * wide
+            column_sums[:length] = 0.0
+            for i in range(kh):
+                r = rows[((i % sh) * hq + i // sh) * wide :]
+                for p in range(length):
+                    column_sums[p] += r[p]
+            count = (y_end - y_start) * wq
+            sums[:count] = 0.0
             for j in range(kw):
                 cells = column_sums[j:]
                 if sw == 1:
-                    for xo in range(ow):
-                        acc[xo] += cells[xo]
+                    for q in range(count):
+                        sums[q] += cells[q]
                 elif sw == 2:
-                    for xo in range(ow):
-                        acc[xo] += cells[2 * xo]
+                    for q in range(count):
+                        sums[q] += cells[2 * q]
                 else:
-                    for xo in range(ow):
-                        acc[xo] += cells[xo * sw]
-            d = dst[y]
-            iv = inv[y]
-            for xo in range(ow):
-                d[xo] = acc[xo] * iv[xo]
+                    for q in range(count):
+                        sums[q] += cells[q * sw]
+            for y in range(y_start, y_end):
+                s = sums[(y - y_start) * wq :]
+                d = dst[y]
+                iv = inv[y]
+                for xo in range(ow):
+                    d[xo] = s[xo] * iv[xo]
 
 
 @parallel(fastmath=True)
 def avg_pool_backward(grad_output, gx, kh, kw, sh, sw, ph, pw, include_pad, divisor):
-    """gx = every window's grad_output / divisor, added onto its real cells."""
+    """gx = every window's grad_output / divisor, added onto its real cells: the
+    adjoint of avg_pool's separable sums, in the same layouts."""
     n_, c_, h, w = gx.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
-    inv, hp, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, grad_output[0, 0, 0, 0] * 0)
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t % c_
-        plane = gx[n, c]
-        plane[:, :] = 0.0
-        g = grad_output[n, c]
-        if two_by_two:
+    inv, _, wp, two_by_two = average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, grad_output[0, 0, 0, 0] * 0)
+    wq = (wp + sw - 1) // sw
+    wide = sw * wq
+    # every input row, covered by a window or not
+    hq = max((oh - 1) * sh + kh, h + ph + 1) // sh + 1
+    items = n_ * c_
+    groups = iteration_groups(items)
+    for group in prange(groups):
+        rows = np.empty(0 if two_by_two else sh * hq * wide, dtype=gx.dtype)
+        column_sums = np.empty(0 if two_by_two else oh * wide + kw, dtype=gx.dtype)
+        scaled = np.zeros(oh * wq, dtype=gx.dtype)
+        for t in range(group * items // groups, (group + 1) * items // groups):
+            n = t // c_
+            c = t % c_
+            plane = gx[n, c]
+            g = grad_output[n, c]
+            if two_by_two:
+                plane[:, :] = 0.0
+                for y in range(oh):
+                    gr = g[y]
+                    iv = inv[y]
+                    r0 = plane[2 * y]
+                    r1 = plane[2 * y + 1]
+                    for xi in range(2 * ow):
+                        v = gr[xi // 2] * iv[xi // 2]
+                        r0[xi] = v
+                        r1[xi] = v
+                continue
             for y in range(oh):
+                s = scaled[y * wq :]
                 gr = g[y]
                 iv = inv[y]
-                r0 = plane[2 * y]
-                r1 = plane[2 * y + 1]
-                for xi in range(2 * ow):
-                    v = gr[xi // 2] * iv[xi // 2]
-                    r0[xi] = v
-                    r1[xi] = v
-            continue
-        # The adjoint of avg_pool's padded, separable sums, cropped at the end.
-        padded = np.zeros((hp, wp), dtype=gx.dtype)
-        row_sums = np.empty(wp, dtype=gx.dtype)
-        scaled = np.empty(ow, dtype=gx.dtype)
-        for y in range(oh):
-            gr = g[y]
-            iv = inv[y]
-            for xo in range(ow):
-                scaled[xo] = gr[xo] * iv[xo]
-            row_sums[:] = 0.0
+                for xo in range(ow):
+                    s[xo] = gr[xo] * iv[xo]
+            column_sums[:] = 0.0
+            count = oh * wq
             for j in range(kw):
-                cells = row_sums[j:]
+                cells = column_sums[j:]
                 if sw == 1:
-                    for xo in range(ow):
-                        cells[xo] += scaled[xo]
+                    for q in range(count):
+                        cells[q] += scaled[q]
                 elif sw == 2:
-                    for xo in range(ow):
-                        cells[2 * xo] += scaled[xo]
+                    for q in range(count):
+                        cells[2 * q] += scaled[q]
                 else:
-                    for xo in range(ow):
-                        cells[xo * sw] += scaled[xo]
+                    for q in range(count):
+                        cells[q * sw] += scaled[q]
+            rows[:] = 0.0
+            length = oh * wide
             for i in range(kh):
-                r = padded[y * sh + i]
-                for q in range(wp):
-                    r[q] += row_sums[q]
-        plane[:, :] = padded[ph : ph + h, pw : pw + w]
+                r = rows[((i % sh) * hq + i // sh) * wide :]
+                for p in range(length):
+                    r[p] += column_sums[p]
+            for y in range(h):
+                src = rows[(((y + ph) % sh) * hq + (y + ph) // sh) * wide + pw :]
+                d = plane[y]
+                for xo in range(w):
+                    d[xo] = src[xo]
 
 
 @parallel
