@@ -91,10 +91,43 @@ def channel_block(t, groups, per_group, channels):
 
 
 @serial(fastmath=True, inline=True)
+def add_two(acc, rows, s0, s1, w, length):
+    """add_taps for two taps, or one (s1 is s0 and w[:, 1] unused when w has one
+    column)."""
+    if w.shape[1] == 1:
+        for m in range(rows):
+            a = acc[m]
+            w0 = w[m, 0]
+            for q in range(length):
+                a[q] += w0 * s0[q]
+        return
+    if rows == BLOCK:
+        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+        w00, w01, w10, w11 = w[0, 0], w[0, 1], w[1, 0], w[1, 1]
+        w20, w21, w30, w31 = w[2, 0], w[2, 1], w[3, 0], w[3, 1]
+        for q in range(length):
+            v0 = s0[q]
+            v1 = s1[q]
+            a0[q] += w00 * v0 + w01 * v1
+            a1[q] += w10 * v0 + w11 * v1
+            a2[q] += w20 * v0 + w21 * v1
+            a3[q] += w30 * v0 + w31 * v1
+        return
+    for m in range(rows):
+        a = acc[m]
+        w0, w1 = w[m, 0], w[m, 1]
+        for q in range(length):
+            a[q] += w0 * s0[q] + w1 * s1[q]
+
+
+@serial(fastmath=True, inline=True)
 def add_taps(acc, rows, s0, s1, s2, w, length):
     """acc[m, :length] += w[m, 0] * s0 + w[m, 1] * s1 + w[m, 2] * s2 for m < rows; with
     four rows, all four in one pass (unrolled by hand: each load feeds twelve
-    multiply-adds)."""
+    multiply-adds). A w of fewer columns means fewer taps (see add_two)."""
+    if w.shape[1] < 3:
+        add_two(acc, rows, s0, s1, w, length)
+        return
     if rows == BLOCK:
         a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
         w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
@@ -149,13 +182,14 @@ def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq):
 
 
 @parallel(fastmath=True)
-def input_grad(wtap, offsets, phase_of, grad_output, gx, groups, top, left, sh, sw, hq, wq, extension):
+def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw, hq, wq, extension):
     """gx[n, c] = sum over the group's output channels k and taps u of
     wtap[k, c, u] * grad_output[n, k] shifted by the tap: a gather into each phase of
-    the padded gradient plane. The taps of phase phase_of[u // 3] come in runs of
-    three; offsets[u] is tap u's shift in the wide layout, at most `extension`."""
+    the padded gradient plane. Taps come in chunks of one phase, chunks[i] = (first
+    tap, number of taps (3 at most), phase); offsets[u] is tap u's shift in the wide
+    layout, at most `extension`."""
     n_, c_, h, w = gx.shape
-    k_, cg, taps = wtap.shape
+    k_, cg = wtap.shape[0], wtap.shape[1]
     kg = k_ // groups
     size = hq * wq
     per_group = -(-cg // BLOCK)
@@ -169,12 +203,13 @@ def input_grad(wtap, offsets, phase_of, grad_output, gx, groups, top, left, sh, 
         for kl in range(kg):
             k = group * kg + kl
             to_wide(grad_output[n, k], g, extension, wq)
-            for u in range(0, taps, 3):
-                base = phase_of[u // 3] * size
-                e0 = g[extension - offsets[u] : extension - offsets[u] + size]
-                e1 = g[extension - offsets[u + 1] : extension - offsets[u + 1] + size]
-                e2 = g[extension - offsets[u + 2] : extension - offsets[u + 2] + size]
-                add_taps(acc[:, base : base + size], count, e0, e1, e2, wtap[k, cl0 : cl0 + count, u : u + 3], size)
+            for i in range(chunks.shape[0]):
+                u, width, base = chunks[i, 0], chunks[i, 1], chunks[i, 2] * size
+                o0 = extension - offsets[u]
+                o1 = extension - offsets[u + min(1, width - 1)]
+                o2 = extension - offsets[u + width - 1]
+                e0, e1, e2 = g[o0 : o0 + size], g[o1 : o1 + size], g[o2 : o2 + size]
+                add_taps(acc[:, base : base + size], count, e0, e1, e2, wtap[k, cl0 : cl0 + count, u : u + width], size)
         for m in range(count):
             phase_rows(gx[n, c0 + m], acc[m], top, left, sh, sw, hq, wq, False)
 
@@ -288,17 +323,16 @@ def forward_driver(x, weight, g):
 
 def input_driver(weight, grad_output, g):
     hq, wq = _phase_shape(g)
-    taps, offsets, phase_of = [], [], []
+    taps, chunks = [], []
     for a in range(g.sh):
         for b in range(g.sw):
-            mine = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b])
+            mine = [(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b]
+            chunks += [(len(taps) + u, min(3, len(mine) - u), a * g.sw + b) for u in range(0, len(mine), 3)]
             taps += mine
-            offsets += [0 if tap is None else tap[0] * g.dh // g.sh * wq + tap[1] * g.dw // g.sw for tap in mine]
-            phase_of += [a * g.sw + b] * (len(mine) // 3)
-    offsets = np.array(offsets, dtype=np.int64)
+    offsets = np.array([i * g.dh // g.sh * wq + j * g.dw // g.sw for i, j in taps], dtype=np.int64)
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    phases = np.array(phase_of, dtype=np.int64)
-    input_grad(_tap_weights(weight, taps), offsets, phases, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, int(offsets.max()))
+    chunks = np.array(chunks, dtype=np.int64).reshape(-1, 3)
+    input_grad(_tap_weights(weight, taps), offsets, chunks, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, int(offsets.max()))
     return gx
 
 
