@@ -6,8 +6,10 @@ All three work in the polyphase wide layout of fastconv.kernels.phases: each ker
 tap is one contiguous loop over a whole plane, at any stride and dilation. Taps are
 taken three at a time and output (or input) channels four at a time, the channels of
 one group, so that one load of a plane feeds twelve multiply-adds and the four
-accumulators stay in registers. Tap lists are padded to a multiple of three with
-taps of weight zero.
+accumulators stay in registers (one channel at a time where four would leave
+threads idle). The forward and weight gradient pad their tap lists to a multiple of
+three with taps of weight zero; the input gradient takes each phase's taps in
+chunks of three, two or one.
 
 Every prange iteration owns its outputs: the forward a block of output planes of
 one sample, the input gradient a block of input planes of one sample, the weight
@@ -21,7 +23,7 @@ from numba import prange
 from ._jit import parallel, serial
 from .phases import padded_extent, tap_start
 
-BLOCK = 4  # channels per iteration
+BLOCK = 4  # channels per iteration, at most
 
 
 @serial(inline=True)
@@ -81,13 +83,13 @@ def to_wide(plane, dst, offset, wq):
 
 
 @serial(inline=True)
-def channel_block(t, groups, per_group, channels):
+def channel_block(t, groups, per_group, channels, block):
     """Iteration t's sample, group, first channel and channel count, for blocks of
-    BLOCK channels within groups of `channels`."""
+    `block` channels within groups of `channels`."""
     n = t // (groups * per_group)
     group = t // per_group % groups
-    first = group * channels + t % per_group * BLOCK
-    return n, group, first, min(BLOCK, (group + 1) * channels - first)
+    first = group * channels + t % per_group * block
+    return n, group, first, min(block, (group + 1) * channels - first)
 
 
 @serial(fastmath=True, inline=True)
@@ -151,7 +153,7 @@ def add_taps(acc, rows, s0, s1, s2, w, length):
 
 
 @parallel(fastmath=True)
-def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq):
+def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq, block):
     """out[n, k] = sum over the group's input channels c and taps u of
     wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q in the wide layout. Each
     iteration splits its input planes into phases itself (a plane in cache)."""
@@ -160,10 +162,10 @@ def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq):
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     length = (oh - 1) * wq + ow
-    per_group = -(-kg // BLOCK)
+    per_group = -(-kg // block)
     for t in prange(n_ * groups * per_group):
-        n, group, k0, size = channel_block(t, groups, per_group, kg)
-        acc = np.zeros((min(BLOCK, kg), length), dtype=out.dtype)
+        n, group, k0, size = channel_block(t, groups, per_group, kg, block)
+        acc = np.zeros((min(block, kg), length), dtype=out.dtype)
         src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
         for cl in range(cg):
             to_phases(x[n, group * cg + cl], src, top, left, sh, sw, hq, wq)
@@ -182,7 +184,7 @@ def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq):
 
 
 @parallel(fastmath=True)
-def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw, hq, wq, extension):
+def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw, hq, wq, extension, block):
     """gx[n, c] = sum over the group's output channels k and taps u of
     wtap[k, c, u] * grad_output[n, k] shifted by the tap: a gather into each phase of
     the padded gradient plane. Taps come in chunks of one phase, chunks[i] = (first
@@ -192,11 +194,11 @@ def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw
     k_, cg = wtap.shape[0], wtap.shape[1]
     kg = k_ // groups
     size = hq * wq
-    per_group = -(-cg // BLOCK)
+    per_group = -(-cg // block)
     for t in prange(n_ * groups * per_group):
-        n, group, c0, count = channel_block(t, groups, per_group, cg)
+        n, group, c0, count = channel_block(t, groups, per_group, cg, block)
         cl0 = c0 - group * cg
-        acc = np.zeros((min(BLOCK, cg), sh * sw * size), dtype=gx.dtype)
+        acc = np.zeros((min(block, cg), sh * sw * size), dtype=gx.dtype)
         # grad_output in the wide layout after `extension` zeros, so that every shift
         # reads inside; the cells never written stay zero
         g = np.zeros(extension + size, dtype=gx.dtype)
@@ -215,7 +217,7 @@ def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw
 
 
 @parallel(fastmath=True)
-def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, zero):
+def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, zero, block):
     """partial[b, k, c, u] = sum over the samples of batch chunk b of the dot product
     of grad_output[n, k] (wide layout) with phases(x[n, c]) from starts[u]. `zero` has
     the arrays' dtype, so float32 sums stay float32."""
@@ -224,12 +226,12 @@ def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, 
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     kg = k_ // groups
     length = (oh - 1) * wq + ow
-    per_group = -(-kg // BLOCK)
+    per_group = -(-kg // block)
     for t in prange(chunks * groups * per_group):
-        b, group, k0, size = channel_block(t, groups, per_group, kg)
+        b, group, k0, size = channel_block(t, groups, per_group, kg, block)
         acc = partial[b, k0 : k0 + size]
         acc[:, :, :] = 0.0
-        g = np.zeros((min(BLOCK, kg), length), dtype=x.dtype)
+        g = np.zeros((min(block, kg), length), dtype=x.dtype)
         src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
             for m in range(size):
@@ -313,15 +315,22 @@ def _forward_taps(g, hq, wq):
     return taps, starts
 
 
-def forward_driver(x, weight, g):
+def _block(samples, groups, channels, threads):
+    """Channels per iteration: BLOCK, unless that leaves fewer than two iterations
+    per thread (batch 1, few channels), then one."""
+    return BLOCK if samples * groups * -(-channels // BLOCK) >= 2 * threads else 1
+
+
+def forward_driver(x, weight, g, threads):
     hq, wq = _phase_shape(g)
     taps, starts = _forward_taps(g, hq, wq)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    forward(x, _tap_weights(weight, taps), starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq)
+    block = _block(g.n, g.groups, g.c_out // g.groups, threads)
+    forward(x, _tap_weights(weight, taps), starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, block)
     return out
 
 
-def input_driver(weight, grad_output, g):
+def input_driver(weight, grad_output, g, threads):
     hq, wq = _phase_shape(g)
     taps, chunks = [], []
     for a in range(g.sh):
@@ -332,21 +341,24 @@ def input_driver(weight, grad_output, g):
     offsets = np.array([i * g.dh // g.sh * wq + j * g.dw // g.sw for i, j in taps], dtype=np.int64)
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
     chunks = np.array(chunks, dtype=np.int64).reshape(-1, 3)
-    input_grad(_tap_weights(weight, taps), offsets, chunks, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, int(offsets.max()))
+    block = _block(g.n, g.groups, g.c_in // g.groups, threads)
+    weights = _tap_weights(weight, taps)
+    input_grad(weights, offsets, chunks, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, int(offsets.max()), block)
     return gx
 
 
-def _weight_chunks(g, threads):
+def _weight_chunks(g, threads, block):
     # Enough (chunk, channel block) iterations to keep every thread busy; the chunk
     # count depends only on the shape and thread count, so reruns are bitwise identical.
-    blocks = g.groups * -(-(g.c_out // g.groups) // BLOCK)
+    blocks = g.groups * -(-(g.c_out // g.groups) // block)
     return max(1, min(g.n, -(-2 * threads // blocks)))
 
 
 def weight_driver(x, grad_output, g, threads):
     hq, wq = _phase_shape(g)
     taps, starts = _forward_taps(g, hq, wq)
-    partial = np.empty((_weight_chunks(g, threads), g.c_out, g.c_in // g.groups, len(taps)), dtype=x.dtype)
-    weight_grad(x, grad_output, starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, x.dtype.type(0))
+    block = _block(g.n, g.groups, g.c_out // g.groups, threads)
+    partial = np.empty((_weight_chunks(g, threads, block), g.c_out, g.c_in // g.groups, len(taps)), dtype=x.dtype)
+    weight_grad(x, grad_output, starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, x.dtype.type(0), block)
     total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
     return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)
