@@ -139,6 +139,19 @@ def _first_order(backward):
     return wrapper
 
 
+def _conv_backward(ctx, grad_output, input_grad, weight_grad):
+    """The gradients a convolution Function returns: input, weight and bias (each only
+    if needed; the bias adds to every output pixel, transposed or not), then None for
+    each of ctx.conv_args."""
+    input, weight = ctx.saved_tensors
+    x, gy = _batched_array(input), _batched_array(grad_output)
+    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    grad_input = input_grad(x.shape, _array(weight), gy, *ctx.conv_args) if needs_input else None
+    grad_weight = weight_grad(x, weight.shape, gy, *ctx.conv_args) if needs_weight else None
+    grad_bias = fastconv.grad.conv2d_bias(gy) if needs_bias else None
+    return (_tensor(grad_input, input.dim() == 3), _tensor(grad_weight), _tensor(grad_bias)) + (None,) * len(ctx.conv_args)
+
+
 class Conv2dFunction(torch.autograd.Function):
     """conv2d on fastconv's kernels: `Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)`.
 
@@ -159,14 +172,7 @@ class Conv2dFunction(torch.autograd.Function):
     @staticmethod
     @_first_order
     def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        unbatched = input.dim() == 3
-        x, gy = _batched_array(input), _batched_array(grad_output)
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_input = fastconv.grad.conv2d_input(x.shape, _array(weight), gy, *ctx.conv_args) if needs_input else None
-        grad_weight = fastconv.grad.conv2d_weight(x, weight.shape, gy, *ctx.conv_args) if needs_weight else None
-        grad_bias = fastconv.grad.conv2d_bias(gy) if needs_bias else None
-        return _tensor(grad_input, unbatched), _tensor(grad_weight), _tensor(grad_bias), None, None, None, None
+        return _conv_backward(ctx, grad_output, fastconv.grad.conv2d_input, fastconv.grad.conv2d_weight)
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):
@@ -188,18 +194,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
     @staticmethod
     @_first_order
     def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        unbatched = input.dim() == 3
-        x, gy = _batched_array(input), _batched_array(grad_output)
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_input = grad_weight = grad_bias = None
-        if needs_input:
-            grad_input = fastconv.grad.conv_transpose2d_input(x.shape, _array(weight), gy, *ctx.conv_args)
-        if needs_weight:
-            grad_weight = fastconv.grad.conv_transpose2d_weight(x, weight.shape, gy, *ctx.conv_args)
-        if needs_bias:
-            grad_bias = fastconv.grad.conv2d_bias(gy)  # the bias adds to every output pixel, as in conv2d
-        return _tensor(grad_input, unbatched), _tensor(grad_weight), _tensor(grad_bias), None, None, None, None, None
+        return _conv_backward(ctx, grad_output, fastconv.grad.conv_transpose2d_input, fastconv.grad.conv_transpose2d_weight)
 
 
 class MaxPool2dFunction(torch.autograd.Function):
