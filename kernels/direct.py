@@ -21,15 +21,33 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import padded_extent, tap_start
+from .phases import fill_phases, padded_extent, tap_start
 
 BLOCK = 4  # channels per iteration, at most
 
 
 @serial(inline=True)
-def phase_rows(plane, flat, top, left, sh, sw, hq, wq, into_flat):
-    """Copy between plane (h, w) and its cells in the flat phases (sh*sw*hq*wq) of the
-    plane zero-padded at (top, left): into the phases, or (into_flat False) back."""
+def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
+    """dst (flat, sh*sw*hq*wq) = plane zero-padded at (top, left), split by phase
+    (fill_phases; `scratch` as its `padded`)."""
+    if sh == 1 and sw == 1:
+        # the common case as plain row copies: measured 20-35% faster on a stride-1
+        # depthwise forward than fill_phases' general loops
+        dst[:] = 0.0
+        for r in range(plane.shape[0]):
+            cells = dst[(r + top) * wq + left :]
+            row = plane[r]
+            for q in range(plane.shape[1]):
+                cells[q] = row[q]
+        return
+    fill_phases(plane, 0, top, left, sh, sw, hq, wq, 0.0, dst, scratch)
+
+
+@serial(inline=True)
+def from_phases(flat, plane, top, left, sh, sw, hq, wq):
+    """plane (h, w) = its cells in the flat phases (sh*sw*hq*wq) of the plane
+    zero-padded at (top, left), the adjoint of fill_phases' placement; the padding
+    is dropped."""
     h, w = plane.shape
     size = hq * wq
     for r in range(h):
@@ -38,37 +56,15 @@ def phase_rows(plane, flat, top, left, sh, sw, hq, wq, into_flat):
         row = plane[r]
         for b in range(sw):
             # input columns q0, q0 + sw, ... are phase b's, from its column (q0 + left) // sw
-            q0 = 0 if sw == 1 else (b - left) % sw
+            q0 = (b - left) % sw
             cells = flat[(a * sw + b) * size + y * wq + (q0 + left) // sw :]
-            if sw == 1 and into_flat:
-                # unit-stride loops of their own, so that LLVM vectorises them
-                for q in range(w):
-                    cells[q] = row[q]
-            elif sw == 1:
+            if sw == 1:
+                # a unit-stride loop of its own, so that LLVM vectorises it
                 for q in range(w):
                     row[q] = cells[q]
-            elif into_flat:
-                for k in range((w - q0 + sw - 1) // sw):
-                    cells[k] = row[q0 + k * sw]
             else:
                 for k in range((w - q0 + sw - 1) // sw):
                     row[q0 + k * sw] = cells[k]
-
-
-@serial(inline=True)
-def to_phases(plane, dst, top, left, sh, sw, hq, wq):
-    """dst (flat, sh*sw*hq*wq) = plane zero-padded at (top, left), split by phase."""
-    dst[:] = 0.0
-    if sh == 1 and sw == 1:
-        # the common case, without the general loop's per-row work (measured: that
-        # cost a seventh of a depthwise convolution)
-        for r in range(plane.shape[0]):
-            cells = dst[(r + top) * wq + left :]
-            row = plane[r]
-            for q in range(plane.shape[1]):
-                cells[q] = row[q]
-        return
-    phase_rows(plane, dst, top, left, sh, sw, hq, wq, True)
 
 
 @serial(inline=True)
@@ -167,8 +163,9 @@ def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq, block):
         n, group, k0, size = channel_block(t, groups, per_group, kg, block)
         acc = np.zeros((min(block, kg), length), dtype=out.dtype)
         src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
         for cl in range(cg):
-            to_phases(x[n, group * cg + cl], src, top, left, sh, sw, hq, wq)
+            to_phases(x[n, group * cg + cl], src, scratch, top, left, sh, sw, hq, wq)
             for u in range(0, taps, 3):
                 s0 = src[starts[u] : starts[u] + length]
                 s1 = src[starts[u + 1] : starts[u + 1] + length]
@@ -213,7 +210,7 @@ def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw
                 e0, e1, e2 = g[o0 : o0 + size], g[o1 : o1 + size], g[o2 : o2 + size]
                 add_taps(acc[:, base : base + size], count, e0, e1, e2, wtap[k, cl0 : cl0 + count, u : u + width], size)
         for m in range(count):
-            phase_rows(gx[n, c0 + m], acc[m], top, left, sh, sw, hq, wq, False)
+            from_phases(acc[m], gx[n, c0 + m], top, left, sh, sw, hq, wq)
 
 
 @parallel(fastmath=True)
@@ -233,11 +230,12 @@ def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, 
         acc[:, :, :] = 0.0
         g = np.zeros((min(block, kg), length), dtype=x.dtype)
         src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+        scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
             for m in range(size):
                 to_wide(grad_output[n, k0 + m], g[m], 0, wq)
             for cl in range(cg):
-                to_phases(x[n, group * cg + cl], src, top, left, sh, sw, hq, wq)
+                to_phases(x[n, group * cg + cl], src, scratch, top, left, sh, sw, hq, wq)
                 for u in range(0, taps, 3):
                     s0 = src[starts[u] : starts[u] + length]
                     s1 = src[starts[u + 1] : starts[u + 1] + length]

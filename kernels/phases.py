@@ -25,3 +25,40 @@ def tap_start(i, j, sh, sw, dh, dw, hq, wq):
     """Flat index, in the phases of one plane (sh*sw*hq*wq), of the cell tap (i, j)
     reads for the first output."""
     return (((i * dh % sh) * sw + j * dw % sw) * hq + i * dh // sh) * wq + j * dw // sw
+
+
+@serial(inline=True)
+def fill_phases(plane, first, ph, pw, sh, sw, hq, wq, fill, band, padded):
+    """band (flat, sh*sw*hq*wq) = the phases of padded rows first, first + 1, ...
+    (`first` a multiple of sh) of the plane, padded by (ph, pw) and `fill` outside
+    it. `padded` is scratch for the rows before the column split (sh*hq*sw*wq cells;
+    unused at sw 1).
+
+    Every loop here is long: LLVM's vector loops are unrolled, and a loop shorter
+    than a few vectors (a row of a small plane) would run scalar."""
+    h, w = plane.shape
+    wp = sw * wq
+    rows = band if sw == 1 else padded
+    rows[: sh * hq * wp] = fill
+    for a in range(sh):
+        for y in range(hq):
+            r = first + y * sh + a - ph
+            if 0 <= r < h:
+                dst = rows[(a * hq + y) * wp + pw :]
+                src = plane[r]
+                for q in range(w):
+                    dst[q] = src[q]
+    size = hq * wq
+    for a in range(sh):
+        s = padded[a * hq * wp : (a + 1) * hq * wp]
+        if sw == 2:
+            even = band[2 * a * size : (2 * a + 1) * size]
+            odd = band[(2 * a + 1) * size : (2 * a + 2) * size]
+            for k in range(size):
+                even[k] = s[2 * k]
+                odd[k] = s[2 * k + 1]
+        elif sw > 2:
+            for b in range(sw):
+                dst = band[(a * sw + b) * size : (a * sw + b + 1) * size]
+                for k in range(size):
+                    dst[k] = s[k * sw + b]

@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import tap_start
+from .phases import fill_phases, padded_extent, tap_start
 
 
 @serial
@@ -46,44 +46,8 @@ def padded_band(plane, first, last, ph, pw, wp, fill):
 def band_shape(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, rows):
     """(hq, wq) of the band for a block of `rows` output rows."""
     last = (rows - 1) * sh + (kh - 1) * dh + 1
-    wq = (max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1) + sw - 1) // sw
-    return (last + sh - 1) // sh, wq
-
-
-@serial
-def fill_band(plane, first, ph, pw, sh, sw, hq, wq, fill, band, padded):
-    """band (flat, sh*sw*hq*wq) = padded rows from `first` (a multiple of sh) of the
-    plane, padded by (ph, pw) and `fill` outside it, split by phase as above.
-    `padded` is scratch for the rows before the column split (sh*hq*sw*wq cells).
-
-    Every loop here is long: LLVM's vector loops are unrolled, and a loop shorter
-    than a few vectors (a row of a small plane) would run scalar."""
-    h, w = plane.shape
-    wp = sw * wq
-    src = plane.reshape(h * w)
-    rows = band if sw == 1 else padded
-    rows[: sh * hq * wp] = fill
-    for a in range(sh):
-        for y in range(hq):
-            r = first + y * sh + a - ph
-            if 0 <= r < h:
-                base = (a * hq + y) * wp + pw
-                for q in range(w):
-                    rows[base + q] = src[r * w + q]
-    size = hq * wq
-    for a in range(sh):
-        s = padded[a * hq * wp : (a + 1) * hq * wp]
-        if sw == 2:
-            even = band[2 * a * size : (2 * a + 1) * size]
-            odd = band[(2 * a + 1) * size : (2 * a + 2) * size]
-            for k in range(size):
-                even[k] = s[2 * k]
-                odd[k] = s[2 * k + 1]
-        elif sw > 2:
-            for b in range(sw):
-                dst = band[(a * sw + b) * size : (a * sw + b + 1) * size]
-                for k in range(size):
-                    dst[k] = s[k * sw + b]
+    wp = padded_extent(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw)[1]
+    return (last + sh - 1) // sh, (wp + sw - 1) // sw
 
 
 @serial
@@ -185,7 +149,7 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, bloc
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
     rows = -(-oh // blocks)
     hq, wq = band_shape(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, rows)
-    wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    wp = padded_extent(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw)[1]
     offsets = tap_offsets(kh, kw, dh, dw, w)
     corner, fallback = index_tables(oh, ow, wq, w, sh, sw, ph, pw, dh, dw)
     items = n_ * c_ * blocks
@@ -278,7 +242,7 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, bloc
                 continue
             if y_end == y_start:
                 continue
-            fill_band(plane, y_start * sh, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
+            fill_phases(plane, y_start * sh, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
             length = (y_end - y_start - 1) * wq + ow
             window_max(band, kh, kw, sh, sw, dh, dw, hq, wq, offsets, best, tap, length, with_indices)
             # Rows out of the wide layout, with flat indices: a helper call or a view
@@ -337,7 +301,7 @@ def max_pool_backward(x, grad_output, gx, kh, kw, sh, sw, ph, pw, dh, dw):
             c = t % c_
             flat = gx[n, c].reshape(size)
             flat[:] = 0.0
-            fill_band(x[n, c], 0, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
+            fill_phases(x[n, c], 0, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
             window_max(band, kh, kw, sh, sw, dh, dw, hq, wq, offsets, best, tap, length, True)
             g = grad_output[n, c].reshape(oh * ow)
             for y in range(oh):
@@ -382,27 +346,9 @@ def average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dty
     size (covering every window, ceil_mode overhang included), and whether the 2x2/2
     fast path applies."""
     inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dtype_zero)
-    hp = max(h + ph, (oh - 1) * sh + kh)
-    wp = max(w + pw, (ow - 1) * sw + kw)
+    hp, wp = padded_extent(h, w, ph, pw, oh, ow, kh, kw, sh, sw, 1, 1)
     two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
     return inv, hp, wp, two_by_two
-
-
-@serial
-def fill_row_phases(plane, first, ph, pw, sh, hq, wp, rows):
-    """rows (flat, sh*hq*wp) = padded rows first + Y*sh + a of the plane (zero-padded
-    by ph, pw) at ((a*hq + Y) * wp): split by row phase only, so that the rows a
-    vertical window sum adds are contiguous runs for a whole block of output rows."""
-    h, w = plane.shape
-    rows[:] = 0.0
-    for a in range(sh):
-        for y in range(hq):
-            r = first + y * sh + a - ph
-            if 0 <= r < h:
-                dst = rows[(a * hq + y) * wp + pw :]
-                src = plane[r]
-                for q in range(w):
-                    dst[q] = src[q]
 
 
 @parallel(fastmath=True)
@@ -443,7 +389,8 @@ def avg_pool(x, out, kh, kw, sh, sw, ph, pw, include_pad, divisor, blocks):
                 continue
             if y_end == y_start:
                 continue
-            fill_row_phases(plane, y_start * sh, ph, pw, sh, hq, wide, rows)
+            # rows split by row phase only: one column phase as wide as the padded row
+            fill_phases(plane, y_start * sh, ph, pw, sh, 1, hq, wide, 0.0, rows, rows[:0])
             length = (y_end - y_start) * wide
             column_sums[:length] = 0.0
             for i in range(kh):
