@@ -15,6 +15,7 @@ import numpy as np
 
 from fastconv.kernels import conv as K
 from fastconv.kernels import direct as D
+from fastconv.kernels.phases import phase_shape
 from fastconv.params import ConvGeometry
 from fastconv.threads import get_num_threads
 
@@ -23,20 +24,20 @@ _forced: str | None = None
 
 
 def conv_path(g: ConvGeometry) -> str:
-    """'gemm' for 1x1 convolutions (a plain matrix product) and for strided ones with
-    many channels per group; 'direct' for the rest: stride 1 when a group's output
-    channels come in blocks of 4 (the direct kernels' register blocking), one input
-    channel per group (depthwise, with or without a channel multiplier), at most 4
-    input or 8 output channels per group (first layers, narrow groups). Measured on
-    the catalogue (python -m fastconv bench)."""
+    """'gemm' for 1x1 convolutions (a plain matrix product) and for small planes with
+    many products per output (the direct kernels' loops run over one plane, under
+    128 cells too short for LLVM's vector loops, while a GEMM's columns span the
+    batch); 'direct' for the rest, every stride, dilation and group count. Measured
+    on the catalogue (python -m fastconv bench)."""
     if _forced is not None:
         return _forced
-    cg, kg = g.c_in // g.groups, g.c_out // g.groups
+    cg = g.c_in // g.groups
     if g.kh == g.kw == 1 and g.sh == g.sw == 1 and cg > 1:
         return "gemm"
-    if (g.sh == g.sw == 1 and kg % 4 == 0) or cg <= 4 or kg <= 8:
-        return "direct"
-    return "gemm"
+    hq, wq = phase_shape(g)
+    if hq * wq < 128 and cg * g.kh * g.kw >= 64:
+        return "gemm"
+    return "direct"
 
 
 @contextlib.contextmanager

@@ -15,72 +15,50 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import padded_extent
+from .phases import from_phases, phase_shape, tap_starts, to_phases
 
 # ------------------------------------------------------------------ im2col family
+#
+# Packing uses the polyphase wide layout of fastconv.kernels.phases: sample b's
+# columns are [b * length, (b + 1) * length), output cell (y, x) at column
+# y * wq + x, and each kernel tap's row is one contiguous copy of a plane's phases
+# from the tap's start, at any stride and dilation. (A row per output row would be
+# a loop of ow elements, too short for LLVM's vector loops.) The wq - ow extra
+# columns per row are computed by the GEMM and dropped by `unwide`.
 
 
-def im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
-    """cols[(c*kh + i)*kw + j, n*oh*ow + y*ow + x] = x[n, c, y*sh - pt + i*dh, x*sw - pl + j*dw] or 0.
-
-    Each (n, c) plane is first copied into a zero-padded buffer that also covers
-    every window, so the copies need no bounds tests. The buffer is shared across
-    planes: this kernel runs serially (see below)."""
-    n_, c_, h, w = x.shape
-    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
-    padded = np.zeros((hp, wp), dtype=x.dtype)
-    flat = padded.reshape(hp * wp)
-    p_ = oh * ow
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t % c_
-        padded[pt : pt + h, pl : pl + w] = x[n, c]
-        for i in range(kh):
-            for j in range(kw):
-                row = cols[(c * kh + i) * kw + j, n * p_ : (n + 1) * p_]
-                # flat indices, no per-row views: rows can be a handful of elements
-                for y in range(oh):
-                    src = (y * sh + i * dh) * wp + j * dw
-                    dst = y * ow
-                    if sw == 1:
-                        for q in range(ow):
-                            row[dst + q] = flat[src + q]
-                    elif sw == 2:
-                        for q in range(ow):
-                            row[dst + q] = flat[src + 2 * q]
-                    else:
-                        for q in range(ow):
-                            row[dst + q] = flat[src + q * sw]
+def im2col(x, cols, starts, top, left, sh, sw, hq, wq, length):
+    """cols[c*T + u, b*length + q] = phases(x[b, c])[starts[u] + q], T = len(starts):
+    the windows of a chunk of samples, x[b, c] zero-padded at (top, left)."""
+    nb, c_ = x.shape[0], x.shape[1]
+    taps = starts.shape[0]
+    band = np.empty(sh * sw * hq * wq, dtype=x.dtype)
+    scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
+    for b in range(nb):
+        for c in range(c_):
+            to_phases(x[b, c], band, scratch, top, left, sh, sw, hq, wq)
+            for u in range(taps):
+                dst = cols[c * taps + u, b * length : (b + 1) * length]
+                src = band[starts[u] : starts[u] + length]
+                for q in range(length):
+                    dst[q] = src[q]
 
 
-def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
-    """Adjoint of im2col: gx[n, c] = sum of the cols entries that came from each cell,
-    added up in a padded buffer and cropped."""
-    n_, c_, h, w = gx.shape
-    hp, wp = padded_extent(h, w, pt, pl, oh, ow, kh, kw, sh, sw, dh, dw)
-    padded = np.empty((hp, wp), dtype=gx.dtype)
-    flat = padded.reshape(hp * wp)
-    p_ = oh * ow
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t % c_
-        padded[:, :] = 0.0
-        for i in range(kh):
-            for j in range(kw):
-                row = cols[(c * kh + i) * kw + j, n * p_ : (n + 1) * p_]
-                for y in range(oh):
-                    dst = (y * sh + i * dh) * wp + j * dw
-                    src = y * ow
-                    if sw == 1:
-                        for q in range(ow):
-                            flat[dst + q] += row[src + q]
-                    elif sw == 2:
-                        for q in range(ow):
-                            flat[dst + 2 * q] += row[src + q]
-                    else:
-                        for q in range(ow):
-                            flat[dst + q * sw] += row[src + q]
-        gx[n, c] = padded[pt : pt + h, pl : pl + w]
+def col2im(cols, gx, starts, top, left, sh, sw, hq, wq, length):
+    """Adjoint of im2col: gx[b, c] = the sum of the cols entries that came from each
+    of its cells, added up in the phases of the padded plane and cropped."""
+    nb, c_ = gx.shape[0], gx.shape[1]
+    taps = starts.shape[0]
+    band = np.empty(sh * sw * hq * wq, dtype=gx.dtype)
+    for b in range(nb):
+        for c in range(c_):
+            band[:] = 0.0
+            for u in range(taps):
+                dst = band[starts[u] : starts[u] + length]
+                src = cols[c * taps + u, b * length : (b + 1) * length]
+                for q in range(length):
+                    dst[q] += src[q]
+            from_phases(band, gx[b, c], top, left, sh, sw, hq, wq)
 
 
 # The GEMM path packs serially: a parallel packing region between two BLAS calls
@@ -88,36 +66,6 @@ def col2im(cols, gx, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow):
 # slower end to end); one packing thread beside BLAS's costs little.
 im2col = serial(im2col)
 col2im = serial(col2im)
-
-
-def im2col_wide(xp, cols, kh, kw, dh, dw, length):
-    """Stride-1 packing of a chunk of padded samples xp (nb, C, Hp, Wp):
-    cols[(c*kh + i)*kw + j, b*length + q] = xp[b, c].flat[i*dh*Wp + j*dw + q].
-    Each row is one contiguous copy (see the "wide" layout below)."""
-    nb, c_, hp, wp = xp.shape
-    for b in range(nb):
-        for c in range(c_):
-            src = xp[b, c].reshape(hp * wp)
-            for i in range(kh):
-                for j in range(kw):
-                    shifted = src[i * dh * wp + j * dw :]
-                    dst = cols[(c * kh + i) * kw + j, b * length : (b + 1) * length]
-                    for q in range(length):
-                        dst[q] = shifted[q]
-
-
-def col2im_wide(cols, gxp, kh, kw, dh, dw, length):
-    """Adjoint of im2col_wide into zeroed padded planes gxp (nb, C, Hp, Wp)."""
-    nb, c_, hp, wp = gxp.shape
-    for b in range(nb):
-        for c in range(c_):
-            dst = gxp[b, c].reshape(hp * wp)
-            for i in range(kh):
-                for j in range(kw):
-                    shifted = dst[i * dh * wp + j * dw :]
-                    src = cols[(c * kh + i) * kw + j, b * length : (b + 1) * length]
-                    for q in range(length):
-                        shifted[q] += src[q]
 
 
 def unwide(wide, out, row, length):
@@ -154,28 +102,8 @@ def widen(planes, wide, row, length):
                         dst[y * row + x] = src[y * ow + x]
 
 
-im2col_wide = serial(im2col_wide)
-col2im_wide = serial(col2im_wide)
 unwide = serial(unwide)
 widen = serial(widen)
-
-
-def pad_planes(x, xp, top, left):
-    """xp[n, c] = x[n, c] placed at (top, left) in a zero plane."""
-    n_, c_, h, w = x.shape
-    for t in prange(n_ * c_):
-        dst = xp[t // c_, t % c_]
-        dst[:, :] = 0.0
-        src = x[t // c_, t % c_]
-        for y in range(h):
-            d = dst[top + y, left:]
-            s = src[y]
-            for xo in range(w):
-                d[xo] = s[xo]
-
-
-# Serial, like the rest of the GEMM family's packing (see im2col).
-pad_planes = serial(pad_planes)
 
 
 # ------------------------------------------------------------------ bias
@@ -223,19 +151,14 @@ def _grouped(a, g, rows):
 
 
 class _Packing:
-    """How the GEMM path lays out a chunk of samples: a (rows, nb * length) matrix,
-    sample b's columns at [b * length, (b + 1) * length).
-
-    Stride 1 uses the "wide" layout (fastconv.kernels.phases, one phase): output rows
-    of the padded width, so packing is one contiguous copy per kernel tap. Other
-    strides use im2col's (oh * ow) columns.
-    """
+    """How the GEMM path lays out a chunk of samples: a (rows, nb * length) matrix in
+    the wide layout (see im2col), rows of wq columns."""
 
     def __init__(self, g, itemsize):
         self.g = g
-        self.wide = _is_wide(g)
-        self.row = g.w + g.pl + g.pr if self.wide else g.ow
-        self.length = (g.oh - 1) * self.row + g.ow if self.wide else g.oh * g.ow
+        self.hq, self.row = phase_shape(g)
+        self.length = (g.oh - 1) * self.row + g.ow
+        self.starts = tap_starts(g, [(i, j) for i in range(g.kh) for j in range(g.kw)], self.hq, self.row)
         self.r = g.c_in * g.kh * g.kw
         per_sample = max(self.r, g.c_out) * self.length * itemsize
         self.step = min(g.n, max(1, CHUNK_BYTES // per_sample))
@@ -248,32 +171,17 @@ class _Packing:
         """The chunk's (groups, rows / groups, nb * length) matrix in `buffer`."""
         return buffer[: rows * nb * self.length].reshape(self.g.groups, rows // self.g.groups, nb * self.length)
 
-    def padded_input(self, x):
-        return _padded(x, self.g) if self.wide else x
+    def _layout(self):
+        g = self.g
+        return self.starts, g.pt, g.pl, g.sh, g.sw, self.hq, self.row, self.length
 
     def pack(self, x_chunk, cols):
-        """cols (R, nb * length) = the windows of x_chunk (already padded if wide)."""
-        g = self.g
-        if self.wide:
-            im2col_wide(x_chunk, cols, g.kh, g.kw, g.dh, g.dw, self.length)
-        else:
-            im2col(x_chunk, cols, *_geometry_args(g))
+        """cols (R, nb * length) = the windows of x_chunk."""
+        im2col(x_chunk, cols, *self._layout())
 
-    def unpack_input_grad(self, cols, gx_chunk, scratch):
+    def unpack_input_grad(self, cols, gx_chunk):
         """gx_chunk = col2im of cols (R, nb * length)."""
-        g = self.g
-        nb = gx_chunk.shape[0]
-        if self.wide:
-            gxp = scratch[:nb]
-            gxp[:] = 0.0
-            col2im_wide(cols, gxp, g.kh, g.kw, g.dh, g.dw, self.length)
-            gx_chunk[:] = gxp[:, :, g.pt : g.pt + g.h, g.pl : g.pl + g.w]
-        else:
-            col2im(cols, gx_chunk, *_geometry_args(g))
-
-    def scratch(self, dtype):
-        g = self.g
-        return np.empty((self.step, g.c_in, g.h + g.pt + g.pb, self.row), dtype=dtype) if self.wide else None
+        col2im(cols, gx_chunk, *self._layout())
 
 
 def _weights(weight, g):
@@ -287,11 +195,10 @@ def gemm_forward(x, weight, g):
         np.matmul(w, _grouped(x, g, g.c_in // g.groups), out=_grouped(out, g, g.c_out // g.groups))
         return out
     pk = _Packing(g, x.itemsize)
-    xp = pk.padded_input(x)
     cols, result = pk.buffer(pk.r, x.dtype), pk.buffer(g.c_out, x.dtype)
     for n0, n1 in pk.chunks:
         c, r = pk.view(cols, pk.r, n1 - n0), pk.view(result, g.c_out, n1 - n0)
-        pk.pack(xp[n0:n1], c.reshape(pk.r, -1))
+        pk.pack(x[n0:n1], c.reshape(pk.r, -1))
         np.matmul(w, c, out=r)
         unwide(r.reshape(g.c_out, -1), out[n0:n1], pk.row, pk.length)
     return out
@@ -304,12 +211,12 @@ def gemm_input(weight, grad_output, g):
         np.matmul(wt, _grouped(grad_output, g, g.c_out // g.groups), out=_grouped(gx, g, g.c_in // g.groups))
         return gx
     pk = _Packing(g, gx.itemsize)
-    gyw, cols, scratch = pk.buffer(g.c_out, gx.dtype), pk.buffer(pk.r, gx.dtype), pk.scratch(gx.dtype)
+    gyw, cols = pk.buffer(g.c_out, gx.dtype), pk.buffer(pk.r, gx.dtype)
     for n0, n1 in pk.chunks:
         gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
         widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
         np.matmul(wt, gy_, out=c)
-        pk.unpack_input_grad(c.reshape(pk.r, -1), gx[n0:n1], scratch)
+        pk.unpack_input_grad(c.reshape(pk.r, -1), gx[n0:n1])
     return gx
 
 
@@ -320,24 +227,13 @@ def gemm_weight(x, grad_output, g):
         gw += np.matmul(_grouped(grad_output, g, kg), _grouped(x, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
         return gw.reshape(g.weight_shape)
     pk = _Packing(g, x.itemsize)
-    xp = pk.padded_input(x)
     gyw, cols = pk.buffer(g.c_out, x.dtype), pk.buffer(pk.r, x.dtype)
     for n0, n1 in pk.chunks:
         gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
         widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
-        pk.pack(xp[n0:n1], c.reshape(pk.r, -1))
+        pk.pack(x[n0:n1], c.reshape(pk.r, -1))
         gw += np.matmul(gy_, c.transpose(0, 2, 1))
     return gw.reshape(g.weight_shape)
-
-
-def _is_wide(g):
-    return g.sh == 1 and g.sw == 1
-
-
-def _padded(x, g):
-    xp = np.empty((x.shape[0], x.shape[1], g.h + g.pt + g.pb, g.w + g.pl + g.pr), dtype=x.dtype)
-    pad_planes(x, xp, g.pt, g.pl)
-    return xp
 
 
 def bias_grad(grad_output):

@@ -1,6 +1,6 @@
 """Direct convolution kernels: forward, input gradient and weight gradient as loops,
-for shapes whose GEMM would be thin or whose packing would cost more than the
-arithmetic: depthwise and grouped convolutions, few channels, stride 1.
+with no packed matrix: every convolution but 1x1 ones and small planes with many
+channels (see fastconv.dispatch).
 
 All three work in the polyphase wide layout of fastconv.kernels.phases: each kernel
 tap is one contiguous loop over a whole plane, at any stride and dilation. Taps are
@@ -8,8 +8,13 @@ taken three at a time and output (or input) channels four at a time, the channel
 one group, so that one load of a plane feeds twelve multiply-adds and the four
 accumulators stay in registers (one channel at a time where four would leave
 threads idle). The forward and weight gradient pad their tap lists to a multiple of
-three with taps of weight zero; the input gradient takes each phase's taps in
-chunks of three, two or one.
+three with taps of weight zero; the input gradient takes each phase's (channel,
+tap) pairs in threes.
+
+A plane that several iterations read (blocks of output channels, of input channels)
+is split into phases, or widened, once before the loop (split_planes,
+widen_planes): splitting it per iteration measured 2x slower on a dense stride-2
+convolution.
 
 Every prange iteration owns its outputs: the forward a block of output planes of
 one sample, the input gradient a block of input planes of one sample, the weight
@@ -17,54 +22,15 @@ gradient a block of output channels over a chunk of the batch (the caller sums t
 chunks in a fixed order, so reruns are bitwise identical).
 """
 
+import functools
+
 import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import fill_phases, padded_extent, tap_start
+from .phases import from_phases, phase_shape, tap_starts, to_phases
 
 BLOCK = 4  # channels per iteration, at most
-
-
-@serial(inline=True)
-def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
-    """dst (flat, sh*sw*hq*wq) = plane zero-padded at (top, left), split by phase
-    (fill_phases; `scratch` as its `padded`)."""
-    if sh == 1 and sw == 1:
-        # the common case as plain row copies: measured 20-35% faster on a stride-1
-        # depthwise forward than fill_phases' general loops
-        dst[:] = 0.0
-        for r in range(plane.shape[0]):
-            cells = dst[(r + top) * wq + left :]
-            row = plane[r]
-            for q in range(plane.shape[1]):
-                cells[q] = row[q]
-        return
-    fill_phases(plane, 0, top, left, sh, sw, hq, wq, 0.0, dst, scratch)
-
-
-@serial(inline=True)
-def from_phases(flat, plane, top, left, sh, sw, hq, wq):
-    """plane (h, w) = its cells in the flat phases (sh*sw*hq*wq) of the plane
-    zero-padded at (top, left), the adjoint of fill_phases' placement; the padding
-    is dropped."""
-    h, w = plane.shape
-    size = hq * wq
-    for r in range(h):
-        a = (r + top) % sh
-        y = (r + top) // sh
-        row = plane[r]
-        for b in range(sw):
-            # input columns q0, q0 + sw, ... are phase b's, from its column (q0 + left) // sw
-            q0 = (b - left) % sw
-            cells = flat[(a * sw + b) * size + y * wq + (q0 + left) // sw :]
-            if sw == 1:
-                # a unit-stride loop of its own, so that LLVM vectorises it
-                for q in range(w):
-                    row[q] = cells[q]
-            else:
-                for k in range((w - q0 + sw - 1) // sw):
-                    row[q0 + k * sw] = cells[k]
 
 
 @serial(inline=True)
@@ -148,24 +114,56 @@ def add_taps(acc, rows, s0, s1, s2, w, length):
             a[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q]
 
 
+@parallel
+def split_planes(x, phased, top, left, sh, sw, hq, wq):
+    """phased[n, c] = phases(x[n, c]) (to_phases), one plane per iteration."""
+    n_, c_ = x.shape[0], x.shape[1]
+    for t in prange(n_ * c_):
+        scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
+        to_phases(x[t // c_, t % c_], phased[t // c_, t % c_], scratch, top, left, sh, sw, hq, wq)
+
+
+@parallel
+def widen_planes(planes, wide, extension, wq):
+    """wide[n, k] = zeros(extension), then planes[n, k] in the wide layout (rows of wq,
+    zeros beyond each row)."""
+    n_, k_ = planes.shape[0], planes.shape[1]
+    for t in prange(n_ * k_):
+        dst = wide[t // k_, t % k_]
+        dst[:] = 0.0
+        to_wide(planes[t // k_, t % k_], dst, extension, wq)
+
+
+@serial(inline=True)
+def phases_of(x, phased, n, c, buffer, scratch, top, left, sh, sw, hq, wq):
+    """phases(x[n, c]): the row of `phased` if it holds them (split_planes), else split
+    into `buffer` now."""
+    if phased.shape[0] > 0:
+        return phased[n, c]
+    to_phases(x[n, c], buffer, scratch, top, left, sh, sw, hq, wq)
+    return buffer
+
+
 @parallel(fastmath=True)
-def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq, block):
+def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, block):
     """out[n, k] = sum over the group's input channels c and taps u of
-    wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q in the wide layout. Each
-    iteration splits its input planes into phases itself (a plane in cache)."""
+    wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q in the wide layout. The phases
+    come from `phased` (split_planes) when it is not empty, else each iteration
+    splits its input planes itself (a plane in cache)."""
     n_ = x.shape[0]
     k_, cg, taps = wtap.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     length = (oh - 1) * wq + ow
     per_group = -(-kg // block)
+    own = 0 if phased.shape[0] > 0 else sh * sw * hq * wq
     for t in prange(n_ * groups * per_group):
         n, group, k0, size = channel_block(t, groups, per_group, kg, block)
         acc = np.zeros((min(block, kg), length), dtype=out.dtype)
-        src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
-        scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
+        buffer = np.empty(own, dtype=x.dtype)
+        scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
         for cl in range(cg):
-            to_phases(x[n, group * cg + cl], src, scratch, top, left, sh, sw, hq, wq)
+            src = phases_of(x, phased, n, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
             for u in range(0, taps, 3):
                 s0 = src[starts[u] : starts[u] + length]
                 s1 = src[starts[u + 1] : starts[u + 1] + length]
@@ -180,62 +178,82 @@ def forward(x, wtap, starts, out, groups, top, left, sh, sw, hq, wq, block):
                     d[xo] = a[xo]
 
 
+@serial(inline=True)
+def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, size, extension):
+    """acc[:count, phase] += the chunks first..last-1 of input_grad, channel k of the
+    group read from planes[k + shift]."""
+    for i in range(first, last):
+        base, pairs = chunks[i, 0] * size, chunks[i, 1]
+        o0, o1, o2 = extension - chunks[i, 4], extension - chunks[i, 6], extension - chunks[i, 8]
+        e0 = planes[chunks[i, 3] + shift, o0 : o0 + size]
+        e1 = planes[chunks[i, 5] + shift, o1 : o1 + size]
+        e2 = planes[chunks[i, 7] + shift, o2 : o2 + size]
+        add_taps(acc[:, base : base + size], count, e0, e1, e2, wchunks[i, cl0 : cl0 + count, :pairs], size)
+
+
 @parallel(fastmath=True)
-def input_grad(wtap, offsets, chunks, grad_output, gx, groups, top, left, sh, sw, hq, wq, extension, block):
-    """gx[n, c] = sum over the group's output channels k and taps u of
-    wtap[k, c, u] * grad_output[n, k] shifted by the tap: a gather into each phase of
-    the padded gradient plane. Taps come in chunks of one phase, chunks[i] = (first
-    tap, number of taps (3 at most), phase); offsets[u] is tap u's shift in the wide
-    layout, at most `extension`."""
-    n_, c_, h, w = gx.shape
-    k_, cg = wtap.shape[0], wtap.shape[1]
-    kg = k_ // groups
+def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, extension, block):
+    """gx[n, c] = sum over the group's output channels k and taps of the weight times
+    grad_output[n, k] shifted by the tap: a gather into each phase of the padded
+    gradient plane, the adjoint of forward.
+
+    Output channels are taken `per` at a time (1 or 3, a plane of each in cache),
+    and their (channel, tap) pairs in each phase in threes (fewer at the end), so
+    that with three channels even a phase with one tap makes passes of three:
+    chunks[i] = (phase, pairs, first channel of the `per`, k0, shift0, k1, shift1,
+    k2, shift2), k a channel of the group and shift the tap's offset in the wide
+    layout (at most `extension`); the chunks of the t-th `per` channels are
+    bounds[t]..bounds[t + 1] - 1. wchunks[group, i, c, j] is pair j's weight for the
+    group's input channel c. grad_output comes in the wide layout after `extension`
+    zeros (so that every shift reads inside): from `widened` (widen_planes) when
+    that is not empty, else each iteration widens the `per` planes itself."""
+    n_, c_ = gx.shape[0], gx.shape[1]
+    kg, cg = grad_output.shape[1] // groups, c_ // groups
     size = hq * wq
     per_group = -(-cg // block)
+    local = widened.shape[0] == 0
     for t in prange(n_ * groups * per_group):
         n, group, c0, count = channel_block(t, groups, per_group, cg, block)
         cl0 = c0 - group * cg
         acc = np.zeros((min(block, cg), sh * sw * size), dtype=gx.dtype)
-        # grad_output in the wide layout after `extension` zeros, so that every shift
-        # reads inside; the cells never written stay zero
-        g = np.zeros(extension + size, dtype=gx.dtype)
-        for kl in range(kg):
-            k = group * kg + kl
-            to_wide(grad_output[n, k], g, extension, wq)
-            for i in range(chunks.shape[0]):
-                u, width, base = chunks[i, 0], chunks[i, 1], chunks[i, 2] * size
-                o0 = extension - offsets[u]
-                o1 = extension - offsets[u + min(1, width - 1)]
-                o2 = extension - offsets[u + width - 1]
-                e0, e1, e2 = g[o0 : o0 + size], g[o1 : o1 + size], g[o2 : o2 + size]
-                add_taps(acc[:, base : base + size], count, e0, e1, e2, wtap[k, cl0 : cl0 + count, u : u + width], size)
+        if local:
+            own = np.zeros((min(per, kg), extension + size), dtype=gx.dtype)
+            for b in range(bounds.shape[0] - 1):
+                first = chunks[bounds[b], 2]
+                for kl in range(first, min(first + per, kg)):
+                    to_wide(grad_output[n, group * kg + kl], own[kl - first], extension, wq)
+                gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension)
+        else:
+            gather_chunks(acc, count, widened[n], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
         for m in range(count):
             from_phases(acc[m], gx[n, c0 + m], top, left, sh, sw, hq, wq)
 
 
 @parallel(fastmath=True)
-def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, zero, block):
+def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, zero, block):
     """partial[b, k, c, u] = sum over the samples of batch chunk b of the dot product
-    of grad_output[n, k] (wide layout) with phases(x[n, c]) from starts[u]. `zero` has
-    the arrays' dtype, so float32 sums stay float32."""
+    of grad_output[n, k] (wide layout) with phases(x[n, c]) from starts[u] (taken
+    from `phased` as in forward). `zero` has the arrays' dtype, so float32 sums stay
+    float32."""
     n_ = x.shape[0]
     chunks, k_, cg, taps = partial.shape
     oh, ow = grad_output.shape[2], grad_output.shape[3]
     kg = k_ // groups
     length = (oh - 1) * wq + ow
     per_group = -(-kg // block)
+    own = 0 if phased.shape[0] > 0 else sh * sw * hq * wq
     for t in prange(chunks * groups * per_group):
         b, group, k0, size = channel_block(t, groups, per_group, kg, block)
         acc = partial[b, k0 : k0 + size]
         acc[:, :, :] = 0.0
         g = np.zeros((min(block, kg), length), dtype=x.dtype)
-        src = np.empty(sh * sw * hq * wq, dtype=x.dtype)
-        scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
+        buffer = np.empty(own, dtype=x.dtype)
+        scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
             for m in range(size):
                 to_wide(grad_output[n, k0 + m], g[m], 0, wq)
             for cl in range(cg):
-                to_phases(x[n, group * cg + cl], src, scratch, top, left, sh, sw, hq, wq)
+                src = phases_of(x, phased, n, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
                 for u in range(0, taps, 3):
                     s0 = src[starts[u] : starts[u] + length]
                     s1 = src[starts[u + 1] : starts[u + 1] + length]
@@ -290,11 +308,6 @@ def weight_grad(x, grad_output, starts, partial, groups, top, left, sh, sw, hq, 
 # ------------------------------------------------------------------ drivers
 
 
-def _phase_shape(g):
-    hp, wp = padded_extent(g.h, g.w, g.pt, g.pl, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
-    return -(-hp // g.sh), -(-wp // g.sw)
-
-
 def _in_threes(taps):
     """taps padded with None to a multiple of three."""
     return taps + [None] * (-len(taps) % 3)
@@ -309,8 +322,7 @@ def _tap_weights(weight, taps):
 
 def _forward_taps(g, hq, wq):
     taps = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw)])
-    starts = np.array([0 if tap is None else tap_start(tap[0], tap[1], g.sh, g.sw, g.dh, g.dw, hq, wq) for tap in taps], dtype=np.int64)
-    return taps, starts
+    return taps, tap_starts(g, taps, hq, wq)
 
 
 def _block(samples, groups, channels, threads):
@@ -319,29 +331,78 @@ def _block(samples, groups, channels, threads):
     return BLOCK if samples * groups * -(-channels // BLOCK) >= 2 * threads else 1
 
 
+def _phased(x, g, hq, wq, block):
+    """x split into phases once (split_planes) when more than one block of output
+    channels reads each plane; else an empty array: each iteration splits its own
+    (depthwise: a pre-pass there measured 3x slower, its output fresh memory)."""
+    if -(-(g.c_out // g.groups) // block) < 2:
+        return np.empty((0, 0, 0), dtype=x.dtype)
+    phased = np.empty((g.n, g.c_in, g.sh * g.sw * hq * wq), dtype=x.dtype)
+    split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, hq, wq)
+    return phased
+
+
 def forward_driver(x, weight, g, threads):
-    hq, wq = _phase_shape(g)
+    hq, wq = phase_shape(g)
     taps, starts = _forward_taps(g, hq, wq)
     out = np.empty(g.output_shape, dtype=x.dtype)
     block = _block(g.n, g.groups, g.c_out // g.groups, threads)
-    forward(x, _tap_weights(weight, taps), starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, block)
+    phased = _phased(x, g, hq, wq, block)
+    forward(x, phased, _tap_weights(weight, taps), starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, block)
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _input_plan(g, wq):
+    """input_grad's plan for geometry g (built once per shape): its chunks, bounds and
+    channels per pass, and for each chunk's three pairs the weight's (row, i, j),
+    row g.c_out // g.groups for a missing pair. Channels are taken three at a time
+    where that saves passes, that is where a phase's tap count is not a multiple
+    of three (a stride-2 3x3 kernel: five passes per channel against three), else
+    one (a smaller working set)."""
+    kg = g.c_out // g.groups
+    counts = [sum(1 for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b) for a in range(g.sh) for b in range(g.sw)]
+    singly = sum(-(-t // 3) for t in counts)
+    per = 3 if singly > 1.15 * sum(counts) / 3 else 1
+    chunks, pairs = [], []
+    for first in range(0, kg, per):
+        for a in range(g.sh):
+            for b in range(g.sw):
+                mine = [(kl, i, j) for kl in range(first, min(first + per, kg)) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b]
+                for u in range(0, len(mine), 3):
+                    three = mine[u : u + 3]
+                    # a short chunk repeats its last pair, with no weight (pairs < 3)
+                    shifts = [(kl, i * g.dh // g.sh * wq + j * g.dw // g.sw) for kl, i, j in three + [three[-1]] * (3 - len(three))]
+                    chunks.append((a * g.sw + b, len(three), first, *(v for pair in shifts for v in pair)))
+                    pairs.append(three + [(kg, 0, 0)] * (3 - len(three)))
+    chunks = np.array(chunks, dtype=np.int64)
+    bounds = np.flatnonzero(np.diff(chunks[:, 2], prepend=-1, append=-1))
+    return chunks, bounds, per, np.array(pairs, dtype=np.int64)
+
+
+def _chunk_weights(weight, g, pairs):
+    """(groups, chunks, Cg, 3) array: wchunks[group, i, c, j] = the weight of chunk i's
+    pair j for the group's input channel c (zero for a missing pair)."""
+    kg, cg = g.c_out // g.groups, weight.shape[1]
+    grouped = weight.reshape(g.groups, kg, cg, g.kh, g.kw)
+    grouped = np.concatenate([grouped, np.zeros((g.groups, 1, cg, g.kh, g.kw), dtype=weight.dtype)], axis=1)
+    picked = grouped[:, pairs[:, :, 0], :, pairs[:, :, 1], pairs[:, :, 2]]  # (chunks, 3, groups, Cg)
+    return np.ascontiguousarray(picked.transpose(2, 0, 3, 1))
+
+
 def input_driver(weight, grad_output, g, threads):
-    hq, wq = _phase_shape(g)
-    taps, chunks = [], []
-    for a in range(g.sh):
-        for b in range(g.sw):
-            mine = [(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b]
-            chunks += [(len(taps) + u, min(3, len(mine) - u), a * g.sw + b) for u in range(0, len(mine), 3)]
-            taps += mine
-    offsets = np.array([i * g.dh // g.sh * wq + j * g.dw // g.sw for i, j in taps], dtype=np.int64)
+    hq, wq = phase_shape(g)
+    chunks, bounds, per, pairs = _input_plan(g, wq)
+    wchunks = _chunk_weights(weight, g, pairs)
+    extension = int(chunks[:, 4::2].max())
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    chunks = np.array(chunks, dtype=np.int64).reshape(-1, 3)
     block = _block(g.n, g.groups, g.c_in // g.groups, threads)
-    weights = _tap_weights(weight, taps)
-    input_grad(weights, offsets, chunks, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, int(offsets.max()), block)
+    # widened once when more than one block of input channels reads each plane
+    widened = np.empty((0, 0, 0), dtype=grad_output.dtype)
+    if -(-(g.c_in // g.groups) // block) >= 2:
+        widened = np.empty((g.n, g.c_out, extension + hq * wq), dtype=grad_output.dtype)
+        widen_planes(grad_output, widened, extension, wq)
+    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, extension, block)
     return gx
 
 
@@ -353,10 +414,11 @@ def _weight_chunks(g, threads, block):
 
 
 def weight_driver(x, grad_output, g, threads):
-    hq, wq = _phase_shape(g)
+    hq, wq = phase_shape(g)
     taps, starts = _forward_taps(g, hq, wq)
     block = _block(g.n, g.groups, g.c_out // g.groups, threads)
     partial = np.empty((_weight_chunks(g, threads, block), g.c_out, g.c_in // g.groups, len(taps)), dtype=x.dtype)
-    weight_grad(x, grad_output, starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, x.dtype.type(0), block)
+    phased = _phased(x, g, hq, wq, block)
+    weight_grad(x, phased, grad_output, starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, x.dtype.type(0), block)
     total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
     return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)
