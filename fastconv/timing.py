@@ -1,5 +1,14 @@
 """Honest timing on a shared, noisy machine: implementations run interleaved (one
-call of each per round, so a disturbance hits all alike) and the median is kept."""
+timed call of each per round, so a disturbance hits all alike) and the median is
+kept.
+
+Each timed call follows an untimed call of the same implementation. PyTorch and
+Numba each bring their own OpenMP runtime, and each keeps its threads spinning for
+a few milliseconds after a parallel region, so a call made right after the other
+library's shares the cores with those spinning threads (measured: fastconv's
+depthwise forward + backward 12.4 ms right after PyTorch's, 7.6 ms after its own).
+The settling call lets each be timed as it runs in a loop of its own calls.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +20,14 @@ from collections.abc import Callable
 def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int = 7, budget_s: float = 3.0) -> dict[str, float]:
     """Median seconds per call of each callable. Each is called once first (warm-up,
     compilation), then in `rounds` interleaved rounds, fewer if the budget runs out
-    (never fewer than 3)."""
+    (never fewer than 3); in a round each is called twice and the second call timed."""
     for fn in calls.values():
         fn()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
     for r in range(rounds):
         for name, fn in calls.items():
+            fn()
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)

@@ -58,7 +58,7 @@ def col2im(cols, gx, starts, top, left, sh, sw, hq, wq, length):
                 src = cols[c * taps + u, b * length : (b + 1) * length]
                 for q in range(length):
                     dst[q] += src[q]
-            from_phases(band, gx[b, c], top, left, sh, sw, hq, wq)
+            from_phases(band, gx[b, c], top, left, sh, sw, hq, wq, hq * wq)
 
 
 # The GEMM path packs serially: a parallel packing region between two BLAS calls

@@ -84,12 +84,11 @@ def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
 
 
 @serial(inline=True)
-def from_phases(flat, plane, top, left, sh, sw, hq, wq):
-    """plane (h, w) = its cells in the flat phases (sh*sw*hq*wq) of the plane
-    zero-padded at (top, left), the adjoint of fill_phases' placement; the padding
-    is dropped."""
+def from_phases(flat, plane, top, left, sh, sw, hq, wq, size):
+    """plane (h, w) = its cells in the flat phases of the plane zero-padded at (top,
+    left), phase p's (hq, wq) cells from flat[p * size] (size >= hq*wq), the adjoint
+    of fill_phases' placement; the padding is dropped."""
     h, w = plane.shape
-    size = hq * wq
     for r in range(h):
         a = (r + top) % sh
         y = (r + top) // sh
