@@ -15,7 +15,6 @@ import numpy as np
 
 from fastconv.kernels import conv as K
 from fastconv.kernels import direct as D
-from fastconv.kernels.phases import phase_shape
 from fastconv.params import ConvGeometry
 from fastconv.threads import get_num_threads
 
@@ -24,18 +23,13 @@ _forced: str | None = None
 
 
 def conv_path(g: ConvGeometry) -> str:
-    """'gemm' for 1x1 convolutions (a plain matrix product) and for small planes with
-    many products per output (the direct kernels' loops run over one plane, under
-    128 cells too short for LLVM's vector loops, while a GEMM's columns span the
-    batch); 'direct' for the rest, every stride, dilation and group count. Measured
-    on the catalogue (python -m fastconv bench)."""
+    """'gemm' for 1x1 convolutions over several channels (a plain matrix product;
+    the direct kernels would pad the one tap to three); 'direct' for the rest, every
+    stride, dilation and group count. Measured on the catalogue (python -m
+    fastconv bench)."""
     if _forced is not None:
         return _forced
-    cg = g.c_in // g.groups
-    if g.kh == g.kw == 1 and g.sh == g.sw == 1 and cg > 1:
-        return "gemm"
-    hq, wq = phase_shape(g)
-    if hq * wq < 128 and cg * g.kh * g.kw >= 64:
+    if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
     return "direct"
 

@@ -115,24 +115,42 @@ def add_taps(acc, rows, s0, s1, s2, w, length):
 
 
 @parallel
-def split_planes(x, phased, top, left, sh, sw, hq, wq):
-    """phased[n, c] = phases(x[n, c]) (to_phases), one plane per iteration."""
+def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
+    """phased[r, c] = the phases of the planes x[n, c] of run r, samples
+    n = r * runs_of + j (to_phases): phase p holds the run's planes one after the
+    other from p * runs_of * hq * wq, zeros for samples past the batch and after
+    the last phase."""
     n_, c_ = x.shape[0], x.shape[1]
-    for t in prange(n_ * c_):
-        scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
-        to_phases(x[t // c_, t % c_], phased[t // c_, t % c_], scratch, top, left, sh, sw, hq, wq)
-        phased[t // c_, t % c_, sh * sw * hq * wq :] = 0.0
+    size = hq * wq
+    stride = runs_of * size
+    for t in prange(phased.shape[0] * c_):
+        r, c = t // c_, t % c_
+        dst = phased[r, c]
+        one = np.empty(sh * sw * size, dtype=x.dtype)
+        scratch = np.empty(0 if sw == 1 else sh * sw * size, dtype=x.dtype)
+        for j in range(runs_of):
+            n = r * runs_of + j
+            if n < n_:
+                to_phases(x[n, c], one, scratch, top, left, sh, sw, hq, wq)
+            else:
+                one[:] = 0.0
+            for p in range(sh * sw):
+                dst[p * stride + j * size : p * stride + (j + 1) * size] = one[p * size : (p + 1) * size]
+        dst[sh * sw * stride :] = 0.0
 
 
 @parallel
-def widen_planes(planes, wide, extension, wq):
-    """wide[n, k] = zeros(extension), then planes[n, k] in the wide layout (rows of wq,
-    zeros beyond each row)."""
+def widen_planes(planes, wide, extension, wq, runs_of, stride):
+    """wide[r, k] = zeros(extension), then the planes[n, k] of run r, samples
+    n = r * runs_of + j, in the wide layout (rows of wq, zeros beyond each row),
+    `stride` cells apart; zeros elsewhere."""
     n_, k_ = planes.shape[0], planes.shape[1]
-    for t in prange(n_ * k_):
-        dst = wide[t // k_, t % k_]
+    for t in prange(wide.shape[0] * k_):
+        r, k = t // k_, t % k_
+        dst = wide[r, k]
         dst[:] = 0.0
-        to_wide(planes[t // k_, t % k_], dst, extension, wq)
+        for j in range(min(runs_of, n_ - r * runs_of)):
+            to_wide(planes[r * runs_of + j, k], dst, extension + j * stride, wq)
 
 
 @serial(inline=True)
@@ -146,37 +164,40 @@ def phases_of(x, phased, n, c, buffer, scratch, top, left, sh, sw, hq, wq):
 
 
 @parallel(fastmath=True)
-def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, length, span, block):
+def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block):
     """out[n, k] = sum over the group's input channels c and taps u of
-    wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout
-    (length rounded up, span the phase buffers' size: see _run). The phases
-    come from `phased` (split_planes) when it is not empty, else each iteration
-    splits its input planes itself (a plane in cache)."""
+    wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout,
+    for a run of `runs_of` samples at once (their planes one after the other in
+    each phase, so that short planes still make long loops; length rounded up,
+    span the phase buffers' size: see _plan). The phases come from `phased`
+    (split_planes) when it is not empty, else each iteration splits its input
+    planes itself (a plane in cache; runs of one sample)."""
     n_ = x.shape[0]
     k_, cg, taps = wtap.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     per_group = -(-kg // block)
     own = 0 if phased.shape[0] > 0 else span
-    for t in prange(n_ * groups * per_group):
-        n, group, k0, size = channel_block(t, groups, per_group, kg, block)
+    for t in prange(-(-n_ // runs_of) * groups * per_group):
+        r, group, k0, size = channel_block(t, groups, per_group, kg, block)
         acc = np.zeros((min(block, kg), length), dtype=out.dtype)
         buffer = np.zeros(own, dtype=x.dtype)
         scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
         for cl in range(cg):
-            src = phases_of(x, phased, n, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
+            src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
             for u in range(0, taps, 3):
                 s0 = src[starts[u] : starts[u] + length]
                 s1 = src[starts[u + 1] : starts[u + 1] + length]
                 s2 = src[starts[u + 2] : starts[u + 2] + length]
                 add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
-        for m in range(size):
-            plane = out[n, k0 + m]
-            for y in range(oh):
-                a = acc[m, y * wq :]
-                d = plane[y]
-                for xo in range(ow):
-                    d[xo] = a[xo]
+        for j in range(min(runs_of, n_ - r * runs_of)):
+            for m in range(size):
+                plane = out[r * runs_of + j, k0 + m]
+                for y in range(oh):
+                    a = acc[m, j * hq * wq + y * wq :]
+                    d = plane[y]
+                    for xo in range(ow):
+                        d[xo] = a[xo]
 
 
 @serial(inline=True)
@@ -193,7 +214,7 @@ def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, 
 
 
 @parallel(fastmath=True)
-def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, block):
+def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block):
     """gx[n, c] = sum over the group's output channels k and taps of the weight times
     grad_output[n, k] shifted by the tap: a gather into each phase of the padded
     gradient plane, the adjoint of forward.
@@ -207,15 +228,19 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
     bounds[t]..bounds[t + 1] - 1. wchunks[group, i, c, j] is pair j's weight for the
     group's input channel c. grad_output comes in the wide layout after `extension`
     zeros (so that every shift reads inside): from `widened` (widen_planes) when
-    that is not empty, else each iteration widens the `per` planes itself. Each
-    phase takes `size` >= hq*wq cells of the accumulators and of each plane (whole
-    vector loops, see _rounded)."""
+    that is not empty, else each iteration widens the `per` planes itself.
+
+    `widened` holds runs of `runs_of` samples (widen_planes, hq*wq cells apart), an
+    iteration a run: each phase of the accumulators then holds the run's planes
+    one after the other (a shift past a plane's first rows reads the zero rows
+    the padding leaves at the end of the plane before), `size` >= runs_of*hq*wq
+    cells (whole vector loops, see _rounded)."""
     n_, c_ = gx.shape[0], gx.shape[1]
     kg, cg = grad_output.shape[1] // groups, c_ // groups
     per_group = -(-cg // block)
     local = widened.shape[0] == 0
-    for t in prange(n_ * groups * per_group):
-        n, group, c0, count = channel_block(t, groups, per_group, cg, block)
+    for t in prange(-(-n_ // runs_of) * groups * per_group):
+        r, group, c0, count = channel_block(t, groups, per_group, cg, block)
         cl0 = c0 - group * cg
         acc = np.zeros((min(block, cg), sh * sw * size), dtype=gx.dtype)
         if local:
@@ -223,21 +248,24 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
             for b in range(bounds.shape[0] - 1):
                 first = chunks[bounds[b], 2]
                 for kl in range(first, min(first + per, kg)):
-                    to_wide(grad_output[n, group * kg + kl], own[kl - first], extension, wq)
+                    to_wide(grad_output[r, group * kg + kl], own[kl - first], extension, wq)
                 gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension)
         else:
-            gather_chunks(acc, count, widened[n], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
-        for m in range(count):
-            from_phases(acc[m], gx[n, c0 + m], top, left, sh, sw, hq, wq, size)
+            gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
+        for j in range(min(runs_of, n_ - r * runs_of)):
+            for m in range(count):
+                from_phases(acc[m, j * hq * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, wq, size)
 
 
 @parallel(fastmath=True)
-def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, length, span, zero, block):
-    """partial[b, k, c, u] = sum over the samples of batch chunk b of the dot product
-    of grad_output[n, k] (wide layout) with phases(x[n, c]) from starts[u] (taken
-    from `phased` as in forward). `zero` has the arrays' dtype, so float32 sums stay
-    float32."""
+def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, length, span, runs_of, zero, block):
+    """partial[b, k, c, u] = sum over the runs of samples of batch chunk b of the dot
+    product of grad_output[n, k] (wide layout, the run's samples one after the
+    other) with phases(x[n, c]) from starts[u] (taken from `phased` as in forward;
+    the zero cells of the wide gradient drop the cells between samples). `zero` has
+    the arrays' dtype, so float32 sums stay float32."""
     n_ = x.shape[0]
+    runs = -(-n_ // runs_of)
     chunks, k_, cg, taps = partial.shape
     kg = k_ // groups
     per_group = -(-kg // block)
@@ -249,11 +277,13 @@ def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, 
         g = np.zeros((min(block, kg), length), dtype=x.dtype)
         buffer = np.zeros(own, dtype=x.dtype)
         scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
-        for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
-            for m in range(size):
-                to_wide(grad_output[n, k0 + m], g[m], 0, wq)
+        for r in range(b * runs // chunks, (b + 1) * runs // chunks):
+            # a short last run leaves stale cells in g, against zero phases
+            for j in range(min(runs_of, n_ - r * runs_of)):
+                for m in range(size):
+                    to_wide(grad_output[r * runs_of + j, k0 + m], g[m], j * hq * wq, wq)
             for cl in range(cg):
-                src = phases_of(x, phased, n, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
+                src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
                 for u in range(0, taps, 3):
                     s0 = src[starts[u] : starts[u] + length]
                     s1 = src[starts[u + 1] : starts[u + 1] + length]
@@ -320,11 +350,6 @@ def _tap_weights(weight, taps):
     return np.ascontiguousarray(flat[:, :, [kh * kw if tap is None else tap[0] * kw + tap[1] for tap in taps]])
 
 
-def _forward_taps(g, hq, wq):
-    taps = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw)])
-    return taps, tap_starts(g, taps, hq, wq)
-
-
 def _block(samples, groups, channels, threads):
     """Channels per iteration: BLOCK, unless that leaves fewer than two iterations
     per thread (batch 1, few channels), then one."""
@@ -337,33 +362,54 @@ def _rounded(length):
     return -(-length // 16) * 16
 
 
-def _run(g, hq, wq, starts):
-    """(length, span): the forward's and weight gradient's loop length, the wide
-    layout's (oh - 1) * wq + ow rounded up to whole vector loops, and the phases
-    buffer that covers every tap's run of that length."""
-    length = _rounded((g.oh - 1) * wq + g.ow)
-    return length, max(g.sh * g.sw * hq * wq, int(starts.max()) + length)
+def _runs_of(samples, cells, blocks, threads):
+    """Samples per run, for `cells` per plane and `blocks` channel blocks: loops of
+    about 1024 cells (a few 16-cell vector loops is mostly loop overhead), while
+    every thread keeps two iterations."""
+    runs_of = max(1, min(samples, 1024 // cells))
+    while runs_of > 1 and -(-samples // runs_of) * blocks < 2 * threads:
+        runs_of -= 1
+    return runs_of
 
 
-def _phased(x, g, hq, wq, span, block):
-    """x split into phases once (split_planes) when more than one block of output
-    channels reads each plane; else an empty array: each iteration splits its own
-    (depthwise: a pre-pass there measured 3x slower, its output fresh memory)."""
-    if -(-(g.c_out // g.groups) // block) < 2:
-        return np.empty((0, 0, 0), dtype=x.dtype)
-    phased = np.empty((g.n, g.c_in, span), dtype=x.dtype)
-    split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, hq, wq)
-    return phased
+class _Plan:
+    """How forward and weight_grad run geometry g: channel block, samples per run,
+    taps (in threes) and their starts, loop length and phase buffer size, and
+    whether the input is split into phases before the loop."""
+
+    def __init__(self, g, threads):
+        self.hq, self.wq = hq, wq = phase_shape(g)
+        kg = g.c_out // g.groups
+        self.block = _block(g.n, g.groups, kg, threads)
+        blocks = g.groups * -(-kg // self.block)
+        # split once when more than one block of output channels reads each plane;
+        # else each iteration splits its own (depthwise: a pre-pass there measured
+        # 3x slower, its output fresh memory)
+        self.split = blocks > g.groups
+        self.runs_of = _runs_of(g.n, hq * wq, blocks, threads) if self.split else 1
+        self.taps = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw)])
+        self.starts = tap_starts(g, self.taps, hq, wq, self.runs_of * hq * wq)
+        self.length = _rounded((self.runs_of - 1) * hq * wq + (g.oh - 1) * wq + g.ow)
+        self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
+        self.runs = -(-g.n // self.runs_of)
+
+    def phased(self, x, g):
+        """x split into phases (split_planes), or an empty array (see above)."""
+        if not self.split:
+            return np.empty((0, 0, 0), dtype=x.dtype)
+        phased = np.empty((self.runs, g.c_in, self.span), dtype=x.dtype)
+        split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, self.hq, self.wq, self.runs_of)
+        return phased
+
+    def layout(self):
+        return self.hq, self.wq, self.length, self.span, self.runs_of
 
 
 def forward_driver(x, weight, g, threads):
-    hq, wq = phase_shape(g)
-    taps, starts = _forward_taps(g, hq, wq)
+    plan = _Plan(g, threads)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    block = _block(g.n, g.groups, g.c_out // g.groups, threads)
-    length, span = _run(g, hq, wq, starts)
-    phased = _phased(x, g, hq, wq, span, block)
-    forward(x, phased, _tap_weights(weight, taps), starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, length, span, block)
+    weights = _tap_weights(weight, plan.taps)
+    forward(x, plan.phased(x, g), weights, plan.starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block)
     return out
 
 
@@ -410,32 +456,32 @@ def input_driver(weight, grad_output, g, threads):
     chunks, bounds, per, pairs = _input_plan(g, wq)
     wchunks = _chunk_weights(weight, g, pairs)
     extension = int(chunks[:, 4::2].max())
-    size = _rounded(hq * wq)
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    block = _block(g.n, g.groups, g.c_in // g.groups, threads)
-    # widened once when more than one block of input channels reads each plane
+    cg = g.c_in // g.groups
+    block = _block(g.n, g.groups, cg, threads)
+    blocks = g.groups * -(-cg // block)
+    # widened once, in runs, when more than one block of input channels reads each
+    # plane (see _Plan)
     widened = np.empty((0, 0, 0), dtype=grad_output.dtype)
-    if -(-(g.c_in // g.groups) // block) >= 2:
-        widened = np.empty((g.n, g.c_out, extension + size), dtype=grad_output.dtype)
-        widen_planes(grad_output, widened, extension, wq)
-    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, block)
+    runs_of = 1
+    if blocks > g.groups:
+        runs_of = _runs_of(g.n, hq * wq, blocks, threads)
+        runs = -(-g.n // runs_of)
+        widened = np.empty((runs, g.c_out, extension + _rounded(runs_of * hq * wq)), dtype=grad_output.dtype)
+        widen_planes(grad_output, widened, extension, wq, runs_of, hq * wq)
+    size = _rounded(runs_of * hq * wq)
+    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block)
     return gx
 
 
-def _weight_chunks(g, threads, block):
+def weight_driver(x, grad_output, g, threads):
+    plan = _Plan(g, threads)
     # Enough (chunk, channel block) iterations to keep every thread busy; the chunk
     # count depends only on the shape and thread count, so reruns are bitwise identical.
-    blocks = g.groups * -(-(g.c_out // g.groups) // block)
-    return max(1, min(g.n, -(-2 * threads // blocks)))
-
-
-def weight_driver(x, grad_output, g, threads):
-    hq, wq = phase_shape(g)
-    taps, starts = _forward_taps(g, hq, wq)
-    block = _block(g.n, g.groups, g.c_out // g.groups, threads)
-    partial = np.empty((_weight_chunks(g, threads, block), g.c_out, g.c_in // g.groups, len(taps)), dtype=x.dtype)
-    length, span = _run(g, hq, wq, starts)
-    phased = _phased(x, g, hq, wq, span, block)
-    weight_grad(x, phased, grad_output, starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, length, span, x.dtype.type(0), block)
+    blocks = g.groups * -(-(g.c_out // g.groups) // plan.block)
+    chunks = max(1, min(plan.runs, -(-2 * threads // blocks)))
+    partial = np.empty((chunks, g.c_out, g.c_in // g.groups, len(plan.taps)), dtype=x.dtype)
+    phased = plan.phased(x, g)
+    weight_grad(x, phased, grad_output, plan.starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), plan.block)
     total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
     return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)

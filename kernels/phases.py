@@ -112,6 +112,10 @@ def phase_shape(g):
     return -(-hp // g.sh), -(-wp // g.sw)
 
 
-def tap_starts(g, taps, hq, wq):
-    """int64 array of tap_start for each (i, j) in taps; 0 for None (a padding tap)."""
-    return np.array([0 if tap is None else tap_start(tap[0], tap[1], g.sh, g.sw, g.dh, g.dw, hq, wq) for tap in taps], dtype=np.int64)
+def tap_starts(g, taps, hq, wq, stride=None):
+    """int64 array of each tap's start, as tap_start with phases `stride` cells
+    apart (default hq * wq); 0 for None (a padding tap)."""
+    stride = hq * wq if stride is None else stride
+    phase = [0 if tap is None else (tap[0] * g.dh % g.sh) * g.sw + tap[1] * g.dw % g.sw for tap in taps]
+    shift = [0 if tap is None else tap[0] * g.dh // g.sh * wq + tap[1] * g.dw // g.sw for tap in taps]
+    return np.array([p * stride + s for p, s in zip(phase, shift)], dtype=np.int64)

@@ -200,3 +200,26 @@ def test_direct_stride1_channel_blocks(kernel, padding, dilation, channels, out_
     kw = dict(padding=padding, dilation=dilation, groups=groups)
     with dispatch.force_path("direct"):
         _check_conv(x, w, kw, dtype, rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "n, h, w, kernel, stride, padding, dilation, groups",
+    [
+        (7, 11, 13, 3, 1, 1, 1, 1),  # runs of five samples, a short last run
+        (75, 5, 6, 3, 2, 1, 1, 2),
+        (75, 6, 6, 4, 2, 1, 1, 1),  # every phase with two taps
+        (75, 9, 7, 3, (2, 3), (2, 0), (1, 2), 1),
+        (13, 10, 12, 2, 1, 0, 3, 2),
+    ],
+)
+def test_direct_runs_of_samples(n, h, w, kernel, stride, padding, dilation, groups, threads, dtype, rng):
+    # Small planes and several channel blocks: the direct kernels take the batch in
+    # runs of samples laid one after the other in each phase.
+    x = rng.standard_normal((n, 12, h, w)).astype(dtype)
+    wt = rng.standard_normal((16, 12 // groups, kernel, kernel)).astype(dtype)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        _check_conv(x, wt, kw, dtype, rng)
+        _check_conv(x[:, :, :, ::-1], wt, kw, dtype, rng)
