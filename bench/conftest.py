@@ -3,5 +3,4 @@
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see fastconv.bench: spinning OpenMP pools
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # see fastconv/__init__.py: spinning OpenBLAS threads

@@ -3,21 +3,19 @@
     python bench/patched_step.py [--threads N]
 
 Same model object, same weights, same optimiser; the two variants alternate in rounds
-(patch, step, unpatch, step) and the median of each is printed.
+(patch, step, step, unpatch, step, step: the second step of each is timed, see
+fastconv.timing) and the median of each is printed.
 """
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see fastconv.bench
+import torch
 
-import torch  # noqa: E402
-
-import fastconv  # noqa: E402
-import fastconv.torch as fct  # noqa: E402
-from fastconv.train import torch_lenet5  # noqa: E402
+import fastconv
+import fastconv.torch as fct
+from fastconv.train import torch_lenet5
 
 T = torch.nn
 
@@ -49,6 +47,7 @@ def step_times(model, x, y, rounds):
         for variant in ("torch", "patched"):
             if variant == "patched":
                 fct.patch(model)
+            step()
             t0 = time.perf_counter()
             step()
             if r:  # round 0 warms up (and compiles)

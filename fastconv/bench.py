@@ -2,18 +2,19 @@
 speed and results side by side, over the benchmark catalogue.
 
 Every case is timed for each implementation interleaved in this one process with the
-same thread count (median of rounds after a warm-up call). Results are compared
+same thread count (median of rounds after a warm-up call; see fastconv.timing). Results are compared
 with the reference (and PyTorch); a result outside tolerance, or an exception, is an
 error row and makes the command exit non-zero. Compile time is measured apart, in
 fresh processes, never inside the kernel times.
 
 Both Numba and PyTorch run OpenMP thread pools that by default spin for a while
 after each parallel region; when two libraries alternate, each one's spinning
-threads take the cores the other needs. The benchmark sets OMP_WAIT_POLICY=PASSIVE
-(unless already set) before either pool starts, so neither is slowed by the other.
-NumPy's OpenBLAS workers spin the same way after each GEMM; `import fastconv` sets
-their timeout short (see fastconv/__init__.py), which this command, importing
-fastconv before NumPy, always gets.
+threads take the cores the other needs. Each library runs with its default wait
+policy (OMP_WAIT_POLICY=PASSIVE would put the threads to sleep, but it slowed
+PyTorch's own convolutions by 10-60% here), and each timed call follows an untimed
+call of its own (fastconv.timing). NumPy's OpenBLAS workers spin the same way after
+each GEMM; `import fastconv` sets their timeout short (see fastconv/__init__.py),
+which this command, importing fastconv before NumPy, always gets.
 """
 
 from __future__ import annotations
@@ -262,7 +263,6 @@ def chart(records, path):
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse_args(argv)
     if args.markdown:
         with open(args.markdown) as f:

@@ -9,7 +9,6 @@ against the same network in PyTorch, interleaved in this process.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -72,7 +71,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see fastconv.bench
     args = parse_args(argv)
     import fastconv
 
