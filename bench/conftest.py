@@ -4,3 +4,8 @@
 import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # see fastconv/__init__.py: spinning OpenBLAS threads
+
+from fastconv import catalogue  # noqa: E402
+
+# PyTorch before fastconv's threads start (see fastconv.torch)
+catalogue.torch_module()

@@ -277,8 +277,10 @@ def main(argv=None) -> int:
 
     console = Console(width=max(150, Console().width))
     threads = args.threads or cpu_count()
-    fastconv.set_num_threads(threads)
+    # PyTorch first: imported after Numba's OpenMP threads have started, its MKL
+    # paths (float64 convolutions) ran 15-25x slower here (see fastconv.torch)
     torch = catalogue.torch_module()
+    fastconv.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
     cases = catalogue.load_cases(args.cases) if args.cases else catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else [])

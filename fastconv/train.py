@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import fastconv
 
+    if args.bench_step:
+        import torch  # noqa: F401  before fastconv's threads start (see fastconv.torch)
     if args.threads:
         fastconv.set_num_threads(args.threads)
     if args.bench_step:
