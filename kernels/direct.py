@@ -1,25 +1,27 @@
 """Direct convolution kernels: forward, input gradient and weight gradient as loops,
-with no packed matrix: every convolution but 1x1 ones and small planes with many
-channels (see fastconv.dispatch).
+with no packed matrix: every convolution but 1x1 ones over several channels (see
+fastconv.dispatch).
 
 All three work in the polyphase wide layout of fastconv.kernels.phases: each kernel
 tap is one contiguous loop over a whole plane, at any stride and dilation. Taps are
 taken three at a time and output (or input) channels four at a time, the channels of
 one group, so that one load of a plane feeds twelve multiply-adds and the four
 accumulators stay in registers (one channel at a time where four would leave
-threads idle). The forward and weight gradient pad their tap lists to a multiple of
-three with taps of weight zero; the input gradient takes each phase's (channel,
-tap) pairs in threes.
+threads idle; then the forward takes nine taps per pass). The forward and weight
+gradient pad their tap lists to a multiple of three with taps of weight zero; the
+input gradient takes each phase's (channel, tap) pairs in threes. Loop lengths are
+rounded up to whole vector loops (_rounded).
 
 A plane that several iterations read (blocks of output channels, of input channels)
 is split into phases, or widened, once before the loop (split_planes,
 widen_planes): splitting it per iteration measured 2x slower on a dense stride-2
-convolution.
+convolution. Those planes come in runs of samples, laid one after the other in each
+phase, so that small planes still make loops of about a thousand cells (_runs_of).
 
 Every prange iteration owns its outputs: the forward a block of output planes of
-one sample, the input gradient a block of input planes of one sample, the weight
-gradient a block of output channels over a chunk of the batch (the caller sums the
-chunks in a fixed order, so reruns are bitwise identical).
+one run of samples, the input gradient a block of input planes of one run, the
+weight gradient a block of output channels over a chunk of the batch (the caller
+sums the chunks in a fixed order, so reruns are bitwise identical).
 """
 
 import functools
@@ -46,8 +48,8 @@ def to_wide(plane, dst, offset, wq):
 
 @serial(inline=True)
 def channel_block(t, groups, per_group, channels, block):
-    """Iteration t's sample, group, first channel and channel count, for blocks of
-    `block` channels within groups of `channels`."""
+    """Iteration t's run of samples (or batch chunk), group, first channel and
+    channel count, for blocks of `block` channels within groups of `channels`."""
     n = t // (groups * per_group)
     group = t // per_group % groups
     first = group * channels + t % per_group * block
@@ -181,7 +183,7 @@ def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, len
     wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout,
     for a run of `runs_of` samples at once (their planes one after the other in
     each phase, so that short planes still make long loops; length rounded up,
-    span the phase buffers' size: see _plan). The phases come from `phased`
+    span the phase buffers' size: see _Plan). The phases come from `phased`
     (split_planes) when it is not empty, else each iteration splits its input
     planes itself (a plane in cache; runs of one sample)."""
     n_ = x.shape[0]
