@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import from_phases, phase_shape, tap_starts, to_phases
+from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
 
 # ------------------------------------------------------------------ im2col family
 #
@@ -75,14 +75,13 @@ def unwide(wide, out, row, length):
     for b in range(nb):
         for k in range(k_):
             src = wide[k, b * length : (b + 1) * length]
-            dst = out[b, k].reshape(oh * ow)
             if row == ow:
+                # one long copy
+                dst = out[b, k].reshape(oh * ow)
                 for q in range(oh * ow):
                     dst[q] = src[q]
             else:
-                for y in range(oh):
-                    for x in range(ow):
-                        dst[y * ow + x] = src[y * row + x]
+                from_wide(src, out[b, k], 0, row)
 
 
 def widen(planes, wide, row, length):
@@ -91,15 +90,13 @@ def widen(planes, wide, row, length):
     for b in range(nb):
         for k in range(k_):
             dst = wide[k, b * length : (b + 1) * length]
-            src = planes[b, k].reshape(oh * ow)
             if row == ow:
+                src = planes[b, k].reshape(oh * ow)
                 for q in range(oh * ow):
                     dst[q] = src[q]
             else:
                 dst[:] = 0.0
-                for y in range(oh):
-                    for x in range(min(ow, length - y * row)):
-                        dst[y * row + x] = src[y * ow + x]
+                to_wide(planes[b, k], dst, 0, row)
 
 
 unwide = serial(unwide)
@@ -128,10 +125,6 @@ def sum_batch_spatial(grad_output, out, zero):
 
 def _is_pointwise(g):
     return g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1 and g.pt == g.pb == g.pl == g.pr == 0
-
-
-def _geometry_args(g):
-    return g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.oh, g.ow
 
 
 # Samples per packed chunk: the chunk's matrix stays in cache between being packed

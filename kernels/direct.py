@@ -16,7 +16,7 @@ A plane that several iterations read (blocks of output channels, of input channe
 is split into phases, or widened, once before the loop (split_planes,
 widen_planes): splitting it per iteration measured 2x slower on a dense stride-2
 convolution. Those planes come in runs of samples, laid one after the other in each
-phase, so that small planes still make loops of about a thousand cells (_runs_of).
+phase, so that small planes still make loops of about a thousand cells (_blocking).
 
 Every prange iteration owns its outputs: the forward a block of output planes of
 one run of samples, the input gradient a block of input planes of one run, the
@@ -30,20 +30,9 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import from_phases, phase_shape, tap_starts, to_phases
+from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
 
 BLOCK = 4  # channels per iteration, at most
-
-
-@serial(inline=True)
-def to_wide(plane, dst, offset, wq):
-    """dst[offset + y*wq + x] = plane[y, x]; the other cells of dst keep their values."""
-    oh, ow = plane.shape
-    for y in range(oh):
-        d = dst[offset + y * wq :]
-        s = plane[y]
-        for xo in range(ow):
-            d[xo] = s[xo]
 
 
 @serial(inline=True)
@@ -188,7 +177,6 @@ def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, len
     planes itself (a plane in cache; runs of one sample)."""
     n_ = x.shape[0]
     k_, cg, taps = wtap.shape
-    oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     per_group = -(-kg // block)
     own = 0 if phased.shape[0] > 0 else span
@@ -211,12 +199,7 @@ def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, len
                 add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
         for j in range(min(runs_of, n_ - r * runs_of)):
             for m in range(size):
-                plane = out[r * runs_of + j, k0 + m]
-                for y in range(oh):
-                    a = acc[m, j * hq * wq + y * wq :]
-                    d = plane[y]
-                    for xo in range(ow):
-                        d[xo] = a[xo]
+                from_wide(acc[m], out[r * runs_of + j, k0 + m], j * hq * wq, wq)
 
 
 @serial(inline=True)
@@ -382,14 +365,21 @@ def _rounded(length):
     return -(-length // 16) * 16
 
 
-def _runs_of(samples, cells, blocks, threads):
-    """Samples per run, for `cells` per plane and `blocks` channel blocks: loops of
-    about 1024 cells (a few 16-cell vector loops is mostly loop overhead), while
-    every thread keeps two iterations."""
-    runs_of = max(1, min(samples, 1024 // cells))
+def _blocking(samples, groups, channels, cells, threads):
+    """(block, blocks, shared, runs_of) for iterations over blocks of `channels`
+    channels per group and planes of `cells` cells: the channel block (_block), the
+    block count, whether more than one block reads each plane (which is then split
+    or widened once, before the loop; else each iteration does its own: for
+    depthwise, a pre-pass measured 3x slower, its output fresh memory), and the
+    samples per run when shared: loops of about 1024 cells (a few 16-cell vector
+    loops is mostly loop overhead) while every thread keeps two iterations."""
+    block = _block(samples, groups, channels, threads)
+    blocks = groups * -(-channels // block)
+    shared = blocks > groups
+    runs_of = max(1, min(samples, 1024 // cells)) if shared else 1
     while runs_of > 1 and -(-samples // runs_of) * blocks < 2 * threads:
         runs_of -= 1
-    return runs_of
+    return block, blocks, shared, runs_of
 
 
 class _Plan:
@@ -399,14 +389,7 @@ class _Plan:
 
     def __init__(self, g, threads):
         self.hq, self.wq = hq, wq = phase_shape(g)
-        kg = g.c_out // g.groups
-        self.block = _block(g.n, g.groups, kg, threads)
-        blocks = g.groups * -(-kg // self.block)
-        # split once when more than one block of output channels reads each plane;
-        # else each iteration splits its own (depthwise: a pre-pass there measured
-        # 3x slower, its output fresh memory)
-        self.split = blocks > g.groups
-        self.runs_of = _runs_of(g.n, hq * wq, blocks, threads) if self.split else 1
+        self.block, _, self.split, self.runs_of = _blocking(g.n, g.groups, g.c_out // g.groups, hq * wq, threads)
         self.taps = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw)])
         self.starts = tap_starts(g, self.taps, hq, wq, self.runs_of * hq * wq)
         self.length = _rounded((self.runs_of - 1) * hq * wq + (g.oh - 1) * wq + g.ow)
@@ -477,19 +460,12 @@ def input_driver(weight, grad_output, g, threads):
     wchunks = _chunk_weights(weight, g, pairs)
     extension = int(chunks[:, 4::2].max())
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    cg = g.c_in // g.groups
-    block = _block(g.n, g.groups, cg, threads)
-    blocks = g.groups * -(-cg // block)
-    # widened once, in runs, when more than one block of input channels reads each
-    # plane (see _Plan)
-    widened = np.empty((0, 0, 0), dtype=grad_output.dtype)
-    runs_of = 1
-    if blocks > g.groups:
-        runs_of = _runs_of(g.n, hq * wq, blocks, threads)
-        runs = -(-g.n // runs_of)
-        widened = np.empty((runs, g.c_out, extension + _rounded(runs_of * hq * wq)), dtype=grad_output.dtype)
-        widen_planes(grad_output, widened, extension, wq, runs_of, hq * wq)
+    block, _, shared, runs_of = _blocking(g.n, g.groups, g.c_in // g.groups, hq * wq, threads)
     size = _rounded(runs_of * hq * wq)
+    widened = np.empty((0, 0, 0), dtype=grad_output.dtype)
+    if shared:
+        widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
+        widen_planes(grad_output, widened, extension, wq, runs_of, hq * wq)
     input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block)
     return gx
 

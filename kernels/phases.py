@@ -106,6 +106,29 @@ def from_phases(flat, plane, top, left, sh, sw, hq, wq, size):
                     row[q0 + k * sw] = cells[k]
 
 
+@serial(inline=True)
+def to_wide(plane, dst, offset, wq):
+    """dst[offset + y*wq + x] = plane[y, x]: a plane in the wide layout, rows wq cells
+    apart; the other cells of dst keep their values."""
+    oh, ow = plane.shape
+    for y in range(oh):
+        d = dst[offset + y * wq :]
+        s = plane[y]
+        for xo in range(ow):
+            d[xo] = s[xo]
+
+
+@serial(inline=True)
+def from_wide(flat, plane, offset, wq):
+    """plane[y, x] = flat[offset + y*wq + x]: the adjoint of to_wide's placement."""
+    oh, ow = plane.shape
+    for y in range(oh):
+        s = flat[offset + y * wq :]
+        d = plane[y]
+        for xo in range(ow):
+            d[xo] = s[xo]
+
+
 def phase_shape(g):
     """(hq, wq) of each phase of a zero-padded input plane of geometry g."""
     hp, wp = padded_extent(g.h, g.w, g.pt, g.pl, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
