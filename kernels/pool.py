@@ -137,6 +137,14 @@ def iteration_groups(items):
     return min(items, 256)
 
 
+@serial
+def two_by_two_fits(kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, h, w):
+    """Whether the 2x2/2 fast paths apply: 2x2 windows, stride 2, no padding or
+    dilation, and every window inside the plane (ceil_mode can add one that
+    overhangs the last row or column)."""
+    return kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1 and 2 * oh <= h and 2 * ow <= w
+
+
 @parallel
 def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, blocks):
     """out[n, c, y, x] = window max; indices (flat h*W + w) written when with_indices.
@@ -146,7 +154,7 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, bloc
     items and owns their outputs."""
     n_, c_, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+    two_by_two = two_by_two_fits(kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, h, w)
     rows = -(-oh // blocks)
     hq, wq = band_shape(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw, rows)
     wp = padded_extent(h, w, ph, pw, oh, ow, kh, kw, sh, sw, dh, dw)[1]
@@ -347,7 +355,7 @@ def average_plan(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dty
     fast path applies."""
     inv = inverse_divisors(oh, ow, sh, sw, ph, pw, kh, kw, h, w, include_pad, divisor, dtype_zero)
     hp, wp = padded_extent(h, w, ph, pw, oh, ow, kh, kw, sh, sw, 1, 1)
-    two_by_two = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * oh <= h and 2 * ow <= w
+    two_by_two = two_by_two_fits(kh, kw, sh, sw, ph, pw, 1, 1, oh, ow, h, w)
     return inv, hp, wp, two_by_two
 
 

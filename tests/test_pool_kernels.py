@@ -114,6 +114,22 @@ def test_two_by_two_fast_path_ties_and_nan(dtype):
     assert idx.tolist() == [[[[0, 7], [8, 15]]]]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 2, 3, 7), (2, 1, 4, 5), (1, 1, 5, 4), (1, 1, 1, 1)])
+def test_two_by_two_with_ceil_mode_overhang(shape, dtype, rng):
+    # ceil_mode adds a last window that overhangs the plane: not the 2x2/2 fast path
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    x.reshape(-1)[0] = np.nan
+    gy = rng.standard_normal(reference.max_pool2d(x, 2, ceil_mode=True).shape).astype(dtype)
+    y, idx = fastconv.max_pool2d(x, 2, ceil_mode=True, return_indices=True)
+    ry, ridx = reference.max_pool2d(x, 2, ceil_mode=True, return_indices=True)
+    assert_close(y, ry, dtype, POOL_RTOL)
+    assert np.array_equal(idx, ridx)
+    assert_close(fastconv.max_pool2d(x, 2, ceil_mode=True), ry, dtype, POOL_RTOL)
+    assert_close(grad.max_pool2d_input(x, gy, 2, ceil_mode=True, indices=idx), reference.max_pool2d_input(x, gy, 2, ceil_mode=True), dtype, POOL_RTOL)
+    assert_close(fastconv.avg_pool2d(x, 2, ceil_mode=True), reference.avg_pool2d(x, 2, ceil_mode=True), dtype, POOL_RTOL)
+
+
 def test_non_contiguous_and_unpool_round_trip(rng):
     x = rng.standard_normal((3, 8, 9, 10))[::2, ::3, :, ::-1]
     y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
