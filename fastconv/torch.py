@@ -54,7 +54,7 @@ import warnings
 from numba.np.ufunc import parallel as _numba_parallel
 
 try:
-    _torch_after_numba = "torch" not in sys.modules and _numba_parallel._is_initialized
+    _torch_after_numba = "torch" not in sys.modules and getattr(_numba_parallel, "_is_initialized", False)
     import torch
 except ImportError as error:  # pragma: no cover - only without torch
     raise ImportError("fastconv.torch needs PyTorch: pip install 'fastconv[torch]' (a CPU build)") from error
