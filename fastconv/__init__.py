@@ -7,12 +7,13 @@ Forward operators live here (as in torch.nn.functional), gradients in
 
 import os
 
-# NumPy's OpenBLAS keeps each worker thread spinning for about 0.1 s after a GEMM (its
-# default thread timeout, 2**28 cycles). On a machine with few cores that takes a core
-# from whatever runs next, Numba's kernels or PyTorch's: measured on 2 cores, both ran
-# up to 2x slower right after fastconv's GEMMs. A timeout of 2**4 cycles puts them to
-# sleep at once. OpenBLAS reads it when it loads, so this works when fastconv is
-# imported before NumPy; a value already set is kept.
+# NumPy's OpenBLAS keeps each worker thread spinning for about 0.1 s after a
+# multi-threaded GEMM (its default thread timeout, 2**28 cycles), taking cores from
+# whatever runs next. fastconv's own GEMMs never wake those workers (they run
+# single-threaded on fastconv's threads: fastconv.kernels.gemm), but NumPy code around
+# it does, the NumPy reference among it. A timeout of 2**4 cycles puts them to sleep at
+# once. OpenBLAS reads it when it loads, so this works when fastconv is imported before
+# NumPy (as in `python -m fastconv`); a value already set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from fastconv import grad, reference  # noqa: E402

@@ -54,21 +54,21 @@ def _contiguous(*arrays):
 def forward(x, weight, g: ConvGeometry):
     x, weight = _contiguous(x, weight)
     if conv_path(g) == "gemm":
-        return K.gemm_forward(x, weight, g)
+        return K.gemm_forward(x, weight, g, get_num_threads())
     return D.forward_driver(x, weight, g, get_num_threads())
 
 
 def input_grad(weight, grad_output, g: ConvGeometry):
     weight, grad_output = _contiguous(weight, grad_output)
     if conv_path(g) == "gemm":
-        return K.gemm_input(weight, grad_output, g)
+        return K.gemm_input(weight, grad_output, g, get_num_threads())
     return D.input_driver(weight, grad_output, g, get_num_threads())
 
 
 def weight_grad(x, grad_output, g: ConvGeometry):
     x, grad_output = _contiguous(x, grad_output)
     if conv_path(g) == "gemm":
-        return K.gemm_weight(x, grad_output, g)
+        return K.gemm_weight(x, grad_output, g, get_num_threads())
     return D.weight_driver(x, grad_output, g, get_num_threads())
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import fastconv
 from fastconv import grad
 from fastconv import params as P
+from fastconv.kernels import gemm
 
 
 class Parameter:
@@ -306,8 +307,14 @@ class AdaptiveAvgPool2d(Module):
         return grad.adaptive_avg_pool2d_input(self._shape, grad_output)
 
 
+def _product(a, b):
+    """a @ b for 2-D arrays, on fastconv's threads."""
+    return gemm.matmul(a, b, np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b)), fastconv.get_num_threads())
+
+
 class Linear(Module):
-    """y = x @ weight.T + bias, as torch.nn.Linear. Weight (out_features, in_features)."""
+    """y = x @ weight.T + bias, as torch.nn.Linear: x (*, in_features), y (*,
+    out_features). Weight (out_features, in_features)."""
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
         super().__init__()
@@ -318,16 +325,19 @@ class Linear(Module):
         self.bias = Parameter(_uniform(rng, (out_features,), bound, dtype)) if bias else None
         self._input = None
 
+    # The products run on fastconv's GEMM threads (fastconv.kernels.gemm), so that
+    # NumPy's BLAS threads are not left spinning beside the next convolution.
     def forward(self, x):
         self._input = x
-        y = x @ self.weight.data.T
+        y = _product(x.reshape(-1, self.in_features), self.weight.data.T).reshape(x.shape[:-1] + (self.out_features,))
         return y + self.bias.data if self.bias is not None else y
 
     def backward(self, grad_output):
-        self.weight.accumulate(grad_output.T @ self._input)
+        gy = grad_output.reshape(-1, self.out_features)
+        self.weight.accumulate(_product(gy.T, self._input.reshape(-1, self.in_features)))
         if self.bias is not None:
-            self.bias.accumulate(grad_output.sum(axis=0))
-        return grad_output @ self.weight.data
+            self.bias.accumulate(gy.sum(axis=0))
+        return _product(gy, self.weight.data).reshape(self._input.shape)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}"

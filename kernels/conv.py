@@ -1,11 +1,12 @@
 """Convolution by GEMM: forward, input gradient and weight gradient, and the bias
 gradient. (The other family, loops, is fastconv.kernels.direct.)
 
-A chunk of samples is packed (im2col, serial Numba code beside BLAS's own threads)
-into a (C*kh*kw, samples * positions) matrix and multiplied with the weight by BLAS,
-called from Python, never inside a prange; `col2im` adds a gradient matrix back onto
-the input. See `_Packing` for the layouts. 1x1 convolutions multiply the planes as
-they are.
+A chunk of samples is packed (im2col, serial Numba code) into a (C*kh*kw, samples *
+positions) matrix and multiplied with the weight by BLAS, called from Python, never
+inside a prange; `col2im` adds a gradient matrix back onto the input. The chunks are
+dealt to fastconv's GEMM threads (fastconv.kernels.gemm), each packing and
+multiplying its own, single-threaded. See `_Packing` for the layouts. 1x1
+convolutions multiply the planes as they are.
 
 Geometry: input (N, C, H, W), OIHW weight (K, C/groups, kh, kw), output (N, K, oh, ow);
 an output cell (y, x) meets input row y*sh - pt + i*dh and column x*sw - pl + j*dw.
@@ -15,6 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
+from .gemm import in_parallel, matmul
 from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
 
 # ------------------------------------------------------------------ im2col family
@@ -61,9 +63,8 @@ def col2im(cols, gx, starts, top, left, sh, sw, hq, wq, length):
             from_phases(band, gx[b, c], top, left, sh, sw, hq, wq, hq * wq)
 
 
-# The GEMM path packs serially: a parallel packing region between two BLAS calls
-# leaves one runtime's threads spinning while the other's work (measured: 2-5x
-# slower end to end); one packing thread beside BLAS's costs little.
+# Packing runs in the GEMM threads beside the products (no OpenMP region between
+# BLAS calls, whose threads would spin while the other's work), hence serial.
 im2col = serial(im2col)
 col2im = serial(col2im)
 
@@ -147,15 +148,17 @@ class _Packing:
     """How the GEMM path lays out a chunk of samples: a (rows, nb * length) matrix in
     the wide layout (see im2col), rows of wq columns."""
 
-    def __init__(self, g, itemsize):
+    def __init__(self, g, itemsize, threads):
         self.g = g
         self.hq, self.row = phase_shape(g)
         self.length = (g.oh - 1) * self.row + g.ow
         self.starts = tap_starts(g, [(i, j) for i in range(g.kh) for j in range(g.kw)], self.hq, self.row)
         self.r = g.c_in * g.kh * g.kw
         per_sample = max(self.r, g.c_out) * self.length * itemsize
-        self.step = min(g.n, max(1, CHUNK_BYTES // per_sample))
+        self.step = min(-(-g.n // threads), max(1, CHUNK_BYTES // per_sample))
         self.chunks = [(n0, min(g.n, n0 + self.step)) for n0 in range(0, g.n, self.step)]
+        # one chunk (a single sample, say): its GEMM split across the threads instead
+        self.gemm_threads = threads if len(self.chunks) == 1 else 1
 
     def buffer(self, rows, dtype):
         return np.empty(rows * self.step * self.length, dtype=dtype)
@@ -181,52 +184,66 @@ def _weights(weight, g):
     return weight.reshape(g.groups, g.c_out // g.groups, -1)
 
 
-def gemm_forward(x, weight, g):
+def gemm_forward(x, weight, g, threads):
     out = np.empty(g.output_shape, dtype=x.dtype)
     w = _weights(weight, g)
     if _direct_pointwise(g):
-        np.matmul(w, _grouped(x, g, g.c_in // g.groups), out=_grouped(out, g, g.c_out // g.groups))
+        matmul(w, _grouped(x, g, g.c_in // g.groups), _grouped(out, g, g.c_out // g.groups), threads)
         return out
-    pk = _Packing(g, x.itemsize)
-    cols, result = pk.buffer(pk.r, x.dtype), pk.buffer(g.c_out, x.dtype)
-    for n0, n1 in pk.chunks:
-        c, r = pk.view(cols, pk.r, n1 - n0), pk.view(result, g.c_out, n1 - n0)
-        pk.pack(x[n0:n1], c.reshape(pk.r, -1))
-        np.matmul(w, c, out=r)
-        unwide(r.reshape(g.c_out, -1), out[n0:n1], pk.row, pk.length)
+    pk = _Packing(g, x.itemsize, threads)
+
+    def run(chunks):
+        cols, result = pk.buffer(pk.r, x.dtype), pk.buffer(g.c_out, x.dtype)
+        for n0, n1 in chunks:
+            c, r = pk.view(cols, pk.r, n1 - n0), pk.view(result, g.c_out, n1 - n0)
+            pk.pack(x[n0:n1], c.reshape(pk.r, -1))
+            matmul(w, c, r, pk.gemm_threads)
+            unwide(r.reshape(g.c_out, -1), out[n0:n1], pk.row, pk.length)
+
+    in_parallel(pk.chunks, threads, run)
     return out
 
 
-def gemm_input(weight, grad_output, g):
+def gemm_input(weight, grad_output, g, threads):
     wt = np.ascontiguousarray(_weights(weight, g).transpose(0, 2, 1))
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
     if _direct_pointwise(g):
-        np.matmul(wt, _grouped(grad_output, g, g.c_out // g.groups), out=_grouped(gx, g, g.c_in // g.groups))
+        matmul(wt, _grouped(grad_output, g, g.c_out // g.groups), _grouped(gx, g, g.c_in // g.groups), threads)
         return gx
-    pk = _Packing(g, gx.itemsize)
-    gyw, cols = pk.buffer(g.c_out, gx.dtype), pk.buffer(pk.r, gx.dtype)
-    for n0, n1 in pk.chunks:
-        gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
-        widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
-        np.matmul(wt, gy_, out=c)
-        pk.unpack_input_grad(c.reshape(pk.r, -1), gx[n0:n1])
+    pk = _Packing(g, gx.itemsize, threads)
+
+    def run(chunks):
+        gyw, cols = pk.buffer(g.c_out, gx.dtype), pk.buffer(pk.r, gx.dtype)
+        for n0, n1 in chunks:
+            gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
+            widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
+            matmul(wt, gy_, c, pk.gemm_threads)
+            pk.unpack_input_grad(c.reshape(pk.r, -1), gx[n0:n1])
+
+    in_parallel(pk.chunks, threads, run)
     return gx
 
 
-def gemm_weight(x, grad_output, g):
+def gemm_weight(x, grad_output, g, threads):
     kg, rg = g.c_out // g.groups, (g.c_in // g.groups) * g.kh * g.kw
-    gw = np.zeros((g.groups, kg, rg), dtype=x.dtype)
     if _direct_pointwise(g):
-        gw += np.matmul(_grouped(grad_output, g, kg), _grouped(x, g, rg).transpose(0, 1, 3, 2)).sum(axis=0)
-        return gw.reshape(g.weight_shape)
-    pk = _Packing(g, x.itemsize)
-    gyw, cols = pk.buffer(g.c_out, x.dtype), pk.buffer(pk.r, x.dtype)
-    for n0, n1 in pk.chunks:
-        gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
-        widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
-        pk.pack(x[n0:n1], c.reshape(pk.r, -1))
-        gw += np.matmul(gy_, c.transpose(0, 2, 1))
-    return gw.reshape(g.weight_shape)
+        per_sample = np.empty((g.n, g.groups, kg, rg), dtype=x.dtype)
+        matmul(_grouped(grad_output, g, kg), _grouped(x, g, rg).transpose(0, 1, 3, 2), per_sample, threads)
+        return per_sample.sum(axis=0).reshape(g.weight_shape)
+    pk = _Packing(g, x.itemsize, threads)
+
+    def run(chunks):
+        """The chunks' sum, each thread its own."""
+        gw = np.zeros((g.groups, kg, rg), dtype=x.dtype)
+        gyw, cols = pk.buffer(g.c_out, x.dtype), pk.buffer(pk.r, x.dtype)
+        for n0, n1 in chunks:
+            gy_, c = pk.view(gyw, g.c_out, n1 - n0), pk.view(cols, pk.r, n1 - n0)
+            widen(grad_output[n0:n1], gy_.reshape(g.c_out, -1), pk.row, pk.length)
+            pk.pack(x[n0:n1], c.reshape(pk.r, -1))
+            matmul(gy_, c.transpose(0, 2, 1), gw, pk.gemm_threads, accumulate=True)
+        return gw
+
+    return sum(in_parallel(pk.chunks, threads, run)).reshape(g.weight_shape)
 
 
 def bias_grad(grad_output):

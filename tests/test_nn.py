@@ -26,6 +26,8 @@ LAYERS = [
     (lambda: nn.LPPool2d(2, 2), lambda: T.LPPool2d(2, 2), (2, 3, 8, 8)),
     (lambda: nn.AdaptiveAvgPool2d((3, 2)), lambda: T.AdaptiveAvgPool2d((3, 2)), (2, 3, 8, 7)),
     (lambda: nn.Linear(7, 5, dtype=F64, seed=3), lambda: T.Linear(7, 5), (4, 7)),
+    (lambda: nn.Linear(7, 5, dtype=F64, seed=4), lambda: T.Linear(7, 5), (2, 3, 7)),
+    (lambda: nn.Linear(40, 48, bias=False, dtype=F64, seed=5), lambda: T.Linear(40, 48, bias=False), (40,)),
     (lambda: nn.BatchNorm2d(3, dtype=F64), lambda: T.BatchNorm2d(3), (4, 3, 5, 5)),
     (lambda: nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Dropout(0.0)), lambda: T.Sequential(T.Flatten(), T.ReLU(), T.Dropout(0.0)), (2, 3, 4, 4)),
 ]

@@ -1,22 +1,58 @@
-"""fastconv's thread control: it sets Numba's and NumPy's BLAS threads (not torch's),
-restores them, refuses bad counts, and results agree across thread counts."""
+"""fastconv's thread control: it sets Numba's threads and its GEMM workers' (not
+torch's, not NumPy's BLAS), restores them, refuses bad counts, and results agree
+across thread counts; the GEMM workers' products against NumPy's."""
 
 import numba
 import numpy as np
 import pytest
+from fastconv.kernels import gemm
 
 import fastconv
 from fastconv import dispatch, grad
-from fastconv.threads import _blas_pools
 from tests.conftest import assert_close
 
 
+def _numpy_blas_threads():
+    return [lib.num_threads for lib in gemm.numpy_blas()]
+
+
 def test_set_and_restore():
-    before = fastconv.get_num_threads()
+    before, blas = fastconv.get_num_threads(), _numpy_blas_threads()
     with fastconv.num_threads(1):
         assert fastconv.get_num_threads() == 1 == numba.get_num_threads()
-        assert all(pool.num_threads == 1 for pool in _blas_pools())
+        assert _numpy_blas_threads() == blas
     assert fastconv.get_num_threads() == before
+
+
+def test_gemm_path_leaves_numpy_blas_threads_alone(rng):
+    blas = _numpy_blas_threads()
+    x, w = rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((16, 8, 1, 1))
+    with dispatch.force_path("gemm"):
+        fastconv.conv2d(x, w)
+    assert _numpy_blas_threads() == blas
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("shapes", [((40, 7), (7, 9)), ((3, 70, 6), (3, 6, 4)), ((1, 33, 5), (4, 1, 5, 2)), ((2, 1, 9, 3), (2, 3, 3, 8))])
+def test_gemm_workers_match_numpy(threads, shapes, rng):
+    a, b = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
+    expected = np.matmul(a, b)
+    out = np.empty_like(expected)
+    gemm.matmul(a, b, out, threads)
+    assert_close(out, expected, np.float64)
+    again = np.ones_like(expected)
+    gemm.matmul(a, b, again, threads, accumulate=True)
+    assert_close(again, expected + 1, np.float64)
+    rerun = np.empty_like(expected)
+    assert np.array_equal(gemm.matmul(a, b, rerun, threads), out)
+
+
+@pytest.mark.parametrize("batch, rows, threads", [(1, 100, 2), (1, 10, 4), (3, 64, 8), (5, 17, 2), (2, 1000, 3)])
+def test_gemm_blocks_cover_each_row_once(batch, rows, threads):
+    covered = np.zeros((batch, rows), dtype=int)
+    for b, m0, m1 in gemm.blocks(batch, rows, threads):
+        covered[b, m0:m1] += 1
+    assert (covered == 1).all()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, True, "2"])

@@ -1,0 +1,114 @@
+"""Matrix products on fastconv's own threads: each of `threads` workers runs
+single-threaded BLAS on a disjoint block of the output's rows.
+
+OpenBLAS's own thread pool is never woken. Its workers spin for about 0.1 s after
+every multi-threaded call (its default thread timeout; OPENBLAS_THREAD_TIMEOUT
+shortens it only if set before NumPy loads, and PyTorch loads NumPy), and on a
+machine with few cores they take a core from whatever runs next, Numba's kernels or
+PyTorch's: measured on 2 cores, a 3x3 convolution took 32 ms right after a 1x1 one
+(a GEMM) against 17 ms on its own. The workers here wait on a lock instead.
+
+While a product runs, NumPy's BLAS is set to one thread (and restored after), so a
+NumPy GEMM the user runs in another thread at that moment runs single-threaded too.
+"""
+
+import concurrent.futures
+import functools
+import threading
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+MIN_ROWS = 16  # rows per block at least: a thinner GEMM runs far below BLAS's peak
+
+_state = threading.Lock()
+_users = 0
+_restore: list = []
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_workers = 0
+
+
+@functools.cache
+def numpy_blas():
+    """NumPy's BLAS libraries (never another library's, e.g. PyTorch's)."""
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    return [lib for lib in libs if "torch" not in lib.filepath]
+
+
+def _enter():
+    global _users, _restore
+    with _state:
+        if _users == 0:
+            _restore = [(lib, lib.num_threads) for lib in numpy_blas()]
+            for lib, _ in _restore:
+                lib.set_num_threads(1)
+        _users += 1
+
+
+def _leave():
+    global _users
+    with _state:
+        _users -= 1
+        if _users == 0:
+            for lib, count in _restore:
+                lib.set_num_threads(count)
+
+
+def _pool(threads):
+    """An executor with threads - 1 workers (the caller is the last one)."""
+    global _executor, _workers
+    with _state:
+        if _workers != threads - 1:
+            if _executor is not None:
+                _executor.shutdown(wait=False)
+            _executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="fastconv-gemm")
+            _workers = threads - 1
+        return _executor
+
+
+def blocks(batch, rows, threads):
+    """(batch index, first row, end row) blocks of a stack of `batch` products with
+    `rows` output rows each: every product whole, or split into rows so that there
+    are at least `threads` blocks (none thinner than MIN_ROWS)."""
+    splits = max(1, min(-(-threads // batch), rows // MIN_ROWS))
+    edges = [rows * s // splits for s in range(splits + 1)]
+    return [(b, edges[s], edges[s + 1]) for b in range(batch) for s in range(splits)]
+
+
+def in_parallel(work, threads, run):
+    """[run(part) for part in the contiguous parts of the list `work`], at most
+    `threads` of them, each on its own thread (the caller's is the first), with
+    NumPy's BLAS single-threaded throughout. Every item goes to one part, fixed by
+    len(work) and threads alone, so reruns are bitwise identical."""
+    parts = [work[len(work) * t // threads : len(work) * (t + 1) // threads] for t in range(threads)]
+    parts = [part for part in parts if part]
+    _enter()
+    try:
+        if len(parts) == 1:
+            return [run(parts[0])]
+        futures = [_pool(threads).submit(run, part) for part in parts[1:]]
+        return [run(parts[0])] + [future.result() for future in futures]
+    finally:
+        _leave()
+
+
+def matmul(a, b, out, threads, accumulate=False):
+    """out = a @ b (or out += a @ b when `accumulate`), with np.matmul's rules for
+    stacks: a (..., M, K), b (..., K, N), out (..., M, N) C-contiguous with the
+    broadcast stack shape; the blocks of `blocks` run in_parallel, so every output
+    element is written by one BLAS call."""
+    stack = out.shape[:-2]
+    a = np.broadcast_to(a, stack + a.shape[-2:])
+    b = np.broadcast_to(b, stack + b.shape[-2:])
+    index = list(np.ndindex(stack))
+
+    def run(part):
+        for i, m0, m1 in part:
+            at = index[i]
+            if accumulate:
+                out[at][m0:m1] += a[at][m0:m1] @ b[at]
+            else:
+                np.matmul(a[at][m0:m1], b[at], out=out[at][m0:m1])
+
+    in_parallel(blocks(len(index), out.shape[-2], threads), threads, run)
+    return out
