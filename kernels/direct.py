@@ -454,7 +454,40 @@ def _chunk_weights(weight, g, pairs):
     return np.ascontiguousarray(picked.transpose(2, 0, 3, 1))
 
 
+def _adjoint(g):
+    """At stride 1, the input gradient of geometry g is the forward convolution of
+    grad_output with the kernel flipped and its channel axes swapped (_flipped),
+    padded by d*(k-1) - p: this geometry."""
+    eh, ew = g.dh * (g.kh - 1), g.dw * (g.kw - 1)
+    return g._replace(c_in=g.c_out, h=g.oh, w=g.ow, c_out=g.c_in, pt=eh - g.pt, pb=eh - g.pb, pl=ew - g.pl, pr=ew - g.pr, oh=g.h, ow=g.w)
+
+
+def _as_forward(g):
+    """Whether input_driver runs the forward's loops on _adjoint(g): at stride 1, where
+    that padding is not negative and the forward's padded planes, (h + d(k-1)) by
+    (w + d(k-1)) cells, are no larger than the gather's, (h + pt + pb) by
+    (w + pl + pr): the forward's loops are the faster (res3x3 16.0 against 18.0 ms,
+    depthwise 1.8 against 2.3 ms); a valid 5x5 convolution on small planes,
+    whose adjoint pads by 4, ran 1.5x slower."""
+    eh, ew = g.dh * (g.kh - 1), g.dw * (g.kw - 1)
+    return (
+        g.sh == g.sw == 1
+        and min(eh - g.pt, eh - g.pb, ew - g.pl, ew - g.pr) >= 0
+        and (g.h + eh) * (g.w + ew) <= (g.h + g.pt + g.pb) * (g.w + g.pl + g.pr)
+    )
+
+
+def _flipped(weight, g):
+    """The weight of _adjoint(g): (C_in, C_out/groups, kh, kw), each group's block
+    transposed, each kernel turned by 180 degrees."""
+    kg, cg = g.c_out // g.groups, g.c_in // g.groups
+    turned = weight.reshape(g.groups, kg, cg, g.kh, g.kw).transpose(0, 2, 1, 3, 4)[:, :, :, ::-1, ::-1]
+    return np.ascontiguousarray(turned).reshape(g.c_in, kg, g.kh, g.kw)
+
+
 def input_driver(weight, grad_output, g, threads):
+    if _as_forward(g):
+        return forward_driver(grad_output, _flipped(weight, g), _adjoint(g), threads)
     hq, wq = phase_shape(g)
     chunks, bounds, per, pairs = _input_plan(g, wq)
     wchunks = _chunk_weights(weight, g, pairs)

@@ -223,3 +223,26 @@ def test_direct_runs_of_samples(n, h, w, kernel, stride, padding, dilation, grou
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
         _check_conv(x, wt, kw, dtype, rng)
         _check_conv(x[:, :, :, ::-1], wt, kw, dtype, rng)
+
+
+@dtype_param
+@pytest.mark.parametrize("padding, dilation, groups, as_forward", [
+    (1, 1, 1, True),  # 'same': the forward's planes are the gather's
+    (((2, 2), (3, 3)), (2, 3), 2, True),
+    (((2, 1), (3, 0)), (2, 3), 2, False),  # less than 'same': the adjoint computes more cells
+    (0, 1, 1, False),  # valid: the adjoint would pad by 2
+    (((3, 0), (1, 1)), 1, 3, False),  # top padding past the kernel: the adjoint's negative
+    (2, 1, 6, True),  # depthwise, padded past 'same'
+])
+def test_stride_one_input_gradient_both_ways(dtype, padding, dilation, groups, as_forward, rng):
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    x = rng.standard_normal((3, 6, 9, 8)).astype(dtype)
+    w = rng.standard_normal((12, 6 // groups, 3, 3)).astype(dtype)
+    kw = dict(stride=1, padding=padding, dilation=dilation, groups=groups)
+    gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape).astype(dtype)
+    assert direct._as_forward(conv2d_geometry(x.shape, w.shape, **kw)) == as_forward
+    with dispatch.force_path("direct"):
+        assert_close(grad.conv2d_input(x.shape, w, gy, **kw), reference.conv2d_input(x.shape, w, gy, **kw), dtype)
