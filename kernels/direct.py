@@ -15,8 +15,12 @@ rounded up to whole vector loops (_rounded).
 A plane that several iterations read (blocks of output channels, of input channels)
 is split into phases, or widened, once before the loop (split_planes,
 widen_planes): splitting it per iteration measured 2x slower on a dense stride-2
-convolution. Those planes come in runs of samples, laid one after the other in each
-phase, so that small planes still make loops of about a thousand cells (_blocking).
+convolution. Those planes come in runs of samples, their rows interleaved in each
+phase (row y of every sample of the run, then row y + 1), so that small planes
+still make loops of about a thousand cells (_blocking), and the loops run over the
+output rows only: laid one plane after the other, they also ran over the padding
+rows between the planes (lenet_c2's 12x12 planes for 8x8 outputs: 960 cells for 448
+outputs, against 672 interleaved).
 
 Every prange iteration owns its outputs: the forward a block of output planes of
 one run of samples, the input gradient a block of input planes of one run, the
@@ -120,12 +124,13 @@ def add_nine(a, src, starts, u, w, length):
 @parallel
 def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     """phased[r, c] = the phases of the planes x[n, c] of run r, samples
-    n = r * runs_of + j (to_phases): phase p holds the run's planes one after the
-    other from p * runs_of * hq * wq, zeros for samples past the batch and after
-    the last phase."""
+    n = r * runs_of + j (to_phases), their rows interleaved: phase p's row y of
+    sample j from p * runs_of * hq * wq + (y * runs_of + j) * wq; zeros for samples
+    past the batch and after the last phase."""
     n_, c_ = x.shape[0], x.shape[1]
     size = hq * wq
     stride = runs_of * size
+    pitch = runs_of * wq
     for t in prange(phased.shape[0] * c_):
         r, c = t // c_, t % c_
         dst = phased[r, c]
@@ -138,22 +143,27 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
             else:
                 one[:] = 0.0
             for p in range(sh * sw):
-                dst[p * stride + j * size : p * stride + (j + 1) * size] = one[p * size : (p + 1) * size]
+                for y in range(hq):
+                    row = dst[p * stride + y * pitch + j * wq :]
+                    cells = one[p * size + y * wq :]
+                    for q in range(wq):
+                        row[q] = cells[q]
         dst[sh * sw * stride :] = 0.0
 
 
 @parallel
-def widen_planes(planes, wide, extension, wq, runs_of, stride):
+def widen_planes(planes, wide, extension, wq, runs_of):
     """wide[r, k] = zeros(extension), then the planes[n, k] of run r, samples
-    n = r * runs_of + j, in the wide layout (rows of wq, zeros beyond each row),
-    `stride` cells apart; zeros elsewhere."""
+    n = r * runs_of + j, in the wide layout with their rows interleaved (row y of
+    sample j from (y * runs_of + j) * wq, zeros beyond each row's ow cells); zeros
+    elsewhere."""
     n_, k_ = planes.shape[0], planes.shape[1]
     for t in prange(wide.shape[0] * k_):
         r, k = t // k_, t % k_
         dst = wide[r, k]
         dst[:] = 0.0
         for j in range(min(runs_of, n_ - r * runs_of)):
-            to_wide(planes[r * runs_of + j, k], dst, extension + j * stride, wq)
+            to_wide(planes[r * runs_of + j, k], dst, extension + j * wq, runs_of * wq)
 
 
 @serial(inline=True)
@@ -170,9 +180,9 @@ def phases_of(x, phased, n, c, buffer, scratch, top, left, sh, sw, hq, wq):
 def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block):
     """out[n, k] = sum over the group's input channels c and taps u of
     wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout,
-    for a run of `runs_of` samples at once (their planes one after the other in
-    each phase, so that short planes still make long loops; length rounded up,
-    span the phase buffers' size: see _Plan). The phases come from `phased`
+    for a run of `runs_of` samples at once (their rows interleaved in each phase,
+    rows runs_of * wq cells apart, so that short planes still make long loops;
+    length rounded up, span the phase buffers' size: see _Plan). The phases come from `phased`
     (split_planes) when it is not empty, else each iteration splits its input
     planes itself (a plane in cache; runs of one sample)."""
     n_ = x.shape[0]
@@ -199,7 +209,7 @@ def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, len
                 add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
         for j in range(min(runs_of, n_ - r * runs_of)):
             for m in range(size):
-                from_wide(acc[m], out[r * runs_of + j, k0 + m], j * hq * wq, wq)
+                from_wide(acc[m], out[r * runs_of + j, k0 + m], j * wq, runs_of * wq)
 
 
 @serial(inline=True)
@@ -232,11 +242,12 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
     zeros (so that every shift reads inside): from `widened` (widen_planes) when
     that is not empty, else each iteration widens the `per` planes itself.
 
-    `widened` holds runs of `runs_of` samples (widen_planes, hq*wq cells apart), an
+    `widened` holds runs of `runs_of` samples (widen_planes, rows interleaved), an
     iteration a run: each phase of the accumulators then holds the run's planes
-    one after the other (a shift past a plane's first rows reads the zero rows
-    the padding leaves at the end of the plane before), `size` >= runs_of*hq*wq
-    cells (whole vector loops, see _rounded)."""
+    with their rows interleaved too, rows runs_of * wq cells apart (the shifts of
+    `chunks` count in such rows; a shift left of a row's first cell reads the zero
+    cells beyond the previous sample's row), `size` >= runs_of*hq*wq cells (whole
+    vector loops, see _rounded)."""
     n_, c_ = gx.shape[0], gx.shape[1]
     kg, cg = grad_output.shape[1] // groups, c_ // groups
     per_group = -(-cg // block)
@@ -256,7 +267,7 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
             gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
         for j in range(min(runs_of, n_ - r * runs_of)):
             for m in range(count):
-                from_phases(acc[m, j * hq * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, wq, size)
+                from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
 
 
 @parallel(fastmath=True)
@@ -285,7 +296,7 @@ def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, 
             # a short last run leaves stale cells in g, against zero phases
             for j in range(min(runs_of, n_ - r * runs_of)):
                 for m in range(size):
-                    to_wide(grad_output[r * runs_of + j, k0 + m], g[m], j * hq * wq, wq)
+                    to_wide(grad_output[r * runs_of + j, k0 + m], g[m], j * wq, runs_of * wq)
             for cl in range(cg):
                 src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
                 for u in range(0, taps, 3):
@@ -391,8 +402,8 @@ class _Plan:
         self.hq, self.wq = hq, wq = phase_shape(g)
         self.block, _, self.split, self.runs_of = _blocking(g.n, g.groups, g.c_out // g.groups, hq * wq, threads)
         self.taps = _in_threes([(i, j) for i in range(g.kh) for j in range(g.kw)])
-        self.starts = tap_starts(g, self.taps, hq, wq, self.runs_of * hq * wq)
-        self.length = _rounded((self.runs_of - 1) * hq * wq + (g.oh - 1) * wq + g.ow)
+        self.starts = tap_starts(g, self.taps, hq, self.runs_of * wq, self.runs_of * hq * wq)
+        self.length = _rounded(((g.oh - 1) * self.runs_of + self.runs_of - 1) * wq + g.ow)
         self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
         self.runs = -(-g.n // self.runs_of)
 
@@ -417,8 +428,9 @@ def forward_driver(x, weight, g, threads):
 
 
 @functools.lru_cache(maxsize=256)
-def _input_plan(g, wq):
-    """input_grad's plan for geometry g (built once per shape): its chunks, bounds and
+def _input_plan(g, pitch):
+    """input_grad's plan for geometry g and rows `pitch` cells apart (built once per
+    shape): its chunks, bounds and
     channels per pass, and for each chunk's three pairs the weight's (row, i, j),
     row g.c_out // g.groups for a missing pair. Channels are taken three at a time
     where that saves passes, that is where a phase's tap count is not a multiple
@@ -436,7 +448,7 @@ def _input_plan(g, wq):
                 for u in range(0, len(mine), 3):
                     three = mine[u : u + 3]
                     # a short chunk repeats its last pair, with no weight (pairs < 3)
-                    shifts = [(kl, i * g.dh // g.sh * wq + j * g.dw // g.sw) for kl, i, j in three + [three[-1]] * (3 - len(three))]
+                    shifts = [(kl, i * g.dh // g.sh * pitch + j * g.dw // g.sw) for kl, i, j in three + [three[-1]] * (3 - len(three))]
                     chunks.append((a * g.sw + b, len(three), first, *(v for pair in shifts for v in pair)))
                     pairs.append(three + [(kg, 0, 0)] * (3 - len(three)))
     chunks = np.array(chunks, dtype=np.int64)
@@ -489,16 +501,16 @@ def input_driver(weight, grad_output, g, threads):
     if _as_forward(g):
         return forward_driver(grad_output, _flipped(weight, g), _adjoint(g), threads)
     hq, wq = phase_shape(g)
-    chunks, bounds, per, pairs = _input_plan(g, wq)
+    block, _, shared, runs_of = _blocking(g.n, g.groups, g.c_in // g.groups, hq * wq, threads)
+    chunks, bounds, per, pairs = _input_plan(g, runs_of * wq)
     wchunks = _chunk_weights(weight, g, pairs)
     extension = int(chunks[:, 4::2].max())
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    block, _, shared, runs_of = _blocking(g.n, g.groups, g.c_in // g.groups, hq * wq, threads)
     size = _rounded(runs_of * hq * wq)
     widened = np.empty((0, 0, 0), dtype=grad_output.dtype)
     if shared:
         widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
-        widen_planes(grad_output, widened, extension, wq, runs_of, hq * wq)
+        widen_planes(grad_output, widened, extension, wq, runs_of)
     input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block)
     return gx
 
