@@ -209,39 +209,52 @@ def phases_of(x, phased, n, c, buffer, scratch, top, left, sh, sw, hq, wq):
 
 
 @parallel(fastmath=True)
-def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block):
+def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block, spread):
     """out[n, k] = sum over the group's input channels c and taps u of
     wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout,
     for a run of `runs_of` samples at once (their rows interleaved in each phase,
     rows runs_of * wq cells apart, so that short planes still make long loops;
     length rounded up, span the phase buffers' size: see _Plan). The phases come from `phased`
     (split_planes) when it is not empty, else each iteration splits its input
-    planes itself (a plane in cache; runs of one sample)."""
+    planes itself (a plane in cache; runs of one sample). An iteration takes
+    `spread` successive blocks (of successive groups, for small planes), its
+    buffers allocated once."""
     n_ = x.shape[0]
     k_, cg, taps = wtap.shape
     kg = k_ // groups
     per_group = -(-kg // block)
     own = 0 if phased.shape[0] > 0 else span
-    for t in prange(-(-n_ // runs_of) * groups * per_group):
-        r, group, k0, size = channel_block(t, groups, per_group, kg, block)
-        acc = np.zeros((min(block, kg), length), dtype=out.dtype)
+    blocks = -(-n_ // runs_of) * groups * per_group
+    for i in prange(-(-blocks // spread)):
+        acc = np.empty((min(block, kg), length), dtype=out.dtype)
         buffer = np.zeros(own, dtype=x.dtype)
         scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
-        for cl in range(cg):
-            src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
-            if size == 1 and taps % 9 == 0:
-                # one channel (depthwise): nine taps per pass, the registers free
-                for u in range(0, taps, 9):
-                    add_nine(acc[0], src, starts, u, wtap[k0, cl, u : u + 9], length)
-                continue
-            for u in range(0, taps, 3):
-                s0 = src[starts[u] : starts[u] + length]
-                s1 = src[starts[u + 1] : starts[u + 1] + length]
-                s2 = src[starts[u + 2] : starts[u + 2] + length]
-                add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
-        for j in range(min(runs_of, n_ - r * runs_of)):
-            for m in range(size):
-                from_wide(acc[m], out[r * runs_of + j, k0 + m], j * wq, runs_of * wq)
+        for t in range(i * spread, min(blocks, (i + 1) * spread)):
+            r, group, k0, size = channel_block(t, groups, per_group, kg, block)
+            acc[:, :] = 0.0
+            forward_block(x, phased, wtap, starts, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of)
+
+
+@serial(fastmath=True, inline=True)
+def forward_block(x, phased, wtap, starts, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of):
+    """forward's work for output channels k0..k0+size-1 of run r (acc zero on entry)."""
+    n_ = x.shape[0]
+    cg, taps = wtap.shape[1], wtap.shape[2]
+    for cl in range(cg):
+        src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
+        if size == 1 and taps % 9 == 0:
+            # one channel (depthwise): nine taps per pass, the registers free
+            for u in range(0, taps, 9):
+                add_nine(acc[0], src, starts, u, wtap[k0, cl, u : u + 9], length)
+            continue
+        for u in range(0, taps, 3):
+            s0 = src[starts[u] : starts[u] + length]
+            s1 = src[starts[u + 1] : starts[u + 1] + length]
+            s2 = src[starts[u + 2] : starts[u + 2] + length]
+            add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
+    for j in range(min(runs_of, n_ - r * runs_of)):
+        for m in range(size):
+            from_wide(acc[m], out[r * runs_of + j, k0 + m], j * wq, runs_of * wq)
 
 
 @serial(inline=True)
@@ -443,6 +456,12 @@ class _Plan:
         self.length = _rounded(((g.oh - 1) * self.runs_of + self.runs_of - 1) * wq + g.ow)
         self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
         self.runs = -(-g.n // self.runs_of)
+        # successive blocks per forward iteration: small planes that no run joins
+        # (depthwise) take about a thousand cells per iteration too, while every
+        # thread keeps four iterations; an iteration per plane cost as much again
+        # in allocations and loop setup on 16x16 depthwise planes
+        blocks = self.runs * g.groups * -(-(g.c_out // g.groups) // self.block)
+        self.spread = max(1, min(1024 // (self.runs_of * hq * wq), blocks // (4 * threads)))
 
     def phased(self, x, g):
         """x split into phases (split_planes), or an empty array (see above)."""
@@ -460,7 +479,7 @@ def forward_driver(x, weight, g, threads):
     plan = _Plan(g, threads)
     out = np.empty(g.output_shape, dtype=x.dtype)
     weights = _tap_weights(weight, plan.taps)
-    forward(x, plan.phased(x, g), weights, plan.starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block)
+    forward(x, plan.phased(x, g), weights, plan.starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
     return out
 
 

@@ -216,7 +216,7 @@ def test_direct_stride1_channel_blocks(kernel, padding, dilation, channels, out_
 )
 def test_direct_runs_of_samples(n, h, w, kernel, stride, padding, dilation, groups, threads, dtype, rng):
     # Small planes and several channel blocks: the direct kernels take the batch in
-    # runs of samples laid one after the other in each phase.
+    # runs of samples, their rows interleaved in each phase.
     x = rng.standard_normal((n, 12, h, w)).astype(dtype)
     wt = rng.standard_normal((16, 12 // groups, kernel, kernel)).astype(dtype)
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
@@ -246,3 +246,21 @@ def test_stride_one_input_gradient_both_ways(dtype, padding, dilation, groups, a
     assert direct._as_forward(conv2d_geometry(x.shape, w.shape, **kw)) == as_forward
     with dispatch.force_path("direct"):
         assert_close(grad.conv2d_input(x.shape, w, gy, **kw), reference.conv2d_input(x.shape, w, gy, **kw), dtype)
+
+
+@dtype_param
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stride, multiplier", [(1, 1), (2, 1), (1, 2), ((2, 1), 3)])
+def test_direct_several_blocks_per_iteration(stride, multiplier, threads, dtype, rng):
+    # Small depthwise planes: a forward iteration takes several successive blocks,
+    # the last iteration fewer (33 blocks, in fours or eights).
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    x = rng.standard_normal((3, 11, 5, 6)).astype(dtype)
+    wt = rng.standard_normal((11 * multiplier, 1, 3, 3)).astype(dtype)
+    kw = dict(stride=stride, padding=1, groups=11)
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        assert direct._Plan(conv2d_geometry(x.shape, wt.shape, **kw), threads).spread > 1
+        _check_conv(x, wt, kw, dtype, rng)
