@@ -14,6 +14,7 @@ NumPy GEMM the user runs in another thread at that moment runs single-threaded t
 
 import concurrent.futures
 import functools
+import os
 import threading
 
 import numpy as np
@@ -52,6 +53,16 @@ def _leave():
         if _users == 0:
             for lib, count in _restore:
                 lib.set_num_threads(count)
+
+
+def _forget_pool():
+    """In a forked child: the parent's workers do not exist there (nor does whoever
+    held the lock), so start afresh."""
+    global _state, _users, _executor, _workers
+    _state, _users, _executor, _workers = threading.Lock(), 0, None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _pool(threads):

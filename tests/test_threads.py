@@ -2,6 +2,9 @@
 torch's, not NumPy's BLAS), restores them, refuses bad counts, and results agree
 across thread counts; the GEMM workers' products against NumPy's."""
 
+import os
+import signal
+
 import numba
 import numpy as np
 import pytest
@@ -90,3 +93,22 @@ def test_warmup_compiles_both_dtypes():
     for kernel in (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool):
         dtypes = {sig[0].dtype.name for sig in kernel.signatures}
         assert {"float32", "float64"} <= dtypes, kernel
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_gemm_workers_in_a_forked_child(rng):
+    a, b = rng.standard_normal((64, 8)), rng.standard_normal((8, 5))
+    out = np.empty((64, 5))
+    gemm.matmul(a, b, out, 2)  # the parent's workers exist now
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a product on workers of its own (a hang ends at the alarm)
+        signal.alarm(20)
+        child = np.empty((64, 5))
+        gemm.matmul(a, b, child, 2)
+        os.write(writer, b"1" if np.allclose(child, a @ b) else b"0")
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        assert f.read() == b"1"
+    os.waitpid(pid, 0)
