@@ -21,6 +21,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 MIN_ROWS = 16  # rows per block at least: a thinner GEMM runs far below BLAS's peak
+# Work per thread at least, in flops: handing a product to a worker costs about 80 us
+# here (submitting it, waking the thread, waiting for it), the time of 10-15 MFLOP;
+# a LeNet layer's 64x84x10 product took 17 us on the caller, 97 us split in two.
+MIN_FLOPS = 1 << 24
 
 _state = threading.Lock()
 _users = 0
@@ -106,12 +110,14 @@ def in_parallel(work, threads, run):
 def matmul(a, b, out, threads, accumulate=False):
     """out = a @ b (or out += a @ b when `accumulate`), with np.matmul's rules for
     stacks: a (..., M, K), b (..., K, N), out (..., M, N) C-contiguous with the
-    broadcast stack shape; the blocks of `blocks` run in_parallel, so every output
-    element is written by one BLAS call."""
+    broadcast stack shape; the blocks of `blocks` run in_parallel (on fewer
+    threads for a small product, MIN_FLOPS each), so every output element is
+    written by one BLAS call."""
     stack = out.shape[:-2]
     a = np.broadcast_to(a, stack + a.shape[-2:])
     b = np.broadcast_to(b, stack + b.shape[-2:])
     index = list(np.ndindex(stack))
+    threads = max(1, min(threads, 2 * out.size * a.shape[-1] // MIN_FLOPS))
 
     def run(part):
         for i, m0, m1 in part:

@@ -264,3 +264,23 @@ def test_direct_several_blocks_per_iteration(stride, multiplier, threads, dtype,
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
         assert direct._Plan(conv2d_geometry(x.shape, wt.shape, **kw), threads).spread > 1
         _check_conv(x, wt, kw, dtype, rng)
+
+
+@dtype_param
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemm_path_chunks_on_several_threads(threads, dtype, rng):
+    # Large enough (kernels.gemm.MIN_FLOPS) for the chunks of samples to be dealt
+    # to several threads, each packing and multiplying its own.
+    from fastconv.kernels import gemm
+
+    from fastconv.params import conv2d_geometry
+
+    x = rng.standard_normal((16, 32, 16, 16)).astype(dtype)
+    w = rng.standard_normal((64, 16, 3, 3)).astype(dtype)
+    kw = dict(stride=(1, 2), padding=1, groups=2)
+    assert conv2d_geometry(x.shape, w.shape, **kw).flops >= 2 * gemm.MIN_FLOPS
+    with fastconv.num_threads(threads), dispatch.force_path("gemm"):
+        _check_conv(x, w, kw, dtype, rng)
+        gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape).astype(dtype)
+        first = grad.conv2d_weight(x, w.shape, gy, **kw)
+        assert np.array_equal(grad.conv2d_weight(x, w.shape, gy, **kw), first)

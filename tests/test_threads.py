@@ -36,7 +36,10 @@ def test_gemm_path_leaves_numpy_blas_threads_alone(rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
-@pytest.mark.parametrize("shapes", [((40, 7), (7, 9)), ((3, 70, 6), (3, 6, 4)), ((1, 33, 5), (4, 1, 5, 2)), ((2, 1, 9, 3), (2, 3, 3, 8))])
+@pytest.mark.parametrize("shapes", [
+    ((40, 7), (7, 9)), ((3, 70, 6), (3, 6, 4)), ((1, 33, 5), (4, 1, 5, 2)), ((2, 1, 9, 3), (2, 3, 3, 8)),
+    ((400, 256), (256, 200)), ((3, 1, 200, 128), (2, 128, 160)),  # large enough to split (MIN_FLOPS)
+])
 def test_gemm_workers_match_numpy(threads, shapes, rng):
     a, b = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
     expected = np.matmul(a, b)
@@ -97,14 +100,14 @@ def test_warmup_compiles_both_dtypes():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_gemm_workers_in_a_forked_child(rng):
-    a, b = rng.standard_normal((64, 8)), rng.standard_normal((8, 5))
-    out = np.empty((64, 5))
+    a, b = rng.standard_normal((256, 256)), rng.standard_normal((256, 256))  # two threads' worth
+    out = np.empty((256, 256))
     gemm.matmul(a, b, out, 2)  # the parent's workers exist now
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: a product on workers of its own (a hang ends at the alarm)
         signal.alarm(20)
-        child = np.empty((64, 5))
+        child = np.empty((256, 256))
         gemm.matmul(a, b, child, 2)
         os.write(writer, b"1" if np.allclose(child, a @ b) else b"0")
         os._exit(0)
