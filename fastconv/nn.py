@@ -17,7 +17,7 @@ import numpy as np
 import fastconv
 from fastconv import grad
 from fastconv import params as P
-from fastconv.kernels import gemm
+from fastconv.kernels import activation, gemm
 
 
 class Parameter:
@@ -344,16 +344,23 @@ class Linear(Module):
 
 
 class ReLU(Module):
+    """max(x, 0) elementwise, as torch.nn.ReLU (NaN stays NaN)."""
+
     def __init__(self):
         super().__init__()
-        self._mask = None
+        self._input = None
 
     def forward(self, x):
-        self._mask = x > 0
-        return np.where(self._mask, x, x.dtype.type(0))
+        self._input = x = np.ascontiguousarray(x)
+        out = np.empty_like(x)
+        activation.relu(x.reshape(-1), out.reshape(-1), x.dtype.type(0))
+        return out
 
     def backward(self, grad_output):
-        return np.where(self._mask, grad_output, grad_output.dtype.type(0))
+        grad_output = np.ascontiguousarray(grad_output)
+        out = np.empty_like(grad_output)
+        activation.relu_backward(self._input.reshape(-1), grad_output.reshape(-1), out.reshape(-1), out.dtype.type(0))
+        return out
 
 
 class Flatten(Module):

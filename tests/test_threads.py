@@ -90,10 +90,11 @@ def test_results_agree_across_thread_counts(path, rng):
 
 
 def test_warmup_compiles_both_dtypes():
-    from fastconv.kernels import conv, direct, pool
+    from fastconv.kernels import activation, conv, direct, pool
 
     assert fastconv.warmup() > 0
-    for kernel in (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool):
+    kernels = (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool, activation.relu)
+    for kernel in kernels:
         dtypes = {sig[0].dtype.name for sig in kernel.signatures}
         assert {"float32", "float64"} <= dtypes, kernel
 

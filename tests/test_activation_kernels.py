@@ -1,0 +1,46 @@
+"""fastconv.nn.ReLU's kernels against torch.relu's semantics: NaN and -0.0 kept, the
+gradient stopped at inputs <= 0 only (a NaN input passes it); arrays over several
+blocks, both dtypes, non-contiguous inputs, either thread count."""
+
+import numpy as np
+import pytest
+from fastconv.kernels import activation
+
+import fastconv
+from fastconv import nn
+
+SPECIALS = [np.nan, -0.0, 0.0, -np.inf, np.inf, -1.5, 2.5, 1e-30, -1e-30]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [1, 9, activation.CELLS, 3 * activation.CELLS + 5])
+def test_relu_kernels(dtype, threads, size, rng):
+    x = rng.standard_normal(size).astype(dtype)
+    x[: min(size, len(SPECIALS))] = SPECIALS[: min(size, len(SPECIALS))]
+    g = rng.standard_normal(size).astype(dtype)
+    g[-1] = np.nan
+    out, gx = np.full_like(x, 7), np.full_like(x, 7)
+    with fastconv.num_threads(threads):
+        activation.relu(x, out, dtype(0))
+        activation.relu_backward(x, g, gx, dtype(0))
+    expected = np.where(np.isnan(x) | (x >= 0), x, 0)
+    np.testing.assert_array_equal(out, expected)
+    assert np.array_equal(np.signbit(out), np.signbit(expected))  # -0.0 kept
+    np.testing.assert_array_equal(gx, np.where(x <= 0, 0, g))
+
+
+def test_relu_layer_matches_torch_on_special_values(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 5, 4))
+    x.reshape(-1)[: len(SPECIALS)] = SPECIALS
+    view = x[:, :, ::-1]  # non-contiguous
+    g = rng.standard_normal(x.shape)
+    layer = nn.ReLU()
+    y = layer.forward(view)
+    tx = torch.from_numpy(np.ascontiguousarray(view)).requires_grad_()
+    ty = torch.relu(tx)
+    ty.backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    assert np.array_equal(np.signbit(y), np.signbit(ty.detach().numpy()))
+    np.testing.assert_array_equal(layer.backward(g), tx.grad.numpy())
