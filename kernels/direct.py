@@ -271,7 +271,7 @@ def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, 
 
 
 @parallel(fastmath=True)
-def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block):
+def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spread):
     """gx[n, c] = sum over the group's output channels k and taps of the weight times
     grad_output[n, k] shifted by the tap: a gather into each phase of the padded
     gradient plane, the adjoint of forward.
@@ -297,106 +297,121 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
     kg, cg = grad_output.shape[1] // groups, c_ // groups
     per_group = -(-cg // block)
     local = widened.shape[0] == 0
-    for t in prange(-(-n_ // runs_of) * groups * per_group):
-        r, group, c0, count = channel_block(t, groups, per_group, cg, block)
-        cl0 = c0 - group * cg
-        acc = np.zeros((min(block, cg), sh * sw * size), dtype=gx.dtype)
-        if local:
-            own = np.zeros((min(per, kg), extension + size), dtype=gx.dtype)
-            for b in range(bounds.shape[0] - 1):
-                first = chunks[bounds[b], 2]
-                for kl in range(first, min(first + per, kg)):
-                    to_wide(grad_output[r, group * kg + kl], own[kl - first], extension, wq)
-                gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension)
-        else:
-            gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
-        for j in range(min(runs_of, n_ - r * runs_of)):
-            for m in range(count):
-                from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
+    items = -(-n_ // runs_of) * groups * per_group
+    for i in prange(-(-items // spread)):
+        acc = np.empty((min(block, cg), sh * sw * size), dtype=gx.dtype)
+        # to_wide writes the same cells of `own` each time: the rest stays zero
+        own = np.zeros((min(per, kg) if local else 0, extension + size), dtype=gx.dtype)
+        for t in range(i * spread, min(items, (i + 1) * spread)):
+            r, group, c0, count = channel_block(t, groups, per_group, cg, block)
+            cl0 = c0 - group * cg
+            acc[:, :] = 0.0
+            if local:
+                for b in range(bounds.shape[0] - 1):
+                    first = chunks[bounds[b], 2]
+                    for kl in range(first, min(first + per, kg)):
+                        to_wide(grad_output[r, group * kg + kl], own[kl - first], extension, wq)
+                    gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension)
+            else:
+                gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
+            for j in range(min(runs_of, n_ - r * runs_of)):
+                for m in range(count):
+                    from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
 
 
 @parallel(fastmath=True)
-def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, length, span, runs_of, zero, block):
+def weight_grad(x, phased, grad_output, starts, partial, groups, top, left, sh, sw, hq, wq, length, span, runs_of, zero, block, spread):
     """partial[b, k, c, u] = sum over the runs of samples of batch chunk b of the dot
     product of grad_output[n, k] (wide layout, the run's samples' rows
     interleaved) with phases(x[n, c]) from starts[u] (taken from `phased` as in
     forward; the zero cells of the wide gradient drop the cells beyond each row).
-    An iteration takes `block` output channels (a multiple of four, or fewer), four
-    at a time for each input plane it loads (one: nine taps per pass). `zero` has the arrays' dtype, so
-    float32 sums stay float32."""
-    n_ = x.shape[0]
-    runs = -(-n_ // runs_of)
+    An item is `block` output channels (a multiple of four, or fewer) of one batch
+    chunk, four at a time for each input plane it loads (one: nine taps per pass);
+    an iteration takes `spread` successive items, its buffers allocated once.
+    `zero` has the arrays' dtype, so float32 sums stay float32."""
     chunks, k_, cg, taps = partial.shape
     kg = k_ // groups
     per_group = -(-kg // block)
     own = 0 if phased.shape[0] > 0 else span
-    for t in prange(chunks * groups * per_group):
-        b, group, k0, size = channel_block(t, groups, per_group, kg, block)
-        acc = partial[b, k0 : k0 + size]
-        acc[:, :, :] = 0.0
+    items = chunks * groups * per_group
+    for i in prange(-(-items // spread)):
         g = np.zeros((min(block, kg), length), dtype=x.dtype)
         buffer = np.zeros(own, dtype=x.dtype)
         scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
-        for r in range(b * runs // chunks, (b + 1) * runs // chunks):
-            # a short last run leaves stale cells in g, against zero phases
-            for j in range(min(runs_of, n_ - r * runs_of)):
-                for m in range(size):
-                    to_wide(grad_output[r * runs_of + j, k0 + m], g[m], j * wq, runs_of * wq)
-            for cl in range(cg):
-                src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
-                if size == 1 and taps % 9 == 0:
-                    # one channel (depthwise): nine taps per pass
-                    for u in range(0, taps, 9):
-                        dot_nine(acc[0, cl, u : u + 9], g[0], src, starts, u, length, zero)
-                    continue
-                for u in range(0, taps, 3):
-                    s0 = src[starts[u] : starts[u] + length]
-                    s1 = src[starts[u + 1] : starts[u + 1] + length]
-                    s2 = src[starts[u + 2] : starts[u + 2] + length]
-                    for m0 in range(0, size - BLOCK + 1, BLOCK):
-                        # Unrolled by hand: twelve sums held in registers, each load
-                        # of the input feeding four channels' three taps.
-                        g0, g1, g2, g3 = g[m0], g[m0 + 1], g[m0 + 2], g[m0 + 3]
-                        d00 = d01 = d02 = d10 = d11 = d12 = zero
-                        d20 = d21 = d22 = d30 = d31 = d32 = zero
-                        for q in range(length):
-                            v0 = s0[q]
-                            v1 = s1[q]
-                            v2 = s2[q]
-                            d00 += g0[q] * v0
-                            d01 += g0[q] * v1
-                            d02 += g0[q] * v2
-                            d10 += g1[q] * v0
-                            d11 += g1[q] * v1
-                            d12 += g1[q] * v2
-                            d20 += g2[q] * v0
-                            d21 += g2[q] * v1
-                            d22 += g2[q] * v2
-                            d30 += g3[q] * v0
-                            d31 += g3[q] * v1
-                            d32 += g3[q] * v2
-                        acc[m0, cl, u] += d00
-                        acc[m0, cl, u + 1] += d01
-                        acc[m0, cl, u + 2] += d02
-                        acc[m0 + 1, cl, u] += d10
-                        acc[m0 + 1, cl, u + 1] += d11
-                        acc[m0 + 1, cl, u + 2] += d12
-                        acc[m0 + 2, cl, u] += d20
-                        acc[m0 + 2, cl, u + 1] += d21
-                        acc[m0 + 2, cl, u + 2] += d22
-                        acc[m0 + 3, cl, u] += d30
-                        acc[m0 + 3, cl, u + 1] += d31
-                        acc[m0 + 3, cl, u + 2] += d32
-                    for m in range(size - size % BLOCK, size):
-                        gm = g[m]
-                        d0 = d1 = d2 = zero
-                        for q in range(length):
-                            d0 += gm[q] * s0[q]
-                            d1 += gm[q] * s1[q]
-                            d2 += gm[q] * s2[q]
-                        acc[m, cl, u] += d0
-                        acc[m, cl, u + 1] += d1
-                        acc[m, cl, u + 2] += d2
+        for t in range(i * spread, min(items, (i + 1) * spread)):
+            b, group, k0, size = channel_block(t, groups, per_group, kg, block)
+            acc = partial[b, k0 : k0 + size]
+            acc[:, :, :] = 0.0
+            weight_block(x, phased, grad_output, starts, acc, g, buffer, scratch, b, chunks, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of, zero)
+
+
+@serial(fastmath=True, inline=True)
+def weight_block(x, phased, grad_output, starts, acc, g, buffer, scratch, b, chunks, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of, zero):
+    """weight_grad's work for one item: acc (size, Cg, taps) += the dot products of
+    output channels k0..k0+size-1 over batch chunk b (acc zero on entry)."""
+    n_ = x.shape[0]
+    runs = -(-n_ // runs_of)
+    cg, taps = acc.shape[1], acc.shape[2]
+    for r in range(b * runs // chunks, (b + 1) * runs // chunks):
+        # a short last run leaves stale cells in g, against zero phases
+        for j in range(min(runs_of, n_ - r * runs_of)):
+            for m in range(size):
+                to_wide(grad_output[r * runs_of + j, k0 + m], g[m], j * wq, runs_of * wq)
+        for cl in range(cg):
+            src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
+            if size == 1 and taps % 9 == 0:
+                # one channel (depthwise): nine taps per pass
+                for u in range(0, taps, 9):
+                    dot_nine(acc[0, cl, u : u + 9], g[0], src, starts, u, length, zero)
+                continue
+            for u in range(0, taps, 3):
+                s0 = src[starts[u] : starts[u] + length]
+                s1 = src[starts[u + 1] : starts[u + 1] + length]
+                s2 = src[starts[u + 2] : starts[u + 2] + length]
+                for m0 in range(0, size - BLOCK + 1, BLOCK):
+                    # Unrolled by hand: twelve sums held in registers, each load
+                    # of the input feeding four channels' three taps.
+                    g0, g1, g2, g3 = g[m0], g[m0 + 1], g[m0 + 2], g[m0 + 3]
+                    d00 = d01 = d02 = d10 = d11 = d12 = zero
+                    d20 = d21 = d22 = d30 = d31 = d32 = zero
+                    for q in range(length):
+                        v0 = s0[q]
+                        v1 = s1[q]
+                        v2 = s2[q]
+                        d00 += g0[q] * v0
+                        d01 += g0[q] * v1
+                        d02 += g0[q] * v2
+                        d10 += g1[q] * v0
+                        d11 += g1[q] * v1
+                        d12 += g1[q] * v2
+                        d20 += g2[q] * v0
+                        d21 += g2[q] * v1
+                        d22 += g2[q] * v2
+                        d30 += g3[q] * v0
+                        d31 += g3[q] * v1
+                        d32 += g3[q] * v2
+                    acc[m0, cl, u] += d00
+                    acc[m0, cl, u + 1] += d01
+                    acc[m0, cl, u + 2] += d02
+                    acc[m0 + 1, cl, u] += d10
+                    acc[m0 + 1, cl, u + 1] += d11
+                    acc[m0 + 1, cl, u + 2] += d12
+                    acc[m0 + 2, cl, u] += d20
+                    acc[m0 + 2, cl, u + 1] += d21
+                    acc[m0 + 2, cl, u + 2] += d22
+                    acc[m0 + 3, cl, u] += d30
+                    acc[m0 + 3, cl, u + 1] += d31
+                    acc[m0 + 3, cl, u + 2] += d32
+                for m in range(size - size % BLOCK, size):
+                    gm = g[m]
+                    d0 = d1 = d2 = zero
+                    for q in range(length):
+                        d0 += gm[q] * s0[q]
+                        d1 += gm[q] * s1[q]
+                        d2 += gm[q] * s2[q]
+                    acc[m, cl, u] += d0
+                    acc[m, cl, u + 1] += d1
+                    acc[m, cl, u + 2] += d2
 
 
 # ------------------------------------------------------------------ drivers
@@ -567,7 +582,9 @@ def input_driver(weight, grad_output, g, threads):
     if shared:
         widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
         widen_planes(grad_output, widened, extension, wq, runs_of)
-    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block)
+    items = -(-g.n // runs_of) * g.groups * -(-(g.c_in // g.groups) // block)
+    spread = max(1, min(1024 // (runs_of * hq * wq), items // (4 * threads)))  # as the forward's
+    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread)
     return gx
 
 
@@ -590,8 +607,10 @@ def weight_driver(x, grad_output, g, threads):
         # channel's planes for all samples lie a sample apart: depthwise took 2.9 ms
         # so against the forward's 1.7 once its arrays outgrew the cache.
         chunks = max(chunks, min(plan.runs, PARTIAL_BYTES // (sums * x.itemsize)))
+    # successive items per iteration on small planes, as the forward's spread
+    spread = max(1, min(1024 // (plan.runs_of * plan.hq * plan.wq), chunks * blocks // (4 * threads)))
     partial = np.empty((chunks, g.c_out, g.c_in // g.groups, len(plan.taps)), dtype=x.dtype)
     phased = plan.phased(x, g)
-    weight_grad(x, phased, grad_output, plan.starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block)
+    weight_grad(x, phased, grad_output, plan.starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block, spread)
     total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
     return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)
