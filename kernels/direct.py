@@ -209,7 +209,7 @@ def phases_of(x, phased, n, c, buffer, scratch, top, left, sh, sw, hq, wq):
 
 
 @parallel(fastmath=True)
-def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block, spread):
+def forward(x, phased, wtap, starts, real, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block, spread):
     """out[n, k] = sum over the group's input channels c and taps u of
     wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout,
     for a run of `runs_of` samples at once (their rows interleaved in each phase,
@@ -232,26 +232,30 @@ def forward(x, phased, wtap, starts, out, groups, top, left, sh, sw, hq, wq, len
         for t in range(i * spread, min(blocks, (i + 1) * spread)):
             r, group, k0, size = channel_block(t, groups, per_group, kg, block)
             acc[:, :] = 0.0
-            forward_block(x, phased, wtap, starts, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of)
+            forward_block(x, phased, wtap, starts, real, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of)
 
 
 @serial(fastmath=True, inline=True)
-def forward_block(x, phased, wtap, starts, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of):
-    """forward's work for output channels k0..k0+size-1 of run r (acc zero on entry)."""
+def forward_block(x, phased, wtap, starts, real, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of):
+    """forward's work for output channels k0..k0+size-1 of run r (acc zero on entry).
+    Only the first `real` taps are multiplied: the padding taps' zero weights
+    would meet real cells, and 0 * inf is NaN where PyTorch's sum is infinite."""
     n_ = x.shape[0]
-    cg, taps = wtap.shape[1], wtap.shape[2]
+    cg = wtap.shape[1]
     for cl in range(cg):
         src = phases_of(x, phased, r, group * cg + cl, buffer, scratch, top, left, sh, sw, hq, wq)
-        if size == 1 and taps % 9 == 0:
+        u = 0
+        if size == 1:
             # one channel (depthwise): nine taps per pass, the registers free
-            for u in range(0, taps, 9):
+            while u + 9 <= real:
                 add_nine(acc[0], src, starts, u, wtap[k0, cl, u : u + 9], length)
-            continue
-        for u in range(0, taps, 3):
+                u += 9
+        while u < real:
             s0 = src[starts[u] : starts[u] + length]
             s1 = src[starts[u + 1] : starts[u + 1] + length]
             s2 = src[starts[u + 2] : starts[u + 2] + length]
-            add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : u + 3], length)
+            add_taps(acc, size, s0, s1, s2, wtap[k0 : k0 + size, cl, u : min(u + 3, real)], length)
+            u += 3
     for j in range(min(runs_of, n_ - r * runs_of)):
         for m in range(size):
             from_wide(acc[m], out[r * runs_of + j, k0 + m], j * wq, runs_of * wq)
@@ -494,7 +498,7 @@ def forward_driver(x, weight, g, threads):
     plan = _Plan(g, threads)
     out = np.empty(g.output_shape, dtype=x.dtype)
     weights = _tap_weights(weight, plan.taps)
-    forward(x, plan.phased(x, g), weights, plan.starts, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
+    forward(x, plan.phased(x, g), weights, plan.starts, g.kh * g.kw, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
     return out
 
 

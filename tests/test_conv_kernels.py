@@ -284,3 +284,19 @@ def test_gemm_path_chunks_on_several_threads(threads, dtype, rng):
         gy = rng.standard_normal(reference.conv2d(x, w, **kw).shape).astype(dtype)
         first = grad.conv2d_weight(x, w.shape, gy, **kw)
         assert np.array_equal(grad.conv2d_weight(x, w.shape, gy, **kw), first)
+
+
+@path_param
+@pytest.mark.parametrize("kernel, groups", [((2, 2), 1), ((5, 5), 1), ((1, 2), 2), ((4, 4), 4), ((5, 5), 4), ((3, 3), 4)])
+def test_forward_with_infinite_inputs(path, kernel, groups, rng):
+    # Kernels whose tap count is not a multiple of three: the padding taps must not
+    # multiply real cells (0 * inf would turn an infinite output into NaN).
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 4, 9, 8))
+    x[0, 1, 4, 3], x[1, 2, 0, 7], x[1, 3, 6, 0] = np.inf, -np.inf, np.inf
+    w = rng.standard_normal((8, 4 // groups) + kernel)
+    kw = dict(padding=1, groups=groups)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), **kw).numpy()
+    assert np.isinf(expected).any()
+    with dispatch.force_path(path):
+        assert_close(fastconv.conv2d(x, w, **kw), expected, np.float64)
