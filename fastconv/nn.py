@@ -348,18 +348,21 @@ class ReLU(Module):
 
     def __init__(self):
         super().__init__()
-        self._input = None
+        self._passes = None
 
     def forward(self, x):
-        self._input = x = np.ascontiguousarray(x)
+        x = np.array(x, copy=None, order="C")
         out = np.empty_like(x)
-        activation.relu(x.reshape(-1), out.reshape(-1), x.dtype.type(0))
+        self._passes = np.empty(x.shape, dtype=bool)
+        activation.relu(x.reshape(-1), out.reshape(-1), self._passes.reshape(-1), x.dtype.type(0))
         return out
 
     def backward(self, grad_output):
-        grad_output = np.ascontiguousarray(grad_output)
+        grad_output = np.array(grad_output, copy=None, order="C")
+        if grad_output.shape != self._passes.shape:
+            raise ValueError(f"grad_output must have the shape of the last input, {self._passes.shape}, got {grad_output.shape}")
         out = np.empty_like(grad_output)
-        activation.relu_backward(self._input.reshape(-1), grad_output.reshape(-1), out.reshape(-1), out.dtype.type(0))
+        activation.relu_backward(self._passes.reshape(-1), grad_output.reshape(-1), out.reshape(-1), out.dtype.type(0))
         return out
 
 

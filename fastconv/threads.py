@@ -1,8 +1,9 @@
 """fastconv's thread count: Numba's parallel kernels, and the worker threads that run
 fastconv's GEMMs (fastconv.kernels.gemm, single-threaded BLAS in each).
 
-Neither PyTorch's threads nor NumPy's own BLAS threads are changed, so PyTorch can
-be timed with the same count and a user's NumPy code keeps its settings.
+PyTorch's threads are never changed, so PyTorch can be timed with the same count.
+Nor is NumPy's BLAS thread count, but for the duration of each of fastconv's
+products, when it is one (restored after).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
         grad.adaptive_avg_pool2d_input(x.shape, gs)
         fastconv.adaptive_max_pool2d(x, 3)
         grad.adaptive_max_pool2d_input(x, gs)
-        flat = x.reshape(-1)  # fastconv.nn.ReLU's kernels
-        activation.relu(flat, np.empty_like(flat), dtype(0))
-        activation.relu_backward(flat, flat, np.empty_like(flat), dtype(0))
+        flat, passes = x.reshape(-1), np.empty(x.size, dtype=bool)  # fastconv.nn.ReLU's kernels
+        activation.relu(flat, np.empty_like(flat), passes, dtype(0))
+        activation.relu_backward(passes, flat, np.empty_like(flat), dtype(0))
     return time.perf_counter() - start

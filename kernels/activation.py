@@ -13,25 +13,26 @@ CELLS = 1 << 14  # per iteration
 
 
 @parallel
-def relu(x, out, zero):
+def relu(x, out, passes, zero):
     """out = x where x is not negative, else 0, for 1-D arrays: NaN stays NaN and -0.0
-    stays -0.0, as in torch.relu."""
+    stays -0.0, as in torch.relu. passes = not (x <= 0): where the gradient goes
+    through (a NaN input passes it, as in torch's threshold_backward)."""
     n = x.shape[0]
     for b in prange(-(-n // CELLS)):
         lo, hi = b * CELLS, min(n, (b + 1) * CELLS)
-        src, dst = x[lo:hi], out[lo:hi]
+        src, dst, through = x[lo:hi], out[lo:hi], passes[lo:hi]
         for i in range(hi - lo):
             v = src[i]
             dst[i] = zero if v < zero else v
+            through[i] = not v <= zero
 
 
 @parallel
-def relu_backward(x, grad_output, out, zero):
-    """out = 0 where x <= 0, else grad_output (NaN inputs pass it), for 1-D arrays:
-    torch's threshold_backward."""
-    n = x.shape[0]
+def relu_backward(passes, grad_output, out, zero):
+    """out = grad_output where `passes` (from relu), else 0, for 1-D arrays."""
+    n = passes.shape[0]
     for b in prange(-(-n // CELLS)):
         lo, hi = b * CELLS, min(n, (b + 1) * CELLS)
-        src, grad, dst = x[lo:hi], grad_output[lo:hi], out[lo:hi]
+        through, grad, dst = passes[lo:hi], grad_output[lo:hi], out[lo:hi]
         for i in range(hi - lo):
-            dst[i] = zero if src[i] <= zero else grad[i]
+            dst[i] = grad[i] if through[i] else zero

@@ -7,10 +7,12 @@ tap is one contiguous loop over a whole plane, at any stride and dilation. Taps 
 taken three at a time and output (or input) channels four at a time, the channels of
 one group, so that one load of a plane feeds twelve multiply-adds and the four
 accumulators stay in registers (one channel at a time where four would leave
-threads idle; then the forward takes nine taps per pass). The forward and weight
-gradient pad their tap lists to a multiple of three with taps of weight zero; the
-input gradient takes each phase's (channel, tap) pairs in threes. Loop lengths are
-rounded up to whole vector loops (_rounded).
+threads idle, or in depthwise convolutions; then the forward and the weight
+gradient take nine taps per pass). The forward and weight gradient pad their tap
+lists to a multiple of three (the forward multiplies only the real ones, the weight
+gradient drops the padding taps' sums); the input gradient takes each phase's
+(channel, tap) pairs in threes. Loop lengths are rounded up to whole vector loops
+(_rounded).
 
 A plane that several iterations read (blocks of output channels, of input channels)
 is split into phases, or widened, once before the loop (split_planes,
@@ -22,10 +24,11 @@ output rows only: laid one plane after the other, they also ran over the padding
 rows between the planes (lenet_c2's 12x12 planes for 8x8 outputs: 960 cells for 448
 outputs, against 672 interleaved).
 
-Every prange iteration owns its outputs: the forward a block of output planes of
-one run of samples, the input gradient a block of input planes of one run, the
-weight gradient a block of output channels over a chunk of the batch (the caller
-sums the chunks in a fixed order, so reruns are bitwise identical).
+Every prange iteration owns its outputs: the forward blocks of output planes of a
+run of samples, the input gradient blocks of input planes of a run, the weight
+gradient blocks of output channels over a chunk of the batch (the caller sums the
+chunks in a fixed order, so reruns are bitwise identical). On small planes an
+iteration takes several successive blocks (`spread`), its buffers allocated once.
 """
 
 import functools

@@ -61,30 +61,36 @@ def _leave():
 
 def _forget_pool():
     """In a forked child: the parent's workers do not exist there (nor does whoever
-    held the lock), so start afresh."""
+    held the lock), so start afresh, NumPy's BLAS threads as they were if a product
+    was running."""
     global _state, _users, _executor, _workers
+    if _users:
+        for lib, count in _restore:
+            lib.set_num_threads(count)
     _state, _users, _executor, _workers = threading.Lock(), 0, None, 0
 
 
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _pool(threads):
-    """An executor with threads - 1 workers (the caller is the last one)."""
+def _submit(threads, run, parts):
+    """Futures of run(part) for each part, on an executor of at least threads - 1
+    workers (the caller is the last one). The executor only grows, and is replaced
+    under the lock that submissions hold, so none is shut down under a caller."""
     global _executor, _workers
     with _state:
-        if _workers != threads - 1:
+        if _workers < threads - 1:
             if _executor is not None:
-                _executor.shutdown(wait=False)
+                _executor.shutdown(wait=False)  # its queued work still runs
             _executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="fastconv-gemm")
             _workers = threads - 1
-        return _executor
+        return [_executor.submit(run, part) for part in parts]
 
 
 def blocks(batch, rows, threads):
     """(batch index, first row, end row) blocks of a stack of `batch` products with
     `rows` output rows each: every product whole, or split into rows so that there
-    are at least `threads` blocks (none thinner than MIN_ROWS)."""
+    are at least `threads` blocks where the rows allow (none thinner than MIN_ROWS)."""
     splits = max(1, min(-(-threads // batch), rows // MIN_ROWS))
     edges = [rows * s // splits for s in range(splits + 1)]
     return [(b, edges[s], edges[s + 1]) for b in range(batch) for s in range(splits)]
@@ -97,13 +103,16 @@ def in_parallel(work, threads, run):
     len(work) and threads alone, so reruns are bitwise identical."""
     parts = [work[len(work) * t // threads : len(work) * (t + 1) // threads] for t in range(threads)]
     parts = [part for part in parts if part]
+    if not parts:
+        return []
+    futures = []
     _enter()
     try:
-        if len(parts) == 1:
-            return [run(parts[0])]
-        futures = [_pool(threads).submit(run, part) for part in parts[1:]]
-        return [run(parts[0])] + [future.result() for future in futures]
+        futures = _submit(threads, run, parts[1:]) if len(parts) > 1 else []
+        first = run(parts[0])
+        return [first] + [future.result() for future in futures]
     finally:
+        concurrent.futures.wait(futures)  # no worker still in BLAS when its threads are restored
         _leave()
 
 

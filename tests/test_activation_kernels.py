@@ -20,10 +20,10 @@ def test_relu_kernels(dtype, threads, size, rng):
     x[: min(size, len(SPECIALS))] = SPECIALS[: min(size, len(SPECIALS))]
     g = rng.standard_normal(size).astype(dtype)
     g[-1] = np.nan
-    out, gx = np.full_like(x, 7), np.full_like(x, 7)
+    out, gx, passes = np.full_like(x, 7), np.full_like(x, 7), np.zeros(size, dtype=bool)
     with fastconv.num_threads(threads):
-        activation.relu(x, out, dtype(0))
-        activation.relu_backward(x, g, gx, dtype(0))
+        activation.relu(x, out, passes, dtype(0))
+        activation.relu_backward(passes, g, gx, dtype(0))
     expected = np.where(np.isnan(x) | (x >= 0), x, 0)
     np.testing.assert_array_equal(out, expected)
     assert np.array_equal(np.signbit(out), np.signbit(expected))  # -0.0 kept
@@ -44,3 +44,15 @@ def test_relu_layer_matches_torch_on_special_values(rng):
     np.testing.assert_array_equal(y, ty.detach().numpy())
     assert np.array_equal(np.signbit(y), np.signbit(ty.detach().numpy()))
     np.testing.assert_array_equal(layer.backward(g), tx.grad.numpy())
+
+
+def test_relu_layer_shapes(rng):
+    layer = nn.ReLU()
+    assert layer.forward(np.float64(-2.0)).shape == ()  # a 0-d input stays 0-d
+    x = rng.standard_normal((4, 3))
+    y = layer.forward(x)
+    x[:] = 5.0  # the input changed after forward: the gradient still follows y
+    np.testing.assert_array_equal(layer.backward(np.ones((4, 3))), (y > 0).astype(float))
+    for wrong in [(1, 3), (4, 3, 1), (12,)]:
+        with pytest.raises(ValueError, match="grad_output must have the shape"):
+            layer.backward(np.ones(wrong))

@@ -93,9 +93,10 @@ def test_warmup_compiles_both_dtypes():
     from fastconv.kernels import activation, conv, direct, pool
 
     assert fastconv.warmup() > 0
-    kernels = (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool, activation.relu)
+    kernels = (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool,
+               activation.relu, activation.relu_backward)
     for kernel in kernels:
-        dtypes = {sig[0].dtype.name for sig in kernel.signatures}
+        dtypes = {arg.dtype.name for sig in kernel.signatures for arg in sig[:2] if arg.dtype.name.startswith("float")}
         assert {"float32", "float64"} <= dtypes, kernel
 
 
@@ -107,12 +108,41 @@ def test_gemm_workers_in_a_forked_child(rng):
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: a product on workers of its own (a hang ends at the alarm)
-        signal.alarm(20)
-        child = np.empty((256, 256))
-        gemm.matmul(a, b, child, 2)
-        os.write(writer, b"1" if np.allclose(child, a @ b) else b"0")
-        os._exit(0)
+        try:
+            signal.alarm(20)
+            child = np.empty((256, 256))
+            gemm.matmul(a, b, child, 2)
+            os.write(writer, b"1" if np.allclose(child, a @ b) else b"0")
+        finally:
+            os._exit(0)
     os.close(writer)
     with os.fdopen(reader, "rb") as f:
         assert f.read() == b"1"
     os.waitpid(pid, 0)
+
+
+def test_numpy_blas_single_threaded_inside_products_only():
+    from threadpoolctl import ThreadpoolController
+
+    with ThreadpoolController().limit(limits=2, user_api="blas"):
+        before = _numpy_blas_threads()
+        seen = gemm.in_parallel(list(range(6)), 3, lambda part: _numpy_blas_threads())
+        assert len(seen) == 3 and all(counts == [1] * len(before) for counts in seen)
+        assert _numpy_blas_threads() == before
+    assert gemm.in_parallel([], 2, lambda part: part) == []
+
+
+def test_gemm_pool_serves_changing_thread_counts(rng):
+    # Products asking for different thread counts, from several threads at once:
+    # none may find its executor shut down under it.
+    import concurrent.futures
+
+    a, b = rng.standard_normal((512, 128)), rng.standard_normal((128, 256))
+    expected = a @ b
+
+    def product(threads):
+        out = np.empty_like(expected)
+        return np.allclose(gemm.matmul(a, b, out, threads), expected)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as callers:
+        assert all(callers.map(product, [2, 3, 4, 5, 2, 3, 4, 5] * 3))
