@@ -129,12 +129,15 @@ def matmul(a, b, out, threads, accumulate=False):
     threads = max(1, min(threads, 2 * out.size * a.shape[-1] // MIN_FLOPS))
 
     def run(part):
-        for i, m0, m1 in part:
-            at = index[i]
-            if accumulate:
-                out[at][m0:m1] += a[at][m0:m1] @ b[at]
-            else:
-                np.matmul(a[at][m0:m1], b[at], out=out[at][m0:m1])
+        # IEEE arithmetic on infinities and NaN, silently, as in PyTorch (NumPy's
+        # warnings are per thread)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for i, m0, m1 in part:
+                at = index[i]
+                if accumulate:
+                    out[at][m0:m1] += a[at][m0:m1] @ b[at]
+                else:
+                    np.matmul(a[at][m0:m1], b[at], out=out[at][m0:m1])
 
     in_parallel(blocks(len(index), out.shape[-2], threads), threads, run)
     return out

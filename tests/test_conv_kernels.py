@@ -300,3 +300,22 @@ def test_forward_with_infinite_inputs(path, kernel, groups, rng):
     assert np.isinf(expected).any()
     with dispatch.force_path(path):
         assert_close(fastconv.conv2d(x, w, **kw), expected, np.float64)
+
+
+@path_param
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding, stride", [(0, 1), (0, 2), (2, 1), (((0, 1), (2, 0)), (2, 3))])
+def test_weight_gradient_with_infinite_inputs(path, dtype, padding, stride, rng):
+    # Input cells reached only by the wide layout's extra columns must not make NaN
+    # where PyTorch's sums are infinite.
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    x[0, 1, 4, 7], x[1, 0, 8, 0], x[1, 2, 0, 3] = np.inf, -np.inf, np.inf
+    kw = dict(stride=stride, padding=padding)
+    wshape = (4, 3, 3, 3)
+    gy = rng.standard_normal(reference.conv2d(np.zeros_like(x), np.zeros(wshape, dtype), **kw).shape).astype(dtype)
+    tpad = padding if isinstance(padding, int) else 0
+    tx = torch.nn.functional.pad(torch.from_numpy(x), (2, 0, 0, 1)) if tpad != padding else torch.from_numpy(x)
+    expected = torch.nn.grad.conv2d_weight(tx, wshape, torch.from_numpy(gy), stride=stride, padding=tpad).numpy()
+    with dispatch.force_path(path):
+        assert_close(grad.conv2d_weight(x, wshape, gy, **kw), expected, dtype)
