@@ -4,8 +4,8 @@ speed and results side by side, over the benchmark catalogue.
 Every case is timed for each implementation interleaved in this one process with the
 same thread count (median of rounds after a warm-up call; see fastconv.timing).
 Results are compared with the reference (and PyTorch); a result outside tolerance,
-or an exception, is an error row and makes the command exit non-zero. Compile time is measured apart, in
-fresh processes, never inside the kernel times.
+or an exception, is an error row and makes the command exit non-zero. Compile time
+is measured apart, in fresh processes, never inside the kernel times.
 
 Both Numba and PyTorch run OpenMP thread pools that by default spin for a while
 after each parallel region; when two libraries alternate, each one's spinning

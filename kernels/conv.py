@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .gemm import MIN_FLOPS, in_parallel, matmul
+from .gemm import in_parallel, matmul, threads_for
 from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
 
 # ------------------------------------------------------------------ im2col family
@@ -150,7 +150,7 @@ class _Packing:
 
     def __init__(self, g, itemsize, threads):
         self.g = g
-        threads = max(1, min(threads, g.flops // MIN_FLOPS))  # small ones on the caller
+        threads = threads_for(g.flops, threads)
         self.hq, self.row = phase_shape(g)
         self.length = (g.oh - 1) * self.row + g.ow
         self.starts = tap_starts(g, [(i, j) for i in range(g.kh) for j in range(g.kw)], self.hq, self.row)

@@ -40,6 +40,7 @@ from ._jit import parallel, serial
 from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
 
 BLOCK = 4  # channels per iteration, at most
+LOOP_CELLS = 1024  # cells an iteration's loops should cover, at least (_blocking, _spread)
 PARTIAL_BYTES = 1 << 21  # the weight gradient's per-chunk sums, at most
 
 
@@ -454,15 +455,23 @@ def _blocking(samples, groups, channels, cells, threads):
     block count, whether more than one block reads each plane (which is then split
     or widened once, before the loop; else each iteration does its own: for
     depthwise, a pre-pass measured 3x slower, its output fresh memory), and the
-    samples per run when shared: loops of about 1024 cells (a few 16-cell vector
-    loops is mostly loop overhead) while every thread keeps two iterations."""
+    samples per run when shared: loops of about LOOP_CELLS cells (a few 16-cell
+    vector loops is mostly loop overhead) while every thread keeps two iterations."""
     block = _block(samples, groups, channels, threads)
     blocks = groups * -(-channels // block)
     shared = blocks > groups
-    runs_of = max(1, min(samples, 1024 // cells)) if shared else 1
+    runs_of = max(1, min(samples, LOOP_CELLS // cells)) if shared else 1
     while runs_of > 1 and -(-samples // runs_of) * blocks < 2 * threads:
         runs_of -= 1
     return block, blocks, shared, runs_of
+
+
+def _spread(items, cells, threads):
+    """Successive items (blocks of channels of a run) per iteration, each over `cells`
+    cells: small planes that no run joins (depthwise) take about LOOP_CELLS cells per
+    iteration too, while every thread keeps four iterations. An iteration per plane
+    cost as much again in allocations and loop setup on 16x16 depthwise planes."""
+    return max(1, min(LOOP_CELLS // cells, items // (4 * threads)))
 
 
 class _Plan:
@@ -478,12 +487,7 @@ class _Plan:
         self.length = _rounded(((g.oh - 1) * self.runs_of + self.runs_of - 1) * wq + g.ow)
         self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
         self.runs = -(-g.n // self.runs_of)
-        # successive blocks per forward iteration: small planes that no run joins
-        # (depthwise) take about a thousand cells per iteration too, while every
-        # thread keeps four iterations; an iteration per plane cost as much again
-        # in allocations and loop setup on 16x16 depthwise planes
-        blocks = self.runs * g.groups * -(-(g.c_out // g.groups) // self.block)
-        self.spread = max(1, min(1024 // (self.runs_of * hq * wq), blocks // (4 * threads)))
+        self.spread = _spread(self.runs * g.groups * -(-(g.c_out // g.groups) // self.block), self.runs_of * hq * wq, threads)
 
     def phased(self, x, g):
         """x split into phases (split_planes), or an empty array (see above)."""
@@ -508,8 +512,8 @@ def forward_driver(x, weight, g, threads):
 @functools.lru_cache(maxsize=256)
 def _input_plan(g, pitch):
     """input_grad's plan for geometry g and rows `pitch` cells apart (built once per
-    shape): its chunks, bounds and
-    channels per pass, and for each chunk's three pairs the weight's (row, i, j),
+    shape): its chunks, bounds and channels per pass, and for each chunk's three
+    pairs the weight's (row, i, j),
     row g.c_out // g.groups for a missing pair. Channels are taken three at a time
     where that saves passes, that is where a phase's tap count is not a multiple
     of three (a stride-2 3x3 kernel: five passes per channel against three), else
@@ -589,8 +593,7 @@ def input_driver(weight, grad_output, g, threads):
     if shared:
         widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
         widen_planes(grad_output, widened, extension, wq, runs_of)
-    items = -(-g.n // runs_of) * g.groups * -(-(g.c_in // g.groups) // block)
-    spread = max(1, min(1024 // (runs_of * hq * wq), items // (4 * threads)))  # as the forward's
+    spread = _spread(-(-g.n // runs_of) * g.groups * -(-(g.c_in // g.groups) // block), runs_of * hq * wq, threads)
     input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread)
     return gx
 
@@ -614,8 +617,7 @@ def weight_driver(x, grad_output, g, threads):
         # channel's planes for all samples lie a sample apart: depthwise took 2.9 ms
         # so against the forward's 1.7 once its arrays outgrew the cache.
         chunks = max(chunks, min(plan.runs, PARTIAL_BYTES // (sums * x.itemsize)))
-    # successive items per iteration on small planes, as the forward's spread
-    spread = max(1, min(1024 // (plan.runs_of * plan.hq * plan.wq), chunks * blocks // (4 * threads)))
+    spread = _spread(chunks * blocks, plan.runs_of * plan.hq * plan.wq, threads)
     partial = np.empty((chunks, g.c_out, g.c_in // g.groups, len(plan.taps)), dtype=x.dtype)
     phased = plan.phased(x, g)
     weight_grad(x, phased, grad_output, plan.starts, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block, spread)

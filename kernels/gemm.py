@@ -87,6 +87,12 @@ def _submit(threads, run, parts):
         return [_executor.submit(run, part) for part in parts]
 
 
+def threads_for(flops, threads):
+    """Threads worth handing `flops` of products to: at most `threads`, MIN_FLOPS each
+    (small ones on the caller alone)."""
+    return max(1, min(threads, flops // MIN_FLOPS))
+
+
 def blocks(batch, rows, threads):
     """(batch index, first row, end row) blocks of a stack of `batch` products with
     `rows` output rows each: every product whole, or split into rows so that there
@@ -126,7 +132,7 @@ def matmul(a, b, out, threads, accumulate=False):
     a = np.broadcast_to(a, stack + a.shape[-2:])
     b = np.broadcast_to(b, stack + b.shape[-2:])
     index = list(np.ndindex(stack))
-    threads = max(1, min(threads, 2 * out.size * a.shape[-1] // MIN_FLOPS))
+    threads = threads_for(2 * out.size * a.shape[-1], threads)
 
     def run(part):
         # IEEE arithmetic on infinities and NaN, silently, as in PyTorch (NumPy's
