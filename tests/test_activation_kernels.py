@@ -5,6 +5,8 @@ blocks, both dtypes, non-contiguous inputs, either thread count."""
 import numpy as np
 import pytest
 from fastconv.kernels import activation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastconv
 from fastconv import nn
@@ -56,3 +58,19 @@ def test_relu_layer_shapes(rng):
     for wrong in [(1, 3), (4, 3, 1), (12,)]:
         with pytest.raises(ValueError, match="grad_output must have the shape"):
             layer.backward(np.ones(wrong))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.sampled_from(SPECIALS) | st.floats(-1e6, 1e6), min_size=1, max_size=3 * activation.CELLS // 1000),
+    st.integers(1, 40), st.sampled_from([np.float32, np.float64]), st.integers(1, 2),
+)
+def test_relu_kernels_random(values, repeat, dtype, threads):
+    x = np.array(values * repeat, dtype=dtype)
+    g = np.arange(x.size, dtype=dtype) - 7
+    out, gx, passes = np.empty_like(x), np.empty_like(x), np.empty(x.size, dtype=bool)
+    with fastconv.num_threads(threads):
+        activation.relu(x, out, passes, dtype(0))
+        activation.relu_backward(passes, g, gx, dtype(0))
+    np.testing.assert_array_equal(out, np.where(np.isnan(x) | (x >= 0), x, 0))
+    np.testing.assert_array_equal(gx, np.where(x <= 0, 0, g))

@@ -9,6 +9,8 @@ import numba
 import numpy as np
 import pytest
 from fastconv.kernels import gemm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastconv
 from fastconv import dispatch, grad
@@ -146,3 +148,14 @@ def test_gemm_pool_serves_changing_thread_counts(rng):
 
     with concurrent.futures.ThreadPoolExecutor(4) as callers:
         assert all(callers.map(product, [2, 3, 4, 5, 2, 3, 4, 5] * 3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 300), st.integers(1, 200), st.integers(1, 200), st.integers(1, 5), st.booleans(), st.integers(0, 2**16))
+def test_gemm_matmul_random(batch, m, k, n, threads, accumulate, seed):
+    # up to 72 MFLOP: above MIN_FLOPS a thread, so products split across threads too
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((batch, m, k)), rng.standard_normal((k, n))
+    out = rng.standard_normal((batch, m, n))
+    expected = out + a @ b if accumulate else a @ b
+    assert_close(gemm.matmul(a, b, out, threads, accumulate=accumulate), expected, np.float64)
