@@ -3,8 +3,8 @@
 conv2d, conv_transpose2d and their gradients all reduce to three computations on
 a convolution geometry (forward, input gradient, weight gradient); conv_transpose2d
 is the input gradient of the convolution it is the adjoint of. Each is run by the
-GEMM family (im2col + BLAS, fastconv.kernels.conv) or the direct family (loops,
-fastconv.kernels.direct).
+GEMM family (im2col + BLAS, fastconv.kernels.conv), the direct family (loops,
+fastconv.kernels.direct) or Winograd's F(2x2, 3x3) (fastconv.kernels.winograd).
 """
 
 from __future__ import annotations
@@ -16,28 +16,36 @@ import numpy as np
 from fastconv import reference
 from fastconv.kernels import conv as K
 from fastconv.kernels import direct as D
+from fastconv.kernels import winograd as W
 from fastconv.params import ConvGeometry
 from fastconv.threads import get_num_threads
 
-PATHS = ("gemm", "direct")
+PATHS = ("gemm", "direct", "winograd")
 _forced: str | None = None
+# Channels (in and out) from which Winograd's products beat the direct loops; below,
+# its transforms cost more than the multiplications they save.
+WINOGRAD_CHANNELS = 32
 
 
 def conv_path(g: ConvGeometry) -> str:
     """'gemm' for 1x1 convolutions over several channels (a plain matrix product;
-    the direct kernels would pad the one tap to three); 'direct' for the rest, every
-    stride, dilation and group count. Measured on the catalogue (python -m
-    fastconv bench)."""
+    the direct kernels would pad the one tap to three); 'winograd' for stride-1 3x3
+    convolutions of one group over WINOGRAD_CHANNELS channels or more; 'direct' for
+    the rest, every stride, dilation and group count. Measured on the catalogue
+    (python -m fastconv bench)."""
     if _forced is not None:
-        return _forced
+        return _forced if _forced != "winograd" or W.applicable(g) else "direct"
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
+    if W.applicable(g) and min(g.c_in, g.c_out) >= WINOGRAD_CHANNELS:
+        return "winograd"
     return "direct"
 
 
 @contextlib.contextmanager
 def force_path(path: str | None):
-    """Run every convolution inside on one path ('gemm' or 'direct'), for benchmarks."""
+    """Run every convolution inside on one path, for benchmarks: 'gemm', 'direct', or
+    'winograd' (the convolutions it computes, W.applicable; the others direct)."""
     global _forced
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be one of {PATHS} or None, got {path!r}")
@@ -54,23 +62,52 @@ def _contiguous(*arrays):
 
 def forward(x, weight, g: ConvGeometry):
     x, weight = _contiguous(x, weight)
-    if conv_path(g) == "gemm":
+    path = conv_path(g)
+    if path == "gemm":
         return K.gemm_forward(x, weight, g, get_num_threads())
+    if path == "winograd":
+        out = W.forward(x, weight, g, get_num_threads())
+        if out is not None:
+            return out
+        # an output is not finite: the direct sums give PyTorch's infinities
     return D.forward_driver(x, weight, g, get_num_threads())
+
+
+def _adjoint(grad_output, g: ConvGeometry):
+    """At stride 1 the input gradient is the forward convolution of grad_output with
+    the flipped kernel (D._flipped) in the adjoint geometry, padded by d(k-1) - p: that
+    geometry and grad_output, cropped where the padding is negative at the top or left
+    (Winograd's split pads; cells past the bottom and right are never read)."""
+    a = D._adjoint(g)
+    top, left = max(0, -a.pt), max(0, -a.pl)
+    if top or left:
+        grad_output = np.ascontiguousarray(grad_output[:, :, top:, left:])
+        a = a._replace(h=a.h - top, w=a.w - left, pt=a.pt + top, pl=a.pl + left)
+    return grad_output, a
 
 
 def input_grad(weight, grad_output, g: ConvGeometry):
     weight, grad_output = _contiguous(weight, grad_output)
-    if conv_path(g) == "gemm":
+    path = conv_path(g)
+    if path == "gemm":
         return K.gemm_input(weight, grad_output, g, get_num_threads())
+    if path == "winograd":
+        cropped, a = _adjoint(grad_output, g)
+        gx = W.forward(cropped, D._flipped(weight, g), a, get_num_threads())
+        if gx is not None:
+            return gx
     return D.input_driver(weight, grad_output, g, get_num_threads())
 
 
 def weight_grad(x, grad_output, g: ConvGeometry):
     x, grad_output = _contiguous(x, grad_output)
-    if conv_path(g) == "gemm":
+    path = conv_path(g)
+    gw = None
+    if path == "gemm":
         gw = K.gemm_weight(x, grad_output, g, get_num_threads())
-    else:
+    elif path == "winograd":
+        gw = W.weight_grad(x, grad_output, g, get_num_threads())
+    if gw is None:
         gw = D.weight_driver(x, grad_output, g, get_num_threads())
     if np.isnan(gw).any() and not np.isfinite(x).all():
         # Both paths compute whole rows of the wide layout, whose extra cells meet

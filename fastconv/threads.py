@@ -13,6 +13,30 @@ import os
 
 import numba
 
+# Numba's OpenMP workers (GNU libgomp) spin for milliseconds after each parallel kernel
+# by default (GOMP_SPINCOUNT 300000), holding a core that fastconv's GEMM threads
+# need next: on 2 cores a Winograd forward right after a direct kernel took 19 ms,
+# against 12 ms with a short spin. libgomp reads GOMP_SPINCOUNT when it loads, which
+# is when Numba starts its threads; so they start here, with a short spin (about
+# 0.2 ms: back-to-back Numba kernels still find the workers awake), and the
+# environment is restored after, so that a libgomp loaded later (PyTorch's own copy)
+# keeps its default. A GOMP_SPINCOUNT or OMP_WAIT_POLICY set by the user is left
+# alone, as is a pool that Numba has already started.
+SPIN_COUNT = "10000"
+
+
+def _start_numba_threads() -> None:
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    try:
+        numba.get_num_threads()  # starts Numba's pool, loading its threading layer
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+
+
+_start_numba_threads()
+
 
 def get_num_threads() -> int:
     """Threads fastconv's kernels run on."""

@@ -50,6 +50,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
         fastconv.adaptive_max_pool2d(x, 3)
         grad.adaptive_max_pool2d_input(x, gs)
         flat, passes = x.reshape(-1), np.empty(x.size, dtype=bool)  # fastconv.nn.ReLU's kernels
-        activation.relu(flat, np.empty_like(flat), passes, dtype(0))
-        activation.relu_backward(passes, flat, np.empty_like(flat), dtype(0))
+        zero = np.dtype(dtype).type(0)
+        activation.relu(flat, np.empty_like(flat), passes, zero)
+        activation.relu_backward(passes, flat, np.empty_like(flat), zero)
     return time.perf_counter() - start

@@ -91,12 +91,13 @@ def test_results_agree_across_thread_counts(path, rng):
         assert_close(a, b, np.float64)
 
 
-def test_warmup_compiles_both_dtypes():
-    from fastconv.kernels import activation, conv, direct, pool
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float64), ("float32", "float64")])
+def test_warmup_compiles_both_dtypes(dtypes):
+    from fastconv.kernels import activation, conv, direct, pool, winograd
 
-    assert fastconv.warmup() > 0
+    assert fastconv.warmup(dtypes) > 0
     kernels = (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool,
-               activation.relu, activation.relu_backward)
+               activation.relu, activation.relu_backward, winograd.transform_input, winograd.transform_output, winograd.transform_grad_output)
     for kernel in kernels:
         dtypes = {arg.dtype.name for sig in kernel.signatures for arg in sig[:2] if arg.dtype.name.startswith("float")}
         assert {"float32", "float64"} <= dtypes, kernel
