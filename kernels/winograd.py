@@ -32,7 +32,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .gemm import in_parallel
+from .gemm import in_turn, matmul
 from .phases import to_phases
 
 M, R = 2, 3  # outputs per tile side, kernel side
@@ -43,6 +43,8 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 EXTRA = (ALPHA - 1) // M  # tile rows (and columns) a tile row reads beyond its own
 TILE_BYTES = 3 << 19  # a unit's transformed inputs and products, at most
 VECTOR_BYTES = 256  # LLVM's vector loop: four AVX-512 vectors
+GROUPS_PER_THREAD = 4  # the weight gradient's groups of units, for threads to take in turn
+PAIRS = 8  # tiles per stretch of the copies to and from the planes
 CHUNK = 256  # cells per stretch of a pass (24 rows of them stay in L1)
 
 
@@ -120,47 +122,69 @@ def transform_input(phases, v, segments, wq, round_to, row_tables, row_coefs, co
 def exchange(tiles, planes, segments, dilation_phases, dh, dw, wq, pitch, to_planes):
     """Copy the 2x2 outputs of the unit's tiles between tiles (M*M, 1, K*P), cell
     (i, j) of channel k's tile at column k*P + the tile's, and planes (N, K, oh, ow):
-    into planes when to_planes, returning the count of values that are not finite
-    (v - v is NaN; a sum of them would be folded away by reassociation), else out
-    of them."""
-    bad = 0
+    into planes when to_planes, else out of them."""
     oh, ow = planes.shape[2], planes.shape[3]
     step = dw * M
     for g in range(segments.shape[0]):
         n, p, a0, nb, col = segments[g, 0], segments[g, 1], segments[g, 2], segments[g, 3], segments[g, 4]
         ry, rx = dilation_phases[p, 0], dilation_phases[p, 1]
+        # undilated columns: both cells of a tile row in one loop (adjacent cells)
+        pairs = (ow - rx) // step if dw == 1 else 0
         for k in range(planes.shape[1]):
             for a in range(nb):
                 for i in range(M):
                     row = ry + dh * (M * (a0 + a) + i)
                     if row >= oh:
                         break
-                    plane_row = planes[n, k, row]
+                    plane_row = planes[n, k, row, rx:]
+                    first = tiles[i * M, 0, k * pitch + col + a * wq :]
+                    second = tiles[i * M + 1, 0, k * pitch + col + a * wq :]
+                    # stretches of PAIRS: a loop of constant length vectorises, a
+                    # variable one shorter than LLVM's unrolled vector loop runs scalar
+                    for t0 in range(0, pairs - PAIRS + 1, PAIRS):
+                        if to_planes:
+                            for t in range(PAIRS):
+                                plane_row[2 * (t0 + t)] = first[t0 + t]
+                                plane_row[2 * (t0 + t) + 1] = second[t0 + t]
+                        else:
+                            for t in range(PAIRS):
+                                first[t0 + t] = plane_row[2 * (t0 + t)]
+                                second[t0 + t] = plane_row[2 * (t0 + t) + 1]
                     for j in range(M):
-                        x0 = rx + dw * j
                         cells = tiles[i * M + j, 0, k * pitch + col + a * wq :]
-                        for t in range((ow - x0 + step - 1) // step):
+                        for t in range(pairs // PAIRS * PAIRS, (ow - rx - dw * j + step - 1) // step):
                             if to_planes:
-                                value = cells[t]
-                                plane_row[x0 + step * t] = value
-                                if value - value != 0.0:
-                                    bad += 1
+                                plane_row[dw * j + step * t] = cells[t]
                             else:
-                                cells[t] = plane_row[x0 + step * t]
-    return bad
+                                cells[t] = plane_row[dw * j + step * t]
+
+
+@serial
+def non_finite(rows, length):
+    """Whether a cell of rows[:, 0, :length] is not finite (v - v is NaN there). Not
+    fastmath, whose reassociation folds v - v away; an or of comparisons vectorises
+    all the same."""
+    found = False
+    for r in range(rows.shape[0]):
+        cells = rows[r, 0, :length]
+        for q in range(length):
+            found |= cells[q] - cells[q] != 0.0
+    return found
 
 
 @serial(fastmath=True)
 def transform_output(products, out, segments, dilation_phases, dh, dw, wq, row_table, row_coefs, col_table, col_coefs, scratch):
     """out at each segment's outputs = At products A; products (16, K, P), scratch
-    (ALPHA*M + M*M, 1, K*P). Returns the count of outputs that are not finite."""
+    (ALPHA*M + M*M, 1, K*P). Returns whether an output (or a dropped one) is not
+    finite."""
     k_, pitch = products.shape[1], products.shape[2]
     length = k_ * pitch
     s = scratch[: ALPHA * M]
     y = scratch[ALPHA * M :]
     apply_passes(products.reshape(products.shape[0], 1, length), 0, 0, s, 0, row_table, row_coefs, 0, length, 0)
     apply_passes(s, 0, 0, y, 0, col_table, col_coefs, 0, length, 0)
-    return exchange(y, out, segments, dilation_phases, dh, dw, wq, pitch, True)
+    exchange(y, out, segments, dilation_phases, dh, dw, wq, pitch, True)
+    return non_finite(y, length)
 
 
 @serial(fastmath=True)
@@ -310,15 +334,17 @@ G_BOTH = np.kron(G, G)
 
 
 def _transformed_weight(weight):
-    """U (16, K, C) = G w Gt of every kernel, computed in float64."""
+    """U (16, K, C) = G w Gt of every kernel, computed in float64 (on this thread: a
+    NumPy product would wake OpenBLAS's spinning workers, see fastconv.kernels.gemm)."""
     k_, c_ = weight.shape[:2]
     taps = weight.reshape(k_ * c_, R * R).T.astype(np.float64)
-    return (G_BOTH @ taps).astype(weight.dtype).reshape(ALPHA * ALPHA, k_, c_)
+    u = matmul(G_BOTH, taps, np.empty((ALPHA * ALPHA, k_ * c_)), 1)
+    return u.astype(weight.dtype).reshape(ALPHA * ALPHA, k_, c_)
 
 
 def _weight_from_transformed(hat, k_, c_):
     """w (K, C, 3, 3) = Gt hat G of the summed products hat (16, K, C), in float64."""
-    taps = G_BOTH.T @ hat.reshape(ALPHA * ALPHA, k_ * c_).astype(np.float64)
+    taps = matmul(G_BOTH.T, hat.reshape(ALPHA * ALPHA, k_ * c_).astype(np.float64), np.empty((R * R, k_ * c_)), 1)
     return np.ascontiguousarray(taps.T).reshape(k_, c_, R, R)
 
 
@@ -336,18 +362,15 @@ def forward(x, weight, g, threads):
     out = np.empty(g.output_shape, dtype=dt)
     tables = (*plan.table("output_rows", dt), *plan.table("output_cols", dt))
 
-    def run(units):
-        work = plan.workspace(dt)
-        bad = 0
+    def run(work, segments):
+        """The unit's outputs; whether one is not finite."""
+        v = plan.transformed_input(phases, work, segments)
         with np.errstate(invalid="ignore", over="ignore"):
-            for segments in units:
-                v = plan.transformed_input(phases, work, segments)
-                np.matmul(u, v, out=work["products"])
-                scratch = plan.scratch(work, ALPHA * M + M * M, g.c_out * plan.pitch)
-                bad += transform_output(work["products"], out, segments, plan.dilation_phases, g.dh, g.dw, plan.wq, *tables, scratch)
-        return bad
+            np.matmul(u, v, out=work["products"])
+        scratch = plan.scratch(work, ALPHA * M + M * M, g.c_out * plan.pitch)
+        return transform_output(work["products"], out, segments, plan.dilation_phases, g.dh, g.dw, plan.wq, *tables, scratch)
 
-    return out if sum(in_parallel(plan.units, threads, run)) == 0 else None
+    return None if any(in_turn(plan.units, threads, lambda: plan.workspace(dt), run)) else out
 
 
 def weight_grad(x, grad_output, g, threads):
@@ -358,12 +381,15 @@ def weight_grad(x, grad_output, g, threads):
     phases = plan.split(x)
     tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
 
-    def run(units):
-        """This thread's units' sum."""
+    def setup():
         work = plan.workspace(dt)
+        work["part"] = np.empty((ALPHA * ALPHA, g.c_out, g.c_in), dtype=dt)
+        work["columns"] = np.empty((ALPHA * ALPHA, plan.pitch, g.c_in), dtype=dt)
+        return work
+
+    def run(work, units):
+        """The sum of the products of a group of units, in order."""
         total = np.zeros((ALPHA * ALPHA, g.c_out, g.c_in), dtype=dt)
-        part = np.empty_like(total)
-        columns = np.empty((ALPHA * ALPHA, plan.pitch, g.c_in), dtype=dt)
         with np.errstate(invalid="ignore", over="ignore"):
             for segments in units:
                 v = plan.transformed_input(phases, work, segments)
@@ -371,12 +397,16 @@ def weight_grad(x, grad_output, g, threads):
                 transform_grad_output(grad_output, work["products"], segments, plan.dilation_phases, g.dh, g.dw, plan.wq, *tables, scratch)
                 # BLAS multiplies by a transposed operand at 60% of its speed here (16
                 # products of 64 x 192 by 192 x 64: 395 against 232 us with the copy)
-                columns[...] = v.transpose(0, 2, 1)
-                np.matmul(work["products"], columns, out=part)
-                total += part
+                work["columns"][...] = v.transpose(0, 2, 1)
+                np.matmul(work["products"], work["columns"], out=work["part"])
+                total += work["part"]
         return total
 
-    parts = in_parallel(plan.units, threads, run)
+    # groups of units fixed by the shape and thread count, summed in order: reruns
+    # are bitwise identical, whichever thread took a group
+    count = min(len(plan.units), GROUPS_PER_THREAD * threads)
+    groups = [plan.units[len(plan.units) * i // count : len(plan.units) * (i + 1) // count] for i in range(count)]
+    sums = in_turn(groups, threads, setup, run)
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite sum: recomputed
-        gw = _weight_from_transformed(sum(parts), g.c_out, g.c_in)
+        gw = _weight_from_transformed(sum(sums), g.c_out, g.c_in)
     return gw.astype(dt) if np.isfinite(gw).all() else None
