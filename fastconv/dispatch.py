@@ -22,22 +22,36 @@ from fastconv.threads import get_num_threads
 
 PATHS = ("gemm", "direct", "winograd")
 _forced: str | None = None
-# Channels (in and out) from which Winograd's products beat the direct loops; below,
-# its transforms cost more than the multiplications they save.
-WINOGRAD_CHANNELS = 32
+# Where Winograd's products beat the direct loops (python -m fastconv bench, and
+# per-pass timings of both paths on 16 shapes): channels in and out, outputs per
+# dilation phase along each side, and forward flops. Below them its transforms and
+# dropped tiles cost more than the multiplications it saves.
+WINOGRAD_CHANNELS = 48
+WINOGRAD_SIDE = 12
+WINOGRAD_FLOPS = 1 << 27
 
 
-def conv_path(g: ConvGeometry) -> str:
+def _winograd_pays(g: ConvGeometry) -> bool:
+    return (
+        min(g.c_in, g.c_out) >= WINOGRAD_CHANNELS
+        and min(-(-g.oh // g.dh), -(-g.ow // g.dw)) >= WINOGRAD_SIDE
+        and g.flops >= WINOGRAD_FLOPS
+    )
+
+
+def conv_path(g: ConvGeometry, weight_gradient: bool = False) -> str:
     """'gemm' for 1x1 convolutions over several channels (a plain matrix product;
-    the direct kernels would pad the one tap to three); 'winograd' for stride-1 3x3
-    convolutions of one group over WINOGRAD_CHANNELS channels or more; 'direct' for
-    the rest, every stride, dilation and group count. Measured on the catalogue
-    (python -m fastconv bench)."""
+    the direct kernels would pad the one tap to three); 'winograd' for the forward
+    and input gradient of stride-1 3x3 convolutions of one group where it pays
+    (_winograd_pays); 'direct' for the rest, every stride, dilation and group count.
+    Winograd's weight gradient runs only when forced: measured, it was no faster
+    than the direct loops on most shapes (two transforms and a transposed copy per
+    unit of work for one product)."""
     if _forced is not None:
         return _forced if _forced != "winograd" or W.applicable(g) else "direct"
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
-    if W.applicable(g) and min(g.c_in, g.c_out) >= WINOGRAD_CHANNELS:
+    if W.applicable(g) and _winograd_pays(g) and not weight_gradient:
         return "winograd"
     return "direct"
 
@@ -101,7 +115,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
 
 def weight_grad(x, grad_output, g: ConvGeometry):
     x, grad_output = _contiguous(x, grad_output)
-    path = conv_path(g)
+    path = conv_path(g, weight_gradient=True)
     gw = None
     if path == "gemm":
         gw = K.gemm_weight(x, grad_output, g, get_num_threads())
