@@ -29,9 +29,8 @@ is infinite: the drivers return None when an output is not finite, and the calle
 import functools
 
 import numpy as np
-from numba import prange
 
-from ._jit import parallel, serial
+from ._jit import serial
 from .gemm import in_turn, matmul
 from .phases import to_phases
 
@@ -84,17 +83,15 @@ def apply_passes(src, srow, smid, dst, dmid, table, coefs, start, length, dstart
                 d[q] = c0 * s0[q] + c1 * s1[q] + c2 * s2[q]
 
 
-@parallel
-def split_batch(x, phases, top, left, fh, fw, hq, wq):
-    """phases[n, c, :fh*fw*hq*wq] = the (fh, fw) phases of x[n, c] zero-padded at
-    (top, left), the cells after them (read by dropped tiles) zero."""
+@serial
+def split_planes(x, phases, top, left, fh, fw, hq, wq):
+    """phases[c, :fh*fw*hq*wq] = the (fh, fw) phases of x[c] zero-padded at (top,
+    left), the cells after them (read by dropped tiles) zero."""
     size = fh * fw * hq * wq
-    n_, c_ = x.shape[0], x.shape[1]
-    for t in prange(n_ * c_):
-        n, c = t // c_, t % c_
-        scratch = np.empty(size, dtype=x.dtype)
-        to_phases(x[n, c], phases[n, c, :size], scratch, top, left, fh, fw, hq, wq)
-        phases[n, c, size:] = 0.0
+    scratch = np.empty(size, dtype=x.dtype)
+    for c in range(x.shape[0]):
+        to_phases(x[c], phases[c, :size], scratch, top, left, fh, fw, hq, wq)
+        phases[c, size:] = 0.0
 
 
 @serial(fastmath=True)
@@ -294,11 +291,17 @@ class _Plan:
         table, coefs = self.tables[name]
         return table, coefs.astype(dtype)
 
-    def split(self, x):
-        """The split phases of every sample of x: (N, C, cells)."""
+    def split(self, x, threads):
+        """The split phases of every sample of x, (N, C, cells), on fastconv's GEMM
+        threads (a Numba parallel loop here would leave its OpenMP workers spinning
+        on the cores the products need next)."""
         g = self.g
         phases = np.empty((g.n, x.shape[1], self.cells), dtype=x.dtype)
-        split_batch(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
+
+        def run(_, n):
+            split_planes(x[n], phases[n], g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
+
+        in_turn(range(g.n), threads, lambda: None, run)
         return phases
 
     def workspace(self, dtype):
@@ -358,7 +361,7 @@ def forward(x, weight, g, threads):
     dt = x.dtype
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
         u = _transformed_weight(weight)
-    phases = plan.split(x)
+    phases = plan.split(x, threads)
     out = np.empty(g.output_shape, dtype=dt)
     tables = (*plan.table("output_rows", dt), *plan.table("output_cols", dt))
 
@@ -378,7 +381,7 @@ def weight_grad(x, grad_output, g, threads):
     g (applicable); None if a sum is not finite."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
-    phases = plan.split(x)
+    phases = plan.split(x, threads)
     tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
 
     def setup():
