@@ -39,20 +39,20 @@ def _winograd_pays(g: ConvGeometry) -> bool:
     )
 
 
-def conv_path(g: ConvGeometry, weight_gradient: bool = False) -> str:
+def conv_path(g: ConvGeometry, weight_gradient: bool = False, itemsize: int = 4) -> str:
     """'gemm' for 1x1 convolutions over several channels (a plain matrix product;
-    the direct kernels would pad the one tap to three); 'winograd' for the forward
-    and input gradient of stride-1 3x3 convolutions of one group where it pays
-    (_winograd_pays); 'direct' for the rest, every stride, dilation and group count.
-    Winograd's weight gradient runs only when forced: measured, it was no faster
-    than the direct loops on most shapes (two transforms and a transposed copy per
-    unit of work for one product)."""
+    the direct kernels would pad the one tap to three); 'winograd' for stride-1 3x3
+    convolutions of one group where it pays (_winograd_pays); 'direct' for the rest,
+    every stride, dilation and group count. Winograd's weight gradient (two
+    transforms and a transposed copy per product) runs on float64 arrays (itemsize 8)
+    over 64+ channels: in float32 it measured no faster than the direct loops."""
     if _forced is not None:
         return _forced if _forced != "winograd" or W.applicable(g) else "direct"
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
-    if W.applicable(g) and _winograd_pays(g) and not weight_gradient:
-        return "winograd"
+    if W.applicable(g) and _winograd_pays(g):
+        if not weight_gradient or (itemsize == 8 and min(g.c_in, g.c_out) >= 64):
+            return "winograd"
     return "direct"
 
 
@@ -115,7 +115,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
 
 def weight_grad(x, grad_output, g: ConvGeometry):
     x, grad_output = _contiguous(x, grad_output)
-    path = conv_path(g, weight_gradient=True)
+    path = conv_path(g, weight_gradient=True, itemsize=x.itemsize)
     gw = None
     if path == "gemm":
         gw = K.gemm_weight(x, grad_output, g, get_num_threads())
