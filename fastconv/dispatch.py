@@ -39,20 +39,34 @@ def _winograd_pays(g: ConvGeometry) -> bool:
     )
 
 
-def conv_path(g: ConvGeometry, weight_gradient: bool = False, itemsize: int = 4) -> str:
-    """'gemm' for 1x1 convolutions over several channels (a plain matrix product;
-    the direct kernels would pad the one tap to three); 'winograd' for stride-1 3x3
-    convolutions of one group where it pays (_winograd_pays); 'direct' for the rest,
-    every stride, dilation and group count. Winograd's weight gradient (two
-    transforms and a transposed copy per product) runs on float64 arrays (itemsize 8)
-    over 64+ channels: in float32 it measured no faster than the direct loops."""
+PASSES = ("forward", "input", "weight")
+
+
+def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) -> str:
+    """The path of one computation (a PASSES name) of geometry g on arrays of
+    `itemsize` bytes, as measured per pass on the catalogue and other shapes:
+
+    - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
+      direct kernels would pad the one tap to three), for the input gradient of
+      strided convolutions of one group (col2im beat the direct gather by 3-46% on
+      all six strided shapes measured, both dtypes), and for every pass of wide
+      strided ones in float64 (C*kh*kw >= 512 inputs, 64+ outputs per position);
+    - 'winograd' for stride-1 3x3 convolutions of one group where it pays
+      (_winograd_pays), its weight gradient (two transforms and a transposed copy
+      per product) only in float64 over 64+ channels: in float32 it was no faster
+      than the direct loops;
+    - 'direct' for the rest, every stride, dilation and group count.
+    """
     if _forced is not None:
         return _forced if _forced != "winograd" or W.applicable(g) else "direct"
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
     if W.applicable(g) and _winograd_pays(g):
-        if not weight_gradient or (itemsize == 8 and min(g.c_in, g.c_out) >= 64):
+        if computation != "weight" or (itemsize == 8 and min(g.c_in, g.c_out) >= 64):
             return "winograd"
+    if g.groups == 1 and (g.sh > 1 or g.sw > 1):
+        if computation == "input" or (itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64):
+            return "gemm"
     return "direct"
 
 
@@ -76,7 +90,7 @@ def _contiguous(*arrays):
 
 def forward(x, weight, g: ConvGeometry):
     x, weight = _contiguous(x, weight)
-    path = conv_path(g)
+    path = conv_path(g, "forward", x.itemsize)
     if path == "gemm":
         return K.gemm_forward(x, weight, g, get_num_threads())
     if path == "winograd":
@@ -102,7 +116,7 @@ def _adjoint(grad_output, g: ConvGeometry):
 
 def input_grad(weight, grad_output, g: ConvGeometry):
     weight, grad_output = _contiguous(weight, grad_output)
-    path = conv_path(g)
+    path = conv_path(g, "input", grad_output.itemsize)
     if path == "gemm":
         return K.gemm_input(weight, grad_output, g, get_num_threads())
     if path == "winograd":
@@ -115,7 +129,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
 
 def weight_grad(x, grad_output, g: ConvGeometry):
     x, grad_output = _contiguous(x, grad_output)
-    path = conv_path(g, weight_gradient=True, itemsize=x.itemsize)
+    path = conv_path(g, "weight", x.itemsize)
     gw = None
     if path == "gemm":
         gw = K.gemm_weight(x, grad_output, g, get_num_threads())
