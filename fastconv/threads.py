@@ -9,33 +9,43 @@ products, when it is one (restored after).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import numba
+from numba.np.ufunc import parallel
 
 # Numba's OpenMP workers (GNU libgomp) spin for milliseconds after each parallel kernel
 # by default (GOMP_SPINCOUNT 300000), holding a core that fastconv's GEMM threads
 # need next: on 2 cores a Winograd forward right after a direct kernel took 19 ms,
 # against 12 ms with a short spin. libgomp reads GOMP_SPINCOUNT when it loads, which
-# is when Numba starts its threads; so they start here, with a short spin (about
-# 0.2 ms: back-to-back Numba kernels still find the workers awake), and the
-# environment is restored after, so that a libgomp loaded later (PyTorch's own copy)
-# keeps its default. A GOMP_SPINCOUNT or OMP_WAIT_POLICY set by the user is left
-# alone, as is a pool that Numba has already started.
+# is when Numba starts its threads (on the first parallel kernel, or a thread-count
+# query); so Numba's starter is wrapped to start them with a short spin (about
+# 0.2 ms: back-to-back kernels still find the workers awake) and to restore the
+# environment after, so that a libgomp loaded later (PyTorch's own copy) keeps its
+# default. A GOMP_SPINCOUNT or OMP_WAIT_POLICY set by the user is left alone. The
+# threads are not started at import: PyTorch imported after Numba's threads have
+# started runs its float64 (MKL) convolutions 15-25x slower.
 SPIN_COUNT = "10000"
 
 
-def _start_numba_threads() -> None:
-    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-    try:
-        numba.get_num_threads()  # starts Numba's pool, loading its threading layer
-    finally:
-        del os.environ["GOMP_SPINCOUNT"]
+def _start_with_short_spin(start):
+    @functools.wraps(start)
+    def wrapper():
+        if parallel._is_initialized or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+            return start()
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+        try:
+            return start()
+        finally:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+
+    wrapper.wrapped_by_fastconv = True
+    return wrapper
 
 
-_start_numba_threads()
+if not getattr(parallel._launch_threads, "wrapped_by_fastconv", False):
+    parallel._launch_threads = _start_with_short_spin(parallel._launch_threads)
 
 
 def get_num_threads() -> int:

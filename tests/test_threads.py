@@ -160,3 +160,33 @@ def test_gemm_matmul_random(batch, m, k, n, threads, accumulate, seed):
     out = rng.standard_normal((batch, m, n))
     expected = out + a @ b if accumulate else a @ b
     assert_close(gemm.matmul(a, b, out, threads, accumulate=accumulate), expected, np.float64)
+
+
+def _run_python(code, env=None):
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    environment.update(env or {})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+START_THREADS = """
+import os
+import numpy as np
+import fastconv
+from numba.np.ufunc import parallel
+print(parallel._is_initialized)
+fastconv.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)))
+print(parallel._is_initialized, os.environ.get("GOMP_SPINCOUNT", "unset"))
+"""
+
+
+def test_numba_threads_start_on_the_first_kernel_with_the_environment_restored():
+    # Not at import (PyTorch imported after Numba's threads start runs its MKL
+    # convolutions far slower); the short spin is set only while they start.
+    assert _run_python(START_THREADS) == ["False", "True", "unset"]
+    assert _run_python(START_THREADS, {"GOMP_SPINCOUNT": "5"}) == ["False", "True", "5"]
