@@ -47,10 +47,11 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
     `itemsize` bytes, as measured per pass on the catalogue and other shapes:
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
-      direct kernels would pad the one tap to three), for the input gradient of
-      strided convolutions of one group (col2im beat the direct gather by 3-46% on
-      all six strided shapes measured, both dtypes), and for every pass of wide
-      strided ones in float64 (C*kh*kw >= 512 inputs, 64+ outputs per position);
+      direct kernels would pad the one tap to three), and for wide strided
+      convolutions of one group in float64 (C*kh*kw >= 512 inputs, 64+ outputs per
+      position). In float32 the GEMM path's strided input gradient beat the direct
+      gather when timed alone (by 3-26%) but lost 20-35% of fwd+bwd in the benchmark,
+      run between the other passes;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
       (_winograd_pays), its weight gradient (two transforms and a transposed copy
       per product) only in float64 over 64+ channels: in float32 it was no faster
@@ -64,9 +65,8 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
     if W.applicable(g) and _winograd_pays(g):
         if computation != "weight" or (itemsize == 8 and min(g.c_in, g.c_out) >= 64):
             return "winograd"
-    if g.groups == 1 and (g.sh > 1 or g.sw > 1):
-        if computation == "input" or (itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64):
-            return "gemm"
+    if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64:
+        return "gemm"
     return "direct"
 
 

@@ -325,7 +325,7 @@ def test_strided_dispatch():
     from fastconv.params import conv2d_geometry
 
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
-    assert [dispatch.conv_path(strided, c) for c in dispatch.PASSES] == ["direct", "gemm", "direct"]
+    assert [dispatch.conv_path(strided, c) for c in dispatch.PASSES] == ["direct"] * 3
     assert [dispatch.conv_path(strided, c, 8) for c in dispatch.PASSES] == ["gemm", "gemm", "gemm"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     assert [dispatch.conv_path(depthwise, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
