@@ -4,9 +4,11 @@ padding) with 16 multiplications per 2x2 outputs and input channel, against 36.
 For a 4x4 input tile d and a 3x3 kernel w, the tile's 2x2 outputs are
 At [(G w Gt) * (Bt d B)] A (elementwise product; the matrices below). Summed over the
 input channels, the elementwise products become 16 matrix products, one per tile
-cell p: U[p] (K, C) @ V[p] (C, tiles), run by BLAS on fastconv's GEMM threads
-(fastconv.kernels.gemm); the transforms are Numba loops. The weight gradient runs
-the products the other way: Gt [sum over tiles of (At^T dy At) * (Bt d B)] G.
+cell p: U[p] (K, C) @ V[p] (C, tiles). The forward (and so the input gradient, its
+adjoint's forward) runs transforms and products alike as Numba loops, each thread
+on its own units of work (`forward_units`). The weight gradient runs the products
+the other way, Gt [sum over tiles of (At^T dy At) * (Bt d B)] G, by BLAS on
+fastconv's GEMM threads (fastconv.kernels.gemm).
 
 Layout. With dilation d, the outputs y = ry (mod d) form an undilated convolution
 of their own (dilation phase ry), whose 2x2 tiles step 2d rows. The padded input is
@@ -29,8 +31,9 @@ is infinite: the drivers return None when an output is not finite, and the calle
 import functools
 
 import numpy as np
+from numba import prange
 
-from ._jit import serial
+from ._jit import parallel, serial
 from .gemm import in_turn, matmul
 from .phases import to_phases
 
@@ -98,10 +101,10 @@ def split_planes(x, phases, top, left, fh, fw, hq, wq):
 def transform_input(phases, v, segments, wq, round_to, row_tables, row_coefs, col_table, col_coefs, scratch):
     """v[p, c, :P] = (Bt d B)[p] for the unit's tiles, P = v.shape[2]: segments rows
     (sample, dilation phase, first tile row, tile rows, first column), read from
-    phases (N, C, cells); the columns after the tiles zero. scratch (ALPHA*M, 1,
-    C*P + slack) holds Bt d, channel by channel; the column passes then run over all
-    channels at once."""
-    c_, pitch = v.shape[1], v.shape[2]
+    phases (N, C, cells), C <= v.shape[1] (rows past C are left as they are); the
+    columns after the tiles zero. scratch (ALPHA*M, 1, C*P + slack) holds Bt d,
+    channel by channel; the column passes then run over all channels at once."""
+    c_, pitch = phases.shape[1], v.shape[2]
     for c in range(c_):
         end = 0
         for s in range(segments.shape[0]):
@@ -112,7 +115,7 @@ def transform_input(phases, v, segments, wq, round_to, row_tables, row_coefs, co
             end = col + nb * wq
         scratch[:, :, c * pitch + end : (c + 1) * pitch] = 0.0  # the dropped columns: finite
     scratch[:, :, c_ * pitch :] = 0.0
-    apply_passes(scratch, 0, 0, v.reshape(v.shape[0], 1, c_ * pitch), 0, col_table, col_coefs, 0, c_ * pitch, 0)
+    apply_passes(scratch, 0, 0, v.reshape(v.shape[0], 1, v.shape[1] * pitch), 0, col_table, col_coefs, 0, c_ * pitch, 0)
 
 
 @serial(fastmath=True, inline=True)
@@ -198,6 +201,68 @@ def transform_grad_output(grad_output, hat, segments, dilation_phases, dh, dw, w
     apply_passes(s, 0, 0, hat.reshape(hat.shape[0], 1, length), 0, col_table, col_coefs, 0, length, 0)
 
 
+@serial(fastmath=True)
+def products(u, v, out):
+    """out[p] = u[p] @ v[p] for each tile cell p: u (16, K4, C3), v (16, C3, P), out
+    (16, K4, P), K4 a multiple of 4 and C3 of 3. Output rows four at a time, input
+    rows three at a time: one load of three rows of v feeds twelve multiply-adds, as
+    in the direct kernels. 70-85% of OpenBLAS's speed on these shapes, but on Numba's
+    threads: BLAS on fastconv's own threads ran a third slower in a sequence of
+    kernels, sharing the cores with OpenMP workers that spin after each parallel
+    kernel (PyTorch's libgomp, with its default spin, once PyTorch is imported)."""
+    length = v.shape[2]
+    for p in range(u.shape[0]):
+        for k0 in range(0, u.shape[1], 4):
+            a0, a1, a2, a3 = out[p, k0], out[p, k0 + 1], out[p, k0 + 2], out[p, k0 + 3]
+            a0[:] = 0.0
+            a1[:] = 0.0
+            a2[:] = 0.0
+            a3[:] = 0.0
+            for c in range(0, u.shape[2], 3):
+                s0, s1, s2 = v[p, c], v[p, c + 1], v[p, c + 2]
+                w00, w01, w02 = u[p, k0, c], u[p, k0, c + 1], u[p, k0, c + 2]
+                w10, w11, w12 = u[p, k0 + 1, c], u[p, k0 + 1, c + 1], u[p, k0 + 1, c + 2]
+                w20, w21, w22 = u[p, k0 + 2, c], u[p, k0 + 2, c + 1], u[p, k0 + 2, c + 2]
+                w30, w31, w32 = u[p, k0 + 3, c], u[p, k0 + 3, c + 1], u[p, k0 + 3, c + 2]
+                for q in range(length):
+                    x0, x1, x2 = s0[q], s1[q], s2[q]
+                    a0[q] += w00 * x0 + w01 * x1 + w02 * x2
+                    a1[q] += w10 * x0 + w11 * x1 + w12 * x2
+                    a2[q] += w20 * x0 + w21 * x1 + w22 * x2
+                    a3[q] += w30 * x0 + w31 * x1 + w32 * x2
+
+
+@parallel
+def split_batch(x, phases, top, left, fh, fw, hq, wq):
+    """phases[n] = split_planes of x[n], for every sample."""
+    for n in prange(x.shape[0]):
+        split_planes(x[n], phases[n], top, left, fh, fw, hq, wq)
+
+
+@parallel
+def forward_units(phases, u, out, segments, first, threads, pitch, wq, round_to, input_tables, output_tables, dilation_phases, dh, dw):
+    """The forward for every unit of work, unit i's segments segments[first[i]:first[i + 1]],
+    the units in `threads` contiguous runs, one per iteration with its own buffers;
+    u (16, K4, C3) the transformed weights padded with zeros. Returns the count of
+    units with an output that is not finite."""
+    row_tables, row_coefs, col_table, col_coefs = input_tables
+    out_rows, out_row_coefs, out_cols, out_col_coefs = output_tables
+    units = first.shape[0] - 1
+    bad = np.zeros(threads, dtype=np.int64)
+    for t in prange(threads):
+        v = np.zeros((u.shape[0], u.shape[2], pitch), dtype=u.dtype)  # rows past C stay zero
+        product = np.empty((u.shape[0], u.shape[1], pitch), dtype=u.dtype)
+        rows_in = np.empty((ALPHA * M, 1, phases.shape[1] * pitch + round_to), dtype=u.dtype)
+        rows_out = np.empty((ALPHA * M + M * M, 1, u.shape[1] * pitch), dtype=u.dtype)
+        for i in range(units * t // threads, units * (t + 1) // threads):
+            unit = segments[first[i] : first[i + 1]]
+            transform_input(phases, v, unit, wq, round_to, row_tables, row_coefs, col_table, col_coefs, rows_in)
+            products(u, v, product)
+            if transform_output(product, out, unit, dilation_phases, dh, dw, wq, out_rows, out_row_coefs, out_cols, out_col_coefs, rows_out):
+                bad[t] += 1
+    return bad.sum()
+
+
 # ------------------------------------------------------------------ plans
 
 
@@ -252,6 +317,8 @@ class _Plan:
         per_row = ALPHA * ALPHA * (g.c_in + g.c_out) * self.wq * itemsize
         rows = max(1, min(TILE_BYTES // per_row, -(-len(tile_rows) // (2 * threads))))
         self.units = [self._segments(tile_rows[r : r + rows]) for r in range(0, len(tile_rows), rows)]
+        self.segments = np.concatenate(self.units)
+        self.first = np.cumsum([0] + [len(u) for u in self.units]).astype(np.int64)
         # columns per channel: whole vectors (the long passes' tails are short)
         self.pitch = -(-(rows * self.wq + EXTRA) * itemsize // 64) * 64 // itemsize
 
@@ -291,17 +358,11 @@ class _Plan:
         table, coefs = self.tables[name]
         return table, coefs.astype(dtype)
 
-    def split(self, x, threads):
-        """The split phases of every sample of x, (N, C, cells), on fastconv's GEMM
-        threads (a Numba parallel loop here would leave its OpenMP workers spinning
-        on the cores the products need next)."""
+    def split(self, x):
+        """The split phases of every sample of x: (N, C, cells)."""
         g = self.g
         phases = np.empty((g.n, x.shape[1], self.cells), dtype=x.dtype)
-
-        def run(_, n):
-            split_planes(x[n], phases[n], g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
-
-        in_turn(range(g.n), threads, lambda: None, run)
+        split_batch(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
         return phases
 
     def workspace(self, dtype):
@@ -359,21 +420,16 @@ def forward(x, weight, g, threads):
     None if an output is not finite."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
+    u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, 3) * 3), dtype=dt)  # products' blocks
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
-        u = _transformed_weight(weight)
-    phases = plan.split(x, threads)
+        u[:, : g.c_out, : g.c_in] = _transformed_weight(weight)
+    phases = plan.split(x)
     out = np.empty(g.output_shape, dtype=dt)
-    tables = (*plan.table("output_rows", dt), *plan.table("output_cols", dt))
-
-    def run(work, segments):
-        """The unit's outputs; whether one is not finite."""
-        v = plan.transformed_input(phases, work, segments)
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.matmul(u, v, out=work["products"])
-        scratch = plan.scratch(work, ALPHA * M + M * M, g.c_out * plan.pitch)
-        return transform_output(work["products"], out, segments, plan.dilation_phases, g.dh, g.dw, plan.wq, *tables, scratch)
-
-    return None if any(in_turn(plan.units, threads, lambda: plan.workspace(dt), run)) else out
+    input_tables = (*plan.table("input_rows", dt), *plan.table("input_cols", dt))
+    output_tables = (*plan.table("output_rows", dt), *plan.table("output_cols", dt))
+    threads = min(threads, len(plan.units))
+    bad = forward_units(phases, u, out, plan.segments, plan.first, threads, plan.pitch, plan.wq, VECTOR_BYTES // x.itemsize, input_tables, output_tables, plan.dilation_phases, g.dh, g.dw)
+    return out if bad == 0 else None
 
 
 def weight_grad(x, grad_output, g, threads):
@@ -381,7 +437,7 @@ def weight_grad(x, grad_output, g, threads):
     g (applicable); None if a sum is not finite."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
-    phases = plan.split(x, threads)
+    phases = plan.split(x)
     tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
 
     def setup():
