@@ -53,9 +53,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
       gather when timed alone (by 3-26%) but lost 20-35% of fwd+bwd in the benchmark,
       run between the other passes;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
-      (_winograd_pays), its weight gradient (two transforms and a transposed copy
-      per product) only in float64 over 64+ channels: in float32 it was no faster
-      than the direct loops;
+      (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
     """
     if _forced is not None:
@@ -63,8 +61,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
     if W.applicable(g) and _winograd_pays(g):
-        if computation != "weight" or (itemsize == 8 and min(g.c_in, g.c_out) >= 64):
-            return "winograd"
+        return "winograd"
     if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64:
         return "gemm"
     return "direct"

@@ -14,7 +14,6 @@ NumPy GEMM the user runs in another thread at that moment runs single-threaded t
 
 import concurrent.futures
 import functools
-import itertools
 import os
 import threading
 
@@ -121,26 +120,6 @@ def in_parallel(work, threads, run):
     finally:
         concurrent.futures.wait(futures)  # no worker still in BLAS when its threads are restored
         _leave()
-
-
-def in_turn(items, threads, setup, run):
-    """[run(state, item) for item in items], on up to `threads` threads (the caller's
-    first) with NumPy's BLAS single-threaded, each thread taking the next item not yet
-    taken, with its own state = setup() (its buffers). A thread slowed down (a core
-    shared with another process) takes fewer items instead of holding up the rest;
-    which thread runs an item depends on timing, so run's result must not."""
-    taken = itertools.count()  # next() is atomic under the GIL
-    results = [None] * len(items)
-
-    def worker(_):
-        state = setup()
-        for i in iter(lambda: next(taken), None):
-            if i >= len(items):
-                return
-            results[i] = run(state, items[i])
-
-    in_parallel(list(range(min(threads, len(items)))), threads, worker)
-    return results
 
 
 def matmul(a, b, out, threads, accumulate=False):

@@ -6,9 +6,9 @@ At [(G w Gt) * (Bt d B)] A (elementwise product; the matrices below). Summed ove
 input channels, the elementwise products become 16 matrix products, one per tile
 cell p: U[p] (K, C) @ V[p] (C, tiles). The forward (and so the input gradient, its
 adjoint's forward) runs transforms and products alike as Numba loops, each thread
-on its own units of work (`forward_units`). The weight gradient runs the products
-the other way, Gt [sum over tiles of (At^T dy At) * (Bt d B)] G, by BLAS on
-fastconv's GEMM threads (fastconv.kernels.gemm).
+on its own run of units of work (`forward_units`). The weight gradient runs the
+products the other way, Gt [sum over tiles of (At^T dy At) * (Bt d B)] G
+(`weight_units`).
 
 Layout. With dilation d, the outputs y = ry (mod d) form an undilated convolution
 of their own (dilation phase ry), whose 2x2 tiles step 2d rows. The padded input is
@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .gemm import in_turn, matmul
+from .gemm import matmul
 from .phases import to_phases
 
 M, R = 2, 3  # outputs per tile side, kernel side
@@ -45,7 +45,6 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 EXTRA = (ALPHA - 1) // M  # tile rows (and columns) a tile row reads beyond its own
 TILE_BYTES = 3 << 19  # a unit's transformed inputs and products, at most
 VECTOR_BYTES = 256  # LLVM's vector loop: four AVX-512 vectors
-GROUPS_PER_THREAD = 4  # the weight gradient's groups of units, for threads to take in turn
 PAIRS = 8  # tiles per stretch of the copies to and from the planes
 CHUNK = 256  # cells per stretch of a pass (24 rows of them stay in L1)
 
@@ -263,6 +262,59 @@ def forward_units(phases, u, out, segments, first, threads, pitch, wq, round_to,
     return bad.sum()
 
 
+@serial(fastmath=True)
+def sums_of_products(hat, v, acc):
+    """acc[p] += hat[p] @ v[p]^T for each tile cell p: hat (16, K4, P), v (16, C3, P),
+    acc (16, K4, C3), K4 a multiple of 4 and C3 of 3: twelve sums over the tiles at
+    a time, four rows of hat by three of v (fastmath: the sums vectorise)."""
+    length = v.shape[2]
+    for p in range(hat.shape[0]):
+        for k0 in range(0, hat.shape[1], 4):
+            h0, h1, h2, h3 = hat[p, k0], hat[p, k0 + 1], hat[p, k0 + 2], hat[p, k0 + 3]
+            for c0 in range(0, v.shape[1], 3):
+                s0, s1, s2 = v[p, c0], v[p, c0 + 1], v[p, c0 + 2]
+                d00 = d01 = d02 = d10 = d11 = d12 = d20 = d21 = d22 = d30 = d31 = d32 = acc.dtype.type(0)
+                for q in range(length):
+                    x0, x1, x2 = s0[q], s1[q], s2[q]
+                    y0, y1, y2, y3 = h0[q], h1[q], h2[q], h3[q]
+                    d00, d01, d02 = d00 + y0 * x0, d01 + y0 * x1, d02 + y0 * x2
+                    d10, d11, d12 = d10 + y1 * x0, d11 + y1 * x1, d12 + y1 * x2
+                    d20, d21, d22 = d20 + y2 * x0, d21 + y2 * x1, d22 + y2 * x2
+                    d30, d31, d32 = d30 + y3 * x0, d31 + y3 * x1, d32 + y3 * x2
+                add_three(acc[p, k0], c0, d00, d01, d02)
+                add_three(acc[p, k0 + 1], c0, d10, d11, d12)
+                add_three(acc[p, k0 + 2], c0, d20, d21, d22)
+                add_three(acc[p, k0 + 3], c0, d30, d31, d32)
+
+
+@serial(inline=True)
+def add_three(row, first, a, b, c):
+    row[first] += a
+    row[first + 1] += b
+    row[first + 2] += c
+
+
+@parallel
+def weight_units(phases, grad_output, sums, segments, first, pitch, wq, round_to, input_tables, grad_tables, dilation_phases, dh, dw):
+    """sums[t] (16, K4, C3) = the sum over thread t's run of units (as forward_units)
+    of (At^T dy At) (Bt d B)^T, per tile cell; rows and columns past K and C zero."""
+    row_tables, row_coefs, col_table, col_coefs = input_tables
+    grad_rows, grad_row_coefs, grad_cols, grad_col_coefs = grad_tables
+    threads, k4, c3 = sums.shape[0], sums.shape[2], sums.shape[3]
+    units = first.shape[0] - 1
+    for t in prange(threads):
+        v = np.zeros((ALPHA * ALPHA, c3, pitch), dtype=sums.dtype)  # rows past C stay zero
+        hat = np.empty((ALPHA * ALPHA, k4, pitch), dtype=sums.dtype)
+        rows_in = np.empty((ALPHA * M, 1, phases.shape[1] * pitch + round_to), dtype=sums.dtype)
+        rows_grad = np.empty((M * M + ALPHA * M, 1, k4 * pitch), dtype=sums.dtype)
+        sums[t] = 0.0
+        for i in range(units * t // threads, units * (t + 1) // threads):
+            unit = segments[first[i] : first[i + 1]]
+            transform_input(phases, v, unit, wq, round_to, row_tables, row_coefs, col_table, col_coefs, rows_in)
+            transform_grad_output(grad_output, hat, unit, dilation_phases, dh, dw, wq, grad_rows, grad_row_coefs, grad_cols, grad_col_coefs, rows_grad)
+            sums_of_products(hat, v, sums[t])
+
+
 # ------------------------------------------------------------------ plans
 
 
@@ -365,27 +417,6 @@ class _Plan:
         split_batch(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
         return phases
 
-    def workspace(self, dtype):
-        """One thread's buffers, the largest unit's size."""
-        g, pitch = self.g, self.pitch
-        scratch = max(ALPHA * M * (g.c_in * pitch + VECTOR_BYTES), (ALPHA * M + M * M) * g.c_out * pitch)
-        return {
-            "v": np.empty((ALPHA * ALPHA, g.c_in, pitch), dtype=dtype),
-            "products": np.empty((ALPHA * ALPHA, g.c_out, pitch), dtype=dtype),
-            "scratch": np.empty(scratch, dtype=dtype),
-        }
-
-    def scratch(self, work, rows, width):
-        return work["scratch"][: rows * width].reshape(rows, 1, width)
-
-    def transformed_input(self, phases, work, segments):
-        """The unit's V (16, C, P)."""
-        v = work["v"]
-        dt = v.dtype
-        scratch = self.scratch(work, ALPHA * M, self.g.c_in * self.pitch + VECTOR_BYTES // v.itemsize)
-        transform_input(phases, v, segments, self.wq, VECTOR_BYTES // v.itemsize, *self.table("input_rows", dt), *self.table("input_cols", dt), scratch)
-        return v
-
 
 @functools.lru_cache(maxsize=64)
 def _plan(g, itemsize, threads):
@@ -438,34 +469,12 @@ def weight_grad(x, grad_output, g, threads):
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
     phases = plan.split(x)
-    tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
-
-    def setup():
-        work = plan.workspace(dt)
-        work["part"] = np.empty((ALPHA * ALPHA, g.c_out, g.c_in), dtype=dt)
-        work["columns"] = np.empty((ALPHA * ALPHA, plan.pitch, g.c_in), dtype=dt)
-        return work
-
-    def run(work, units):
-        """The sum of the products of a group of units, in order."""
-        total = np.zeros((ALPHA * ALPHA, g.c_out, g.c_in), dtype=dt)
-        with np.errstate(invalid="ignore", over="ignore"):
-            for segments in units:
-                v = plan.transformed_input(phases, work, segments)
-                scratch = plan.scratch(work, M * M + ALPHA * M, g.c_out * plan.pitch)
-                transform_grad_output(grad_output, work["products"], segments, plan.dilation_phases, g.dh, g.dw, plan.wq, *tables, scratch)
-                # BLAS multiplies by a transposed operand at 60% of its speed here (16
-                # products of 64 x 192 by 192 x 64: 395 against 232 us with the copy)
-                work["columns"][...] = v.transpose(0, 2, 1)
-                np.matmul(work["products"], work["columns"], out=work["part"])
-                total += work["part"]
-        return total
-
-    # groups of units fixed by the shape and thread count, summed in order: reruns
-    # are bitwise identical, whichever thread took a group
-    count = min(len(plan.units), GROUPS_PER_THREAD * threads)
-    groups = [plan.units[len(plan.units) * i // count : len(plan.units) * (i + 1) // count] for i in range(count)]
-    sums = in_turn(groups, threads, setup, run)
+    threads = min(threads, len(plan.units))
+    sums = np.empty((threads, ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, 3) * 3), dtype=dt)
+    input_tables = (*plan.table("input_rows", dt), *plan.table("input_cols", dt))
+    grad_tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite sum: recomputed
-        gw = _weight_from_transformed(sum(sums), g.c_out, g.c_in)
+        weight_units(phases, grad_output, sums, plan.segments, plan.first, plan.pitch, plan.wq, VECTOR_BYTES // x.itemsize, input_tables, grad_tables, plan.dilation_phases, g.dh, g.dw)
+        # the threads' sums in a fixed order: reruns are bitwise identical
+        gw = _weight_from_transformed(np.ascontiguousarray(sums.sum(axis=0)[:, : g.c_out, : g.c_in]), g.c_out, g.c_in)
     return gw.astype(dt) if np.isfinite(gw).all() else None

@@ -85,8 +85,7 @@ def test_default_dispatch_takes_winograd_for_wide_layers():
     wide = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
     assert dispatch.conv_path(wide) == "winograd"
     assert dispatch.conv_path(wide, "input") == "winograd"
-    assert dispatch.conv_path(wide, "weight") == "direct"
-    assert dispatch.conv_path(wide, "weight", itemsize=8) == "winograd"
+    assert dispatch.conv_path(wide, "weight") == "winograd"
     assert dispatch.conv_path(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=2, dilation=2)) == "winograd"
     for narrow in [
         conv2d_geometry((8, 32, 32, 32), (64, 32, 3, 3), padding=1),  # few channels
