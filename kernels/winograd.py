@@ -340,12 +340,6 @@ def applicable(g):
     return g.kh == g.kw == R and g.sh == g.sw == 1 and g.groups == 1
 
 
-def _rounded(cells, itemsize):
-    """cells rounded up to whole vector loops."""
-    per = VECTOR_BYTES // itemsize
-    return -(-cells // per) * per
-
-
 def ceil(a, b):
     return -(-a // b)
 
@@ -354,7 +348,7 @@ class _Plan:
     """Phases, units and pass tables for geometry g, items of itemsize bytes."""
 
     def __init__(self, g, itemsize, threads):
-        self.g, self.itemsize = g, itemsize
+        self.g = g
         self.fh, self.fw = M * g.dh, M * g.dw
         # dilation phases (ry, rx): their tile rows and columns
         phases = [(ry, rx, ceil(ceil(g.oh - ry, g.dh), M), ceil(ceil(g.ow - rx, g.dw), M)) for ry in range(min(g.dh, g.oh)) for rx in range(min(g.dw, g.ow))]
@@ -362,8 +356,9 @@ class _Plan:
         # every tile, and the whole padded input (the split copies whole rows)
         self.hq = max(max(p[2] for p in phases) + EXTRA, ceil(g.h + g.pt, self.fh))
         self.wq = max(max(p[3] for p in phases) + EXTRA, ceil(g.w + g.pl, self.fw))
-        self.size = self.fh * self.fw * self.hq * self.wq
-        self.cells = self.size + EXTRA * (self.wq + 1) + VECTOR_BYTES // itemsize
+        # cells per plane: its phases, then zeros read by the last dropped tiles and
+        # by the rounded-up passes
+        self.cells = self.fh * self.fw * self.hq * self.wq + EXTRA * (self.wq + 1) + VECTOR_BYTES // itemsize
 
         tile_rows = [(n, p, a) for n in range(g.n) for p, phase in enumerate(phases) for a in range(phase[2])]
         per_row = ALPHA * ALPHA * (g.c_in + g.c_out) * self.wq * itemsize
