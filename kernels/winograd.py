@@ -52,7 +52,7 @@ CHUNK = 256  # cells per stretch of a pass (24 rows of them stay in L1)
 # ------------------------------------------------------------------ kernels
 
 
-@serial(fastmath=True, inline=True)
+@serial(fastmath=True)
 def apply_passes(src, srow, smid, dst, dmid, table, coefs, start, length, dstart):
     """For each pass (row, terms, (src_row, offset) x 3) of `table`, coefs (passes, 3):
     dst[row, dmid, dstart:][:length] = the sum over its 1-3 terms of
@@ -117,7 +117,7 @@ def transform_input(phases, v, segments, wq, round_to, row_tables, row_coefs, co
     apply_passes(scratch, 0, 0, v.reshape(v.shape[0], 1, v.shape[1] * pitch), 0, col_table, col_coefs, 0, c_ * pitch, 0)
 
 
-@serial(fastmath=True, inline=True)
+@serial(fastmath=True)
 def exchange(tiles, planes, segments, dilation_phases, dh, dw, wq, pitch, to_planes):
     """Copy the 2x2 outputs of the unit's tiles between tiles (M*M, 1, K*P), cell
     (i, j) of channel k's tile at column k*P + the tile's, and planes (N, K, oh, ow):
