@@ -17,8 +17,9 @@ from numba.np.ufunc import parallel
 
 # Numba's OpenMP workers (GNU libgomp) spin for milliseconds after each parallel kernel
 # by default (GOMP_SPINCOUNT 300000), holding a core that fastconv's GEMM threads
-# need next: on 2 cores a Winograd forward right after a direct kernel took 19 ms,
-# against 12 ms with a short spin. libgomp reads GOMP_SPINCOUNT when it loads, which
+# (1x1 convolutions) need next: on 2 cores a Winograd forward whose products ran on
+# those threads took 19 ms right after a direct kernel, against 12 ms with a short
+# spin. libgomp reads GOMP_SPINCOUNT when it loads, which
 # is when Numba starts its threads (on the first parallel kernel, or a thread-count
 # query); so Numba's starter is wrapped to start them with a short spin (about
 # 0.2 ms: back-to-back kernels still find the workers awake) and to restore the

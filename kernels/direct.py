@@ -170,8 +170,12 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     for t in prange(phased.shape[0] * c_):
         r, c = t // c_, t % c_
         dst = phased[r, c]
-        one = np.empty(sh * sw * size, dtype=x.dtype)
         scratch = np.empty(0 if sw == 1 else sh * sw * size, dtype=x.dtype)
+        if runs_of == 1:  # nothing to interleave: split in place
+            to_phases(x[r, c], dst[: sh * sw * size], scratch, top, left, sh, sw, hq, wq)
+            dst[sh * sw * size :] = 0.0
+            continue
+        one = np.empty(sh * sw * size, dtype=x.dtype)
         for j in range(runs_of):
             n = r * runs_of + j
             if n < n_:

@@ -34,8 +34,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
+from .direct import split_planes
 from .gemm import matmul
-from .phases import to_phases
 
 M, R = 2, 3  # outputs per tile side, kernel side
 ALPHA = M + R - 1  # input tile side
@@ -83,17 +83,6 @@ def apply_passes(src, srow, smid, dst, dmid, table, coefs, start, length, dstart
             c2 = coefs[p, 2]
             for q in range(n):
                 d[q] = c0 * s0[q] + c1 * s1[q] + c2 * s2[q]
-
-
-@serial
-def split_planes(x, phases, top, left, fh, fw, hq, wq):
-    """phases[c, :fh*fw*hq*wq] = the (fh, fw) phases of x[c] zero-padded at (top,
-    left), the cells after them (read by dropped tiles) zero."""
-    size = fh * fw * hq * wq
-    scratch = np.empty(size, dtype=x.dtype)
-    for c in range(x.shape[0]):
-        to_phases(x[c], phases[c, :size], scratch, top, left, fh, fw, hq, wq)
-        phases[c, size:] = 0.0
 
 
 @serial(fastmath=True)
@@ -229,13 +218,6 @@ def products(u, v, out):
                     a1[q] += w10 * x0 + w11 * x1 + w12 * x2
                     a2[q] += w20 * x0 + w21 * x1 + w22 * x2
                     a3[q] += w30 * x0 + w31 * x1 + w32 * x2
-
-
-@parallel
-def split_batch(x, phases, top, left, fh, fw, hq, wq):
-    """phases[n] = split_planes of x[n], for every sample."""
-    for n in prange(x.shape[0]):
-        split_planes(x[n], phases[n], top, left, fh, fw, hq, wq)
 
 
 @parallel
@@ -406,10 +388,11 @@ class _Plan:
         return table, coefs.astype(dtype)
 
     def split(self, x):
-        """The split phases of every sample of x: (N, C, cells)."""
+        """The (fh, fw) phases of every plane of x zero-padded at (pt, pl), the cells
+        after them (read by dropped tiles) zero: (N, C, cells)."""
         g = self.g
         phases = np.empty((g.n, x.shape[1], self.cells), dtype=x.dtype)
-        split_batch(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
+        split_planes(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq, 1)  # runs of one sample
         return phases
 
 

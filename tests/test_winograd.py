@@ -132,7 +132,7 @@ def test_each_kernel_compiles_once_per_dtype(rng):
     for dtype in DTYPES:
         for case in GRID[:3]:
             _check(case, dtype, 2, rng)
-    for kernel in (winograd.split_batch, winograd.forward_units, winograd.weight_units):
+    for kernel in (winograd.forward_units, winograd.weight_units):
         assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
 
 
