@@ -329,3 +329,34 @@ def test_strided_dispatch():
     assert [dispatch.conv_path(strided, c, 8) for c in dispatch.PASSES] == ["gemm", "gemm", "gemm"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     assert [dispatch.conv_path(depthwise, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
+
+
+@dtype_param
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "kernel, stride, padding, dilation",
+    [((4, 4), 2, 1, 1), ((2, 2), 1, 0, 1), ((2, 4), (1, 2), (1, 2), (2, 1)), ((4, 4), 1, "same", 1), ((4, 4), 2, ((0, 3), (2, 1)), 1)],
+)
+def test_four_taps_per_pass(kernel, stride, padding, dilation, threads, dtype, rng):
+    # Kernels of 4, 8 or 16 taps take their taps (and the input gradient its pairs,
+    # where every phase has four) four at a time, in blocks of four channels; the
+    # transposed convolution of a 4x4 stride-2 kernel runs all three passes so.
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    x = rng.standard_normal((5, 8, 11, 12)).astype(dtype)
+    w = rng.standard_normal((12, 8) + kernel).astype(dtype)
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    g = conv2d_geometry(x.shape, w.shape, **kw)
+    assert direct._Plan(g, threads).group == 4
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        _check_conv(x, w, kw, dtype, rng)
+        if stride == 2:
+            hq, wq = direct.phase_shape(g)
+            block, _, _, runs_of = direct._blocking(g.n, g.groups, g.c_in, hq * wq, threads)
+            assert direct._input_plan(g, runs_of * wq, block)[0].shape[1] == 11
+            xt = x[:, :, :6, :6]
+            ct = dict(stride=stride, padding=1)
+            y = reference.conv_transpose2d(xt, w.transpose(1, 0, 2, 3), **ct)
+            assert_close(fastconv.conv_transpose2d(xt, w.transpose(1, 0, 2, 3), **ct), y, dtype)
