@@ -49,9 +49,11 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide strided
       convolutions of one group in float64 (C*kh*kw >= 512 inputs, 64+ outputs per
-      position). In float32 the GEMM path's strided input gradient beat the direct
-      gather when timed alone (by 3-26%) but lost 20-35% of fwd+bwd in the benchmark,
-      run between the other passes;
+      position), but for kernels whose taps the direct loops take four at a time
+      (4x4 stride-2: dcgan_up's three passes 23.9 ms direct against 26.7 by GEMM).
+      In float32 the GEMM path's strided input gradient beat the direct gather
+      when timed alone (by 3-26%) but lost 20-35% of fwd+bwd in the benchmark, run
+      between the other passes;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
       (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
@@ -62,7 +64,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
         return "gemm"
     if W.applicable(g) and _winograd_pays(g):
         return "winograd"
-    if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64:
+    if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64 and D._tap_group(g.kh * g.kw, D.BLOCK) == 3:
         return "gemm"
     return "direct"
 

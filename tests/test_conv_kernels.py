@@ -329,6 +329,9 @@ def test_strided_dispatch():
     assert [dispatch.conv_path(strided, c, 8) for c in dispatch.PASSES] == ["gemm", "gemm", "gemm"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     assert [dispatch.conv_path(depthwise, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
+    # the direct loops take a 4x4 kernel's taps four at a time: faster than GEMM
+    four_taps = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
+    assert [dispatch.conv_path(four_taps, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
 
 
 @dtype_param
