@@ -363,3 +363,22 @@ def test_four_taps_per_pass(kernel, stride, padding, dilation, threads, dtype, r
             ct = dict(stride=stride, padding=1)
             y = reference.conv_transpose2d(xt, w.transpose(1, 0, 2, 3), **ct)
             assert_close(fastconv.conv_transpose2d(xt, w.transpose(1, 0, 2, 3), **ct), y, dtype)
+
+
+@dtype_param
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("groups, stride", [(2, 1), (4, 2), (1, 1)])
+def test_weight_gradient_splitting_its_own_planes(groups, stride, threads, dtype, rng):
+    # Large planes and one block per group: each weight-gradient iteration splits
+    # the input planes it reads, rather than a pass over all of them before.
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    x = rng.standard_normal((4, 4 * groups, 32 * stride + 1, 32 * stride + 3)).astype(dtype)
+    w = rng.standard_normal((8 * groups, 4, 3, 3)).astype(dtype)
+    kw = dict(stride=stride, padding=1, groups=groups)
+    plan, block = direct._weight_plan(conv2d_geometry(x.shape, w.shape, **kw), threads)
+    assert block == 8 and not plan.split
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        _check_conv(x, w, kw, dtype, rng)
