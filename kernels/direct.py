@@ -308,26 +308,28 @@ def forward_block(x, phased, wtap, starts, real, tap_group, out, acc, buffer, sc
 
 
 @serial(inline=True)
-def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, size, extension):
+def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, size, extension, rows):
     """acc[:count, phase] += the chunks first..last-1 of input_grad, channel k of the
     group read from planes[k + shift]; chunks of three pairs, or of four (always
-    full)."""
+    full). Each phase's cells rows[phase, 0] to rows[phase, 1] only."""
     for i in range(first, last):
-        base, pairs = chunks[i, 0] * size, chunks[i, 1]
-        o0, o1, o2 = extension - chunks[i, 4], extension - chunks[i, 6], extension - chunks[i, 8]
-        e0 = planes[chunks[i, 3] + shift, o0 : o0 + size]
-        e1 = planes[chunks[i, 5] + shift, o1 : o1 + size]
-        e2 = planes[chunks[i, 7] + shift, o2 : o2 + size]
+        phase, pairs = chunks[i, 0], chunks[i, 1]
+        lo, hi = rows[phase, 0], rows[phase, 1]
+        cells = acc[:, phase * size + lo : phase * size + hi]
+        o0, o1, o2 = extension - chunks[i, 4] + lo, extension - chunks[i, 6] + lo, extension - chunks[i, 8] + lo
+        e0 = planes[chunks[i, 3] + shift, o0 : o0 + hi - lo]
+        e1 = planes[chunks[i, 5] + shift, o1 : o1 + hi - lo]
+        e2 = planes[chunks[i, 7] + shift, o2 : o2 + hi - lo]
         if chunks.shape[1] == 11:
-            o3 = extension - chunks[i, 10]
-            e3 = planes[chunks[i, 9] + shift, o3 : o3 + size]
-            add_four(acc[:, base : base + size], count, e0, e1, e2, e3, wchunks[i, cl0 : cl0 + count], size)
+            o3 = extension - chunks[i, 10] + lo
+            e3 = planes[chunks[i, 9] + shift, o3 : o3 + hi - lo]
+            add_four(cells, count, e0, e1, e2, e3, wchunks[i, cl0 : cl0 + count], hi - lo)
         else:
-            add_taps(acc[:, base : base + size], count, e0, e1, e2, wchunks[i, cl0 : cl0 + count, :pairs], size)
+            add_taps(cells, count, e0, e1, e2, wchunks[i, cl0 : cl0 + count, :pairs], hi - lo)
 
 
 @parallel(fastmath=True)
-def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spread):
+def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spread, rows):
     """gx[n, c] = sum over the group's output channels k and taps of the weight times
     grad_output[n, k] shifted by the tap: a gather into each phase of the padded
     gradient plane, the adjoint of forward.
@@ -368,9 +370,9 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
                     first = chunks[bounds[b], 2]
                     for kl in range(first, min(first + per, kg)):
                         to_wide(grad_output[r, group * kg + kl], own[kl - first], extension, wq)
-                    gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension)
+                    gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, rows)
             else:
-                gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension)
+                gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension, rows)
             for j in range(min(runs_of, n_ - r * runs_of)):
                 for m in range(count):
                     from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
@@ -718,6 +720,21 @@ def _flipped(weight, g):
     return np.ascontiguousarray(turned).reshape(g.c_in, kg, g.kh, g.kw)
 
 
+def _phase_rows(g, hq, pitch, size):
+    """(sh*sw, 2) int64 array: the first and end cell of the rows of each phase of
+    the padded input plane that hold input cells (rows `pitch` cells apart, the end
+    rounded up to whole vector loops, at most `size`): input_grad computes only
+    those. A stride-2 gradient of a plane padded by one has a padding row in each
+    row phase, 1/9 of the cells of 8x8 phases."""
+    rows = []
+    for a in range(g.sh):
+        first = max(0, -(-(g.pt - a) // g.sh))
+        end = min(hq, (g.pt + g.h - 1 - a) // g.sh + 1)
+        lo = min(size, first * pitch // 16 * 16)  # accumulators aligned as the loops' vectors
+        rows += [(lo, min(size, _rounded(max(lo, end * pitch))))] * g.sw
+    return np.array(rows, dtype=np.int64)
+
+
 def input_driver(weight, grad_output, g, threads):
     if _as_forward(g):
         return forward_driver(grad_output, _flipped(weight, g), _adjoint(g), threads)
@@ -733,7 +750,8 @@ def input_driver(weight, grad_output, g, threads):
         widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
         widen_planes(grad_output, widened, extension, wq, runs_of)
     spread = _spread(-(-g.n // runs_of) * g.groups * -(-(g.c_in // g.groups) // block), runs_of * hq * wq, threads)
-    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread)
+    rows = _phase_rows(g, hq, runs_of * wq, size)
+    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread, rows)
     return gx
 
 
