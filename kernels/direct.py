@@ -4,15 +4,15 @@ fastconv.dispatch).
 
 All three work in the polyphase wide layout of fastconv.kernels.phases: each kernel
 tap is one contiguous loop over a whole plane, at any stride and dilation. Taps are
-taken three at a time (four for kernels of 4, 8 or 16 taps, _tap_group) and output
-(or input) channels four at a time, the channels of one group, so that one load of
-a plane feeds twelve (sixteen) multiply-adds and the four accumulators stay in
-registers (one channel at a time where four would leave threads idle, or in
-depthwise convolutions; then the forward and the weight gradient take nine taps
-per pass). The forward and weight gradient pad their tap lists to a multiple of
-the group (the forward multiplies only the real ones, the weight gradient drops
-the padding taps' sums); the input gradient takes each phase's (channel, tap)
-pairs in threes or fours. Loop lengths are rounded up to whole vector loops
+taken three at a time (four where threes would need padding taps, _tap_group)
+and output (or input) channels four at a time, the channels of one group, so that
+one load of a plane feeds twelve (sixteen) multiply-adds and the four accumulators
+stay in registers (one channel at a time where four would leave threads idle, or
+in depthwise convolutions; then the forward and the weight gradient take nine
+taps per pass). The forward and weight gradient pad their tap lists to a multiple
+of that count (the forward multiplies only the real taps, the weight gradient
+drops the padding taps' sums); the input gradient takes each phase's (channel,
+tap) pairs in threes or fours. Loop lengths are rounded up to whole vector loops
 (_rounded).
 
 A plane that several iterations read (blocks of output channels, of input channels)
@@ -119,7 +119,7 @@ def add_taps(acc, rows, s0, s1, s2, w, length):
 def add_four(acc, rows, s0, s1, s2, s3, w, length):
     """acc[m, :length] += the sum over the four taps t of w[m, t] * s_t, for m < rows:
     with four rows, one load of each tap feeds sixteen multiply-adds (kernels of
-    4, 8 or 16 taps, which threes would leave a one-tap pass)."""
+    4, 8, 16 or 20 taps, which threes would pad with taps multiplied by zero)."""
     if rows == BLOCK:
         a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
         w00, w01, w02, w03 = w[0, 0], w[0, 1], w[0, 2], w[0, 3]
@@ -308,13 +308,13 @@ def forward_block(x, phased, wtap, starts, real, tap_group, out, acc, buffer, sc
 
 
 @serial(inline=True)
-def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, size, extension, rows):
+def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, size, extension, spans):
     """acc[:count, phase] += the chunks first..last-1 of input_grad, channel k of the
     group read from planes[k + shift]; chunks of three pairs, or of four (always
-    full). Each phase's cells rows[phase, 0] to rows[phase, 1] only."""
+    full). Each phase's cells spans[phase, 0] to spans[phase, 1] - 1 only."""
     for i in range(first, last):
         phase, pairs = chunks[i, 0], chunks[i, 1]
-        lo, hi = rows[phase, 0], rows[phase, 1]
+        lo, hi = spans[phase, 0], spans[phase, 1]
         cells = acc[:, phase * size + lo : phase * size + hi]
         o0, o1, o2 = extension - chunks[i, 4] + lo, extension - chunks[i, 6] + lo, extension - chunks[i, 8] + lo
         e0 = planes[chunks[i, 3] + shift, o0 : o0 + hi - lo]
@@ -329,7 +329,7 @@ def gather_chunks(acc, count, planes, shift, chunks, first, last, wchunks, cl0, 
 
 
 @parallel(fastmath=True)
-def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spread, rows):
+def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spread, spans):
     """gx[n, c] = sum over the group's output channels k and taps of the weight times
     grad_output[n, k] shifted by the tap: a gather into each phase of the padded
     gradient plane, the adjoint of forward.
@@ -351,7 +351,9 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
     with their rows interleaved too, rows runs_of * wq cells apart (the shifts of
     `chunks` count in such rows; a shift left of a row's first cell reads the zero
     cells beyond the previous sample's row), `size` >= runs_of*hq*wq cells (whole
-    vector loops, see _rounded)."""
+    vector loops, see _rounded). Phase p's cells spans[p, 0] to spans[p, 1] - 1 are
+    computed, the rows that hold input cells (_phase_spans); the others are never
+    read."""
     n_, c_ = gx.shape[0], gx.shape[1]
     kg, cg = grad_output.shape[1] // groups, c_ // groups
     per_group = -(-cg // block)
@@ -370,9 +372,9 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
                     first = chunks[bounds[b], 2]
                     for kl in range(first, min(first + per, kg)):
                         to_wide(grad_output[r, group * kg + kl], own[kl - first], extension, wq)
-                    gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, rows)
+                    gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, spans)
             else:
-                gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension, rows)
+                gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension, spans)
             for j in range(min(runs_of, n_ - r * runs_of)):
                 for m in range(count):
                     from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
@@ -553,16 +555,29 @@ def dots_four(acc, g, s0, s1, s2, s3, length, zero):
 
 
 def _tap_group(taps, block):
-    """Taps per pass: four for blocks of four channels where that needs no padding
-    tap and three would (4, 8 or 16 taps: 2x2, 2x4, 4x4 kernels; the 4x4 stride-2
-    convolutions of a decoder ran 10-15% faster), else three (one channel: nine
-    per pass, see forward_block)."""
+    """Taps per pass: four for blocks of four channels where the tap count is a
+    multiple of four but not of three (4, 8, 16, 20 taps: 2x2, 2x4, 4x4, 4x5
+    kernels), whose threes would need padding taps (a 4x4 stride-2 kernel's
+    passes ran 9-20% faster in fours), else three (one channel: nine per pass, see
+    forward_block)."""
     return 4 if block == BLOCK and taps % 4 == 0 and taps % 3 != 0 else 3
 
 
-def _in_groups(taps, group):
-    """taps padded with None to a multiple of `group`."""
-    return taps + [None] * (-len(taps) % group)
+def _padded_to(taps, multiple):
+    """taps padded with None to a multiple of `multiple`."""
+    return taps + [None] * (-len(taps) % multiple)
+
+
+def _phase_taps(g):
+    """The tap count of each phase (a, b) of the stride, in row-major order."""
+    return [sum(1 for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b) for a in range(g.sh) for b in range(g.sw)]
+
+
+def _pairs_per_chunk(g, block):
+    """input_grad's (channel, tap) pairs per chunk: four where every phase's tap
+    count takes fours (_tap_group; a 4x4 stride-2 kernel: four per phase), else
+    three."""
+    return 4 if all(_tap_group(t, block) == 4 for t in _phase_taps(g)) else 3
 
 
 def _tap_weights(weight, taps):
@@ -611,14 +626,15 @@ def _spread(items, cells, threads):
 
 class _Plan:
     """How forward and weight_grad run geometry g: channel block, samples per run,
-    taps (in groups, _tap_group) and their starts, loop length and phase buffer size, and
-    whether the input is split into phases before the loop."""
+    taps (padded to a multiple of _tap_group) and their starts, loop length and
+    phase buffer size, and whether the input is split into phases before the
+    loop."""
 
     def __init__(self, g, threads):
         self.hq, self.wq = hq, wq = phase_shape(g)
         self.block, _, self.split, self.runs_of = _blocking(g.n, g.groups, g.c_out // g.groups, hq * wq, threads)
-        self.group = _tap_group(g.kh * g.kw, self.block)
-        self.taps = _in_groups([(i, j) for i in range(g.kh) for j in range(g.kw)], self.group)
+        self.tap_group = _tap_group(g.kh * g.kw, self.block)
+        self.taps = _padded_to([(i, j) for i in range(g.kh) for j in range(g.kw)], self.tap_group)
         self.starts = tap_starts(g, self.taps, hq, self.runs_of * wq, self.runs_of * hq * wq)
         self.length = _rounded(((g.oh - 1) * self.runs_of + self.runs_of - 1) * wq + g.ow)
         self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
@@ -641,7 +657,7 @@ def forward_driver(x, weight, g, threads):
     plan = _Plan(g, threads)
     out = np.empty(g.output_shape, dtype=x.dtype)
     weights = _tap_weights(weight, plan.taps)
-    forward(x, plan.phased(x, g), weights, plan.starts, g.kh * g.kw, plan.group, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
+    forward(x, plan.phased(x, g), weights, plan.starts, g.kh * g.kw, plan.tap_group, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
     return out
 
 
@@ -651,28 +667,26 @@ def _input_plan(g, pitch, block):
     `block` channels (built once per shape): its chunks, bounds and channels per
     pass, and for each chunk's pairs the weight's (row, i, j), row g.c_out //
     g.groups for a missing pair. Each phase's (channel, tap) pairs come four at a
-    time where every phase has a multiple of four taps and a block four channels
-    (a 4x4 stride-2 kernel: one pass per phase and channel, _tap_group), else
-    three. In threes, channels are taken three at a time where that saves passes,
-    that is where a phase's tap count is not a multiple of three (a stride-2 3x3
-    kernel: five passes per channel against three), else one (a smaller working
-    set)."""
+    time where every phase takes fours (_pairs_per_chunk), else three. In threes,
+    channels are taken three at a time where that saves passes, that is where a
+    phase's tap count is not a multiple of three (a stride-2 3x3 kernel: five
+    passes per channel against three), else one (a smaller working set)."""
     kg = g.c_out // g.groups
-    counts = [sum(1 for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b) for a in range(g.sh) for b in range(g.sw)]
-    size = 4 if all(_tap_group(t, block) == 4 for t in counts) else 3
+    counts = _phase_taps(g)
+    per_chunk = _pairs_per_chunk(g, block)
     singly = sum(-(-t // 3) for t in counts)
-    per = 3 if size == 3 and singly > 1.15 * sum(counts) / 3 else 1
+    per = 3 if per_chunk == 3 and singly > 1.15 * sum(counts) / 3 else 1
     chunks, pairs = [], []
     for first in range(0, kg, per):
         for a in range(g.sh):
             for b in range(g.sw):
                 mine = [(kl, i, j) for kl in range(first, min(first + per, kg)) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b]
-                for u in range(0, len(mine), size):
-                    some = mine[u : u + size]
-                    # a short chunk repeats its last pair, with no weight (pairs < size)
-                    shifts = [(kl, i * g.dh // g.sh * pitch + j * g.dw // g.sw) for kl, i, j in some + [some[-1]] * (size - len(some))]
+                for u in range(0, len(mine), per_chunk):
+                    some = mine[u : u + per_chunk]
+                    # a short chunk repeats its last pair, with no weight (pairs < per_chunk)
+                    shifts = [(kl, i * g.dh // g.sh * pitch + j * g.dw // g.sw) for kl, i, j in some + [some[-1]] * (per_chunk - len(some))]
                     chunks.append((a * g.sw + b, len(some), first, *(v for pair in shifts for v in pair)))
-                    pairs.append(some + [(kg, 0, 0)] * (size - len(some)))
+                    pairs.append(some + [(kg, 0, 0)] * (per_chunk - len(some)))
     chunks = np.array(chunks, dtype=np.int64)
     bounds = np.flatnonzero(np.diff(chunks[:, 2], prepend=-1, append=-1))
     return chunks, bounds, per, np.array(pairs, dtype=np.int64)
@@ -720,19 +734,19 @@ def _flipped(weight, g):
     return np.ascontiguousarray(turned).reshape(g.c_in, kg, g.kh, g.kw)
 
 
-def _phase_rows(g, hq, pitch, size):
-    """(sh*sw, 2) int64 array: the first and end cell of the rows of each phase of
-    the padded input plane that hold input cells (rows `pitch` cells apart, the end
-    rounded up to whole vector loops, at most `size`): input_grad computes only
-    those. A stride-2 gradient of a plane padded by one has a padding row in each
-    row phase, 1/9 of the cells of 8x8 phases."""
-    rows = []
+def _phase_spans(g, hq, pitch, size):
+    """(sh*sw, 2) int64 array: for each phase of the padded input plane, the first
+    and end cell of its rows that hold input cells (rows `pitch` cells apart; the
+    first cell rounded down and the end up to whole vector loops, the end at most
+    `size`): input_grad computes only those. A stride-2 gradient of a plane padded
+    by one has one padding row in each row phase: 1 of decoder_up's 9."""
+    spans = []
     for a in range(g.sh):
         first = max(0, -(-(g.pt - a) // g.sh))
         end = min(hq, (g.pt + g.h - 1 - a) // g.sh + 1)
         lo = min(size, first * pitch // 16 * 16)  # accumulators aligned as the loops' vectors
-        rows += [(lo, min(size, _rounded(max(lo, end * pitch))))] * g.sw
-    return np.array(rows, dtype=np.int64)
+        spans += [(lo, min(size, _rounded(max(lo, end * pitch))))] * g.sw
+    return np.array(spans, dtype=np.int64)
 
 
 def input_driver(weight, grad_output, g, threads):
@@ -750,8 +764,8 @@ def input_driver(weight, grad_output, g, threads):
         widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
         widen_planes(grad_output, widened, extension, wq, runs_of)
     spread = _spread(-(-g.n // runs_of) * g.groups * -(-(g.c_in // g.groups) // block), runs_of * hq * wq, threads)
-    rows = _phase_rows(g, hq, runs_of * wq, size)
-    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread, rows)
+    spans = _phase_spans(g, hq, runs_of * wq, size)
+    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread, spans)
     return gx
 
 
@@ -759,10 +773,12 @@ def _weight_plan(g, threads):
     """weight_grad's plan (a _Plan) and channel block: up to four of the plan's
     blocks per iteration (each input plane loaded once for sixteen channels:
     float64 res3x3_s2 went from 38 to 23 ms), as long as batch chunks keep every
-    thread busy. Where one block then holds a group's channels, one iteration reads
-    each input plane of a batch chunk: it splits the plane itself, in cache, rather
-    than all planes in a pass over memory before the loop (grouped, 8 channels per
-    group: 2.9 -> 2.7 ms float32, 5.3 -> 4.8 ms float64)."""
+    thread busy. Where one block then holds a group's channels (in a convolution of
+    one group too) and the planes are large enough to run one sample at a time
+    (runs_of 1: an iteration's own split is of one sample's plane), one iteration
+    reads each input plane of a batch chunk: it splits the plane itself, in cache,
+    rather than all planes in a pass over memory before the loop (grouped, 8
+    channels per group: 2.9 -> 2.7 ms float32, 5.3 -> 4.8 ms float64)."""
     plan = _Plan(g, threads)
     kg = g.c_out // g.groups
     block = plan.block
@@ -789,6 +805,6 @@ def weight_driver(x, grad_output, g, threads):
     spread = _spread(chunks * blocks, plan.runs_of * plan.hq * plan.wq, threads)
     partial = np.empty((chunks, g.c_out, g.c_in // g.groups, len(plan.taps)), dtype=x.dtype)
     phased = plan.phased(x, g)
-    weight_grad(x, phased, grad_output, plan.starts, plan.group, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block, spread)
+    weight_grad(x, phased, grad_output, plan.starts, plan.tap_group, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block, spread)
     total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
     return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)

@@ -329,18 +329,28 @@ def test_strided_dispatch():
     assert [dispatch.conv_path(strided, c, 8) for c in dispatch.PASSES] == ["gemm", "gemm", "gemm"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     assert [dispatch.conv_path(depthwise, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
-    # the direct loops take a 4x4 kernel's taps four at a time: faster than GEMM
+    # the direct loops take a 4x4 stride-2 kernel's taps four at a time, each
+    # phase's: faster than GEMM; at stride 4 each phase has one tap
     four_taps = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
     assert [dispatch.conv_path(four_taps, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
+    patches = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)
+    assert [dispatch.conv_path(patches, c, 8) for c in dispatch.PASSES] == ["gemm"] * 3
 
 
 @dtype_param
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
-    "kernel, stride, padding, dilation",
-    [((4, 4), 2, 1, 1), ((2, 2), 1, 0, 1), ((2, 4), (1, 2), (1, 2), (2, 1)), ((4, 4), 1, "same", 1), ((4, 4), 2, ((0, 3), (2, 1)), 1)],
+    "n, h, w, kernel, stride, padding, dilation, gather_fours",
+    [
+        (5, 11, 12, (4, 4), 2, 1, 1, True),
+        (5, 11, 12, (2, 2), 1, 0, 1, True),
+        (5, 11, 12, (2, 4), (1, 2), (1, 2), (2, 1), True),
+        (5, 11, 12, (4, 4), 1, "same", 1, False),  # the input gradient runs the forward's loops
+        (5, 11, 12, (4, 4), 2, ((0, 3), (2, 1)), 1, True),
+        (9, 1, 2, (4, 4), 2, ((3, 2), (1, 3)), 1, True),  # a 1x2 plane: phases without input rows
+    ],
 )
-def test_four_taps_per_pass(kernel, stride, padding, dilation, threads, dtype, rng):
+def test_four_taps_per_pass(n, h, w, kernel, stride, padding, dilation, gather_fours, threads, dtype, rng):
     # Kernels of 4, 8 or 16 taps take their taps (and the input gradient its pairs,
     # where every phase has four) four at a time, in blocks of four channels; the
     # transposed convolution of a 4x4 stride-2 kernel runs all three passes so.
@@ -348,21 +358,19 @@ def test_four_taps_per_pass(kernel, stride, padding, dilation, threads, dtype, r
 
     from fastconv.params import conv2d_geometry
 
-    x = rng.standard_normal((5, 8, 11, 12)).astype(dtype)
-    w = rng.standard_normal((12, 8) + kernel).astype(dtype)
+    x = rng.standard_normal((n, 8, h, w)).astype(dtype)
+    wt = rng.standard_normal((12, 8) + kernel).astype(dtype)
     kw = dict(stride=stride, padding=padding, dilation=dilation)
-    g = conv2d_geometry(x.shape, w.shape, **kw)
-    assert direct._Plan(g, threads).group == 4
+    g = conv2d_geometry(x.shape, wt.shape, **kw)
+    assert direct._Plan(g, threads).tap_group == 4
+    assert (not direct._as_forward(g) and direct._pairs_per_chunk(g, direct.BLOCK) == 4) == gather_fours
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
-        _check_conv(x, w, kw, dtype, rng)
+        _check_conv(x, wt, kw, dtype, rng)
         if stride == 2:
-            hq, wq = direct.phase_shape(g)
-            block, _, _, runs_of = direct._blocking(g.n, g.groups, g.c_in, hq * wq, threads)
-            assert direct._input_plan(g, runs_of * wq, block)[0].shape[1] == 11
-            xt = x[:, :, :6, :6]
+            xt = rng.standard_normal((n, 8, 6, 5)).astype(dtype)
             ct = dict(stride=stride, padding=1)
-            y = reference.conv_transpose2d(xt, w.transpose(1, 0, 2, 3), **ct)
-            assert_close(fastconv.conv_transpose2d(xt, w.transpose(1, 0, 2, 3), **ct), y, dtype)
+            y = reference.conv_transpose2d(xt, wt.transpose(1, 0, 2, 3), **ct)
+            assert_close(fastconv.conv_transpose2d(xt, wt.transpose(1, 0, 2, 3), **ct), y, dtype)
 
 
 @dtype_param
