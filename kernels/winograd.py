@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .direct import split_planes
+from .direct import _unaliased, split_planes
 from .gemm import matmul
 
 M, R = 2, 3  # outputs per tile side, kernel side
@@ -348,8 +348,9 @@ class _Plan:
         self.units = [self._segments(tile_rows[r : r + rows]) for r in range(0, len(tile_rows), rows)]
         self.segments = np.concatenate(self.units)
         self.first = np.cumsum([0] + [len(u) for u in self.units]).astype(np.int64)
-        # columns per channel: whole vectors (the long passes' tails are short)
-        self.pitch = -(-(rows * self.wq + EXTRA) * itemsize // 64) * 64 // itemsize
+        # columns per channel: whole vectors (the long passes' tails are short), the
+        # channels' rows not a multiple of 4 KiB apart (_unaliased)
+        self.pitch = _unaliased(-(-(rows * self.wq + EXTRA) * itemsize // 64) * 64 // itemsize, itemsize)
 
         row_passes = [self._input_rows(ry, rx) for ry, rx, _, _ in phases]
         self.tables = {

@@ -390,3 +390,28 @@ def test_weight_gradient_splitting_its_own_planes(groups, stride, threads, dtype
     assert block == 8 and not plan.split
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
         _check_conv(x, w, kw, dtype, rng)
+
+
+@dtype_param
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel", [2, 4])
+def test_kernel_at_its_own_stride(kernel, threads, dtype, rng):
+    # Non-overlapping windows (patches): every phase has one tap, and the gather's
+    # accumulator rows (16 phases of 960 cells at 4x4) would lie a multiple of
+    # 4 KiB apart; their pitch is one vector loop longer.
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    x = rng.standard_normal((16, 8, 32, 32)).astype(dtype)
+    w = rng.standard_normal((8, 8, kernel, kernel)).astype(dtype)
+    kw = dict(stride=kernel)
+    g = conv2d_geometry(x.shape, w.shape, **kw)
+    hq, wq = direct.phase_shape(g)
+    runs_of = direct._blocking(g.n, g.groups, g.c_in, hq * wq, threads)[3]
+    width = g.sh * g.sw * direct._rounded(runs_of * hq * wq)
+    assert direct._unaliased(width, x.itemsize) * x.itemsize % 4096 != 0
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        _check_conv(x, w, kw, dtype, rng)
+        xt = x[:, :, :7, :9]
+        assert_close(fastconv.conv_transpose2d(xt, w, **kw), reference.conv_transpose2d(xt, w, **kw), dtype)
