@@ -34,7 +34,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .direct import _unaliased, split_planes
+from .direct import _unaliased, dots_three, split_planes
 from .gemm import matmul
 
 M, R = 2, 3  # outputs per tile side, kernel side
@@ -194,10 +194,12 @@ def products(u, v, out):
     """out[p] = u[p] @ v[p] for each tile cell p: u (16, K4, C3), v (16, C3, P), out
     (16, K4, P), K4 a multiple of 4 and C3 of 3. Output rows four at a time, input
     rows three at a time: one load of three rows of v feeds twelve multiply-adds, as
-    in the direct kernels. 70-85% of OpenBLAS's speed on these shapes, but on Numba's
-    threads: BLAS on fastconv's own threads ran a third slower in a sequence of
-    kernels, sharing the cores with OpenMP workers that spin after each parallel
-    kernel (PyTorch's libgomp, with its default spin, once PyTorch is imported)."""
+    in the direct kernels (written out here: their add_taps, on these views of out
+    and u, made the forward 35-45% slower). 70-85% of OpenBLAS's speed on these
+    shapes, but on Numba's threads: BLAS on fastconv's own threads ran a third
+    slower in a sequence of kernels, sharing the cores with OpenMP workers that
+    spin after each parallel kernel (PyTorch's libgomp, with its default spin, once
+    PyTorch is imported)."""
     length = v.shape[2]
     for p in range(u.shape[0]):
         for k0 in range(0, u.shape[1], 4):
@@ -248,32 +250,14 @@ def forward_units(phases, u, out, segments, first, threads, pitch, wq, round_to,
 def sums_of_products(hat, v, acc):
     """acc[p] += hat[p] @ v[p]^T for each tile cell p: hat (16, K4, P), v (16, C3, P),
     acc (16, K4, C3), K4 a multiple of 4 and C3 of 3: twelve sums over the tiles at
-    a time, four rows of hat by three of v (fastmath: the sums vectorise)."""
+    a time, four rows of hat by three of v (the direct weight gradient's dots_three;
+    fastmath: the sums vectorise)."""
     length = v.shape[2]
+    zero = acc.dtype.type(0)
     for p in range(hat.shape[0]):
         for k0 in range(0, hat.shape[1], 4):
-            h0, h1, h2, h3 = hat[p, k0], hat[p, k0 + 1], hat[p, k0 + 2], hat[p, k0 + 3]
             for c0 in range(0, v.shape[1], 3):
-                s0, s1, s2 = v[p, c0], v[p, c0 + 1], v[p, c0 + 2]
-                d00 = d01 = d02 = d10 = d11 = d12 = d20 = d21 = d22 = d30 = d31 = d32 = acc.dtype.type(0)
-                for q in range(length):
-                    x0, x1, x2 = s0[q], s1[q], s2[q]
-                    y0, y1, y2, y3 = h0[q], h1[q], h2[q], h3[q]
-                    d00, d01, d02 = d00 + y0 * x0, d01 + y0 * x1, d02 + y0 * x2
-                    d10, d11, d12 = d10 + y1 * x0, d11 + y1 * x1, d12 + y1 * x2
-                    d20, d21, d22 = d20 + y2 * x0, d21 + y2 * x1, d22 + y2 * x2
-                    d30, d31, d32 = d30 + y3 * x0, d31 + y3 * x1, d32 + y3 * x2
-                add_three(acc[p, k0], c0, d00, d01, d02)
-                add_three(acc[p, k0 + 1], c0, d10, d11, d12)
-                add_three(acc[p, k0 + 2], c0, d20, d21, d22)
-                add_three(acc[p, k0 + 3], c0, d30, d31, d32)
-
-
-@serial(inline=True)
-def add_three(row, first, a, b, c):
-    row[first] += a
-    row[first + 1] += b
-    row[first + 2] += c
+                dots_three(acc[p, k0 : k0 + 4, c0 : c0 + 3], hat[p, k0 : k0 + 4], v[p, c0], v[p, c0 + 1], v[p, c0 + 2], length, zero)
 
 
 @parallel
