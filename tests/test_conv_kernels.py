@@ -4,7 +4,7 @@ the adjoint identity. Independent of PyTorch."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
@@ -415,3 +415,40 @@ def test_kernel_at_its_own_stride(kernel, threads, dtype, rng):
         _check_conv(x, w, kw, dtype, rng)
         xt = x[:, :, :7, :9]
         assert_close(fastconv.conv_transpose2d(xt, w, **kw), reference.conv_transpose2d(xt, w, **kw), dtype)
+
+
+@st.composite
+def four_tap_conv(draw):
+    groups = draw(st.integers(1, 2))
+    kernel = draw(st.sampled_from([(2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (4, 4), (4, 5)]))
+    case = (
+        draw(st.integers(4, 9)), groups * draw(st.integers(1, 3)), groups * 4 * draw(st.integers(1, 2)),
+        draw(st.integers(1, 14)), draw(st.integers(1, 14)),
+        kernel,
+        (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+        ((draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(0, 3)), draw(st.integers(0, 3)))),
+        (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        groups,
+    )
+    return case, draw(st.sampled_from(DTYPES)), draw(st.integers(1, 2)), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(four_tap_conv())
+def test_four_tap_passes_random_against_reference(drawn):
+    # Random geometries of the direct kernels' four-tap passes (blocks of four
+    # channels; the gather's four-pair chunks and row spans where the phases allow)
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    case, dtype, threads, seed = drawn
+    rng = np.random.default_rng(seed)
+    x, w, kw = _conv_arrays(case, dtype, rng)
+    try:
+        g = conv2d_geometry(x.shape, w.shape, **kw)
+    except ValueError:
+        assume(False)  # the kernel does not fit the padded input
+    assert direct._Plan(g, threads).tap_group == 4
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        _check_conv(x, w, kw, dtype, rng)
