@@ -82,13 +82,17 @@ def test_conv_transpose2d_paths(path, dtype, case, rng):
 
 
 @st.composite
-def random_conv(draw):
-    groups = draw(st.integers(1, 4))
+def random_conv(draw, kernels=None, samples=(1, 3), group_counts=(1, 4), blocks_of_four=False, strides=(1, 3)):
+    """(case for _conv_arrays, dtype, path, seed): random geometries; `kernels` a
+    strategy for the kernel shape, `blocks_of_four` output channels per group a
+    multiple of four."""
+    groups = draw(st.integers(*group_counts))
     case = (
-        draw(st.integers(1, 3)), groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4)),
+        draw(st.integers(*samples)), groups * draw(st.integers(1, 4)),
+        groups * (4 * draw(st.integers(1, 2)) if blocks_of_four else draw(st.integers(1, 4))),
         draw(st.integers(1, 12)), draw(st.integers(1, 12)),
-        (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
-        (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        draw(kernels) if kernels is not None else (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
+        (draw(st.integers(*strides)), draw(st.integers(*strides))),
         ((draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(0, 3)), draw(st.integers(0, 3)))),
         (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
         groups,
@@ -417,32 +421,25 @@ def test_kernel_at_its_own_stride(kernel, threads, dtype, rng):
         assert_close(fastconv.conv_transpose2d(xt, w, **kw), reference.conv_transpose2d(xt, w, **kw), dtype)
 
 
-@st.composite
-def four_tap_conv(draw):
-    groups = draw(st.integers(1, 2))
-    kernel = draw(st.sampled_from([(2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (4, 4), (4, 5)]))
-    case = (
-        draw(st.integers(4, 9)), groups * draw(st.integers(1, 3)), groups * 4 * draw(st.integers(1, 2)),
-        draw(st.integers(1, 14)), draw(st.integers(1, 14)),
-        kernel,
-        (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
-        ((draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(0, 3)), draw(st.integers(0, 3)))),
-        (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
-        groups,
-    )
-    return case, draw(st.sampled_from(DTYPES)), draw(st.integers(1, 2)), draw(st.integers(0, 2**16))
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(four_tap_conv())
-def test_four_tap_passes_random_against_reference(drawn):
+@given(
+    random_conv(
+        kernels=st.sampled_from([(2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (4, 4), (4, 5)]),
+        samples=(4, 9),
+        group_counts=(1, 2),
+        blocks_of_four=True,
+        strides=(1, 4),
+    ),
+    st.integers(1, 2),
+)
+def test_four_tap_passes_random_against_reference(drawn, threads):
     # Random geometries of the direct kernels' four-tap passes (blocks of four
     # channels; the gather's four-pair chunks and row spans where the phases allow)
     from fastconv.kernels import direct
 
     from fastconv.params import conv2d_geometry
 
-    case, dtype, threads, seed = drawn
+    case, dtype, _, seed = drawn
     rng = np.random.default_rng(seed)
     x, w, kw = _conv_arrays(case, dtype, rng)
     try:
