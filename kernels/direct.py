@@ -32,6 +32,7 @@ chunks in a fixed order, so reruns are bitwise identical). On small planes an
 iteration takes several successive blocks (`spread`), its buffers allocated once.
 """
 
+import copy
 import functools
 
 import numpy as np
@@ -590,11 +591,12 @@ def _pairs_per_chunk(g, block):
     return 4 if all(_tap_group(t, block) == 4 for t in _phase_taps(g)) else 3
 
 
-def _tap_weights(weight, taps):
-    """(K, Cg, len(taps)) array of weight[:, :, i, j] for each tap, zero for None."""
+def _tap_weights(weight, index):
+    """(K, Cg, len(index)) array of weight[:, :, i, j] for each tap's flat index
+    i * kw + j (_Plan.index), zero for kh * kw (a padding tap)."""
     k_, cg, kh, kw = weight.shape
     flat = np.concatenate([weight.reshape(k_, cg, kh * kw), np.zeros((k_, cg, 1), dtype=weight.dtype)], axis=2)
-    return np.ascontiguousarray(flat[:, :, [kh * kw if tap is None else tap[0] * kw + tap[1] for tap in taps]])
+    return np.ascontiguousarray(flat[:, :, index])
 
 
 def _block(samples, groups, channels, threads):
@@ -645,6 +647,7 @@ class _Plan:
         self.block, _, self.split, self.runs_of = _blocking(g.n, g.groups, g.c_out // g.groups, hq * wq, threads)
         self.tap_group = _tap_group(g.kh * g.kw, self.block)
         self.taps = _padded_to([(i, j) for i in range(g.kh) for j in range(g.kw)], self.tap_group)
+        self.index = np.array([g.kh * g.kw if tap is None else tap[0] * g.kw + tap[1] for tap in self.taps], dtype=np.int64)
         self.starts = tap_starts(g, self.taps, hq, self.runs_of * wq, self.runs_of * hq * wq)
         self.length = _rounded(((g.oh - 1) * self.runs_of + self.runs_of - 1) * wq + g.ow)
         self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
@@ -663,18 +666,24 @@ class _Plan:
         return self.hq, self.wq, self.length, self.span, self.runs_of
 
 
+@functools.lru_cache(maxsize=256)
+def _plan(g, threads):
+    """The _Plan of geometry g, built once per shape and thread count (read only):
+    building it took about as long as a batch-1 layer's kernel."""
+    return _Plan(g, threads)
+
+
 def forward_driver(x, weight, g, threads):
-    plan = _Plan(g, threads)
+    plan = _plan(g, threads)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    weights = _tap_weights(weight, plan.taps)
+    weights = _tap_weights(weight, plan.index)
     forward(x, plan.phased(x, g), weights, plan.starts, g.kh * g.kw, plan.tap_group, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
     return out
 
 
-@functools.lru_cache(maxsize=256)
 def _input_plan(g, pitch, block):
     """input_grad's plan for geometry g, rows `pitch` cells apart and blocks of
-    `block` channels (built once per shape): its chunks, bounds and channels per
+    `block` channels: its chunks, bounds and channels per
     pass, and for each chunk's pairs the weight's (row, i, j), row g.c_out //
     g.groups for a missing pair. Each phase's (channel, tap) pairs come four at a
     time where every phase takes fours (_pairs_per_chunk), else three. In threes,
@@ -759,26 +768,43 @@ def _phase_spans(g, hq, pitch, size):
     return np.array(spans, dtype=np.int64)
 
 
+class _GatherPlan:
+    """How input_grad runs geometry g: phase shape, channel block, samples per run,
+    whether grad_output is widened before the loop, the chunks of _input_plan, the
+    accumulators' phase size and spans, and the iterations' spread."""
+
+    def __init__(self, g, threads):
+        self.hq, self.wq = hq, wq = phase_shape(g)
+        self.block, _, self.shared, self.runs_of = _blocking(g.n, g.groups, g.c_in // g.groups, hq * wq, threads)
+        self.chunks, self.bounds, self.per, self.pairs = _input_plan(g, self.runs_of * wq, self.block)
+        self.extension = int(self.chunks[:, 4::2].max())
+        self.size = _rounded(self.runs_of * hq * wq)
+        self.runs = -(-g.n // self.runs_of)
+        self.spread = _spread(self.runs * g.groups * -(-(g.c_in // g.groups) // self.block), self.runs_of * hq * wq, threads)
+        self.spans = _phase_spans(g, hq, self.runs_of * wq, self.size)
+
+
+@functools.lru_cache(maxsize=256)
+def _gather_plan(g, threads):
+    """The _GatherPlan of geometry g, built once per shape and thread count, as _plan."""
+    return _GatherPlan(g, threads)
+
+
 def input_driver(weight, grad_output, g, threads):
     if _as_forward(g):
         return forward_driver(grad_output, _flipped(weight, g), _adjoint(g), threads)
-    hq, wq = phase_shape(g)
-    block, _, shared, runs_of = _blocking(g.n, g.groups, g.c_in // g.groups, hq * wq, threads)
-    chunks, bounds, per, pairs = _input_plan(g, runs_of * wq, block)
-    wchunks = _chunk_weights(weight, g, pairs)
-    extension = int(chunks[:, 4::2].max())
+    p = _gather_plan(g, threads)
+    wchunks = _chunk_weights(weight, g, p.pairs)
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    size = _rounded(runs_of * hq * wq)
     widened = np.empty((0, 0, 0), dtype=grad_output.dtype)
-    if shared:
-        widened = np.empty((-(-g.n // runs_of), g.c_out, extension + size), dtype=grad_output.dtype)
-        widen_planes(grad_output, widened, extension, wq, runs_of)
-    spread = _spread(-(-g.n // runs_of) * g.groups * -(-(g.c_in // g.groups) // block), runs_of * hq * wq, threads)
-    spans = _phase_spans(g, hq, runs_of * wq, size)
-    input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, hq, wq, size, extension, runs_of, block, spread, spans)
+    if p.shared:
+        widened = np.empty((p.runs, g.c_out, p.extension + p.size), dtype=grad_output.dtype)
+        widen_planes(grad_output, widened, p.extension, p.wq, p.runs_of)
+    input_grad(wchunks, p.chunks, p.bounds, p.per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, p.hq, p.wq, p.size, p.extension, p.runs_of, p.block, p.spread, p.spans)
     return gx
 
 
+@functools.lru_cache(maxsize=256)
 def _weight_plan(g, threads):
     """weight_grad's plan (a _Plan) and channel block: up to four of the plan's
     blocks per iteration (each input plane loaded once for sixteen channels:
@@ -788,8 +814,9 @@ def _weight_plan(g, threads):
     (runs_of 1: an iteration's own split is of one sample's plane), one iteration
     reads each input plane of a batch chunk: it splits the plane itself, in cache,
     rather than all planes in a pass over memory before the loop (grouped, 8
-    channels per group: 2.9 -> 2.7 ms float32, 5.3 -> 4.8 ms float64)."""
-    plan = _Plan(g, threads)
+    channels per group: 2.9 -> 2.7 ms float32, 5.3 -> 4.8 ms float64). Built once
+    per shape and thread count, as _plan."""
+    plan = copy.copy(_plan(g, threads))
     kg = g.c_out // g.groups
     block = plan.block
     while block < min(kg, 4 * plan.block) and plan.runs * g.groups * -(-kg // (2 * block)) >= 2 * threads:
