@@ -49,8 +49,8 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide strided
       convolutions of one group in float64 (C*kh*kw >= 512 inputs, 64+ outputs per
-      position), but for kernels whose every stride phase the direct loops take
-      four taps at a time (4x4 stride-2: dcgan_up's three passes 23.9 ms direct
+      position), but for kernels whose every stride phase has four taps (4x4
+      stride-2: dcgan_up's three passes 23.9 ms direct
       against 26.7 by GEMM; a 2x2 or 4x4 kernel at its own stride, one tap per
       phase, ran 1.1-1.6x faster by GEMM).
       In float32 the GEMM path's strided input gradient beat the direct gather
@@ -66,7 +66,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
         return "gemm"
     if W.applicable(g) and _winograd_pays(g):
         return "winograd"
-    if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64 and D._pairs_per_chunk(g, D.BLOCK) == 3:
+    if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64 and set(D._phase_taps(g)) != {4}:
         return "gemm"
     return "direct"
 

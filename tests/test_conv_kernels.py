@@ -341,23 +341,44 @@ def test_strided_dispatch():
     assert [dispatch.conv_path(patches, c, 8) for c in dispatch.PASSES] == ["gemm"] * 3
 
 
+@given(st.integers(1, 60), st.integers(0, 60))
+def test_tap_passes_are_the_fewest_and_even(count, first):
+    from fastconv.kernels import direct
+
+    assume(first <= count)
+    passes = direct._tap_passes(count, first)
+    sizes = passes[:, 1] - passes[:, 0]
+    assert passes[0, 0] == first if count > first else passes.shape[0] == 0
+    assert (passes[1:, 0] == passes[:-1, 1]).all() and (count == first or passes[-1, 1] == count)
+    assert len(passes) == -(-(count - first) // direct.MOST_TAPS)
+    assert (sizes >= 1).all() and (sizes <= direct.MOST_TAPS).all() and (len(sizes) == 0 or np.ptp(sizes) <= 1)
+
+
 @dtype_param
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
-    "n, h, w, kernel, stride, padding, dilation, gather_fours",
+    "n, h, w, kernel, stride, padding, dilation, forward_passes, gather_pairs",
     [
-        (5, 11, 12, (4, 4), 2, 1, 1, True),
-        (5, 11, 12, (2, 2), 1, 0, 1, True),
-        (5, 11, 12, (2, 4), (1, 2), (1, 2), (2, 1), True),
-        (5, 11, 12, (4, 4), 1, "same", 1, False),  # the input gradient runs the forward's loops
-        (5, 11, 12, (4, 4), 2, ((0, 3), (2, 1)), 1, True),
-        (9, 1, 2, (4, 4), 2, ((3, 2), (1, 3)), 1, True),  # a 1x2 plane: phases without input rows
+        (5, 11, 12, (4, 4), 2, 1, 1, [4, 4, 4, 4], {4}),
+        (5, 11, 12, (2, 2), 1, 0, 1, [4], {4}),
+        (5, 11, 12, (2, 4), (1, 2), (1, 2), (2, 1), [4, 4], {4}),
+        (5, 11, 12, (4, 4), 1, "same", 1, [4, 4, 4, 4], None),  # the input gradient runs the forward's loops
+        (5, 11, 12, (4, 4), 2, ((0, 3), (2, 1)), 1, [4, 4, 4, 4], {4}),
+        (9, 1, 2, (4, 4), 2, ((3, 2), (1, 3)), 1, [4, 4, 4, 4], {4}),  # a 1x2 plane: phases without input rows
+        (5, 11, 12, (3, 3), 1, 1, 1, [4, 5], None),
+        (5, 11, 12, (3, 3), 1, 0, 1, [4, 5], {5, 4}),  # unpadded: the gather
+        (5, 11, 12, (3, 3), 2, 1, 1, [4, 5], {5, 4, 2}),  # phases of 4, 2, 2, 1 taps: five channels per pass
+        (4, 13, 12, (5, 5), 1, 0, 1, [5] * 5, {5}),
+        (4, 13, 12, (5, 5), 2, 2, 1, [5] * 5, {5, 4}),  # phases of 9, 6, 6, 4: five channels per pass
+        (3, 15, 14, (7, 7), 2, 3, 1, [4] + [5] * 9, {5, 4}),
+        (5, 11, 12, (1, 2), 1, 0, 1, [2], {5, 4}),
+        (5, 11, 12, (2, 3), (2, 1), 1, (1, 2), [3, 3], {5, 3}),
     ],
 )
-def test_four_taps_per_pass(n, h, w, kernel, stride, padding, dilation, gather_fours, threads, dtype, rng):
-    # Kernels of 4, 8 or 16 taps take their taps (and the input gradient its pairs,
-    # where every phase has four) four at a time, in blocks of four channels; the
-    # transposed convolution of a 4x4 stride-2 kernel runs all three passes so.
+def test_passes_of_up_to_five_taps(n, h, w, kernel, stride, padding, dilation, forward_passes, gather_pairs, threads, dtype, rng):
+    # Taps (and the input gradient's (channel, tap) pairs) go up to five at a time
+    # in the fewest passes, in blocks of four channels; the transposed convolution
+    # of a 4x4 stride-2 kernel runs all three passes in fours.
     from fastconv.kernels import direct
 
     from fastconv.params import conv2d_geometry
@@ -366,8 +387,14 @@ def test_four_taps_per_pass(n, h, w, kernel, stride, padding, dilation, gather_f
     wt = rng.standard_normal((12, 8) + kernel).astype(dtype)
     kw = dict(stride=stride, padding=padding, dilation=dilation)
     g = conv2d_geometry(x.shape, wt.shape, **kw)
-    assert direct._Plan(g, threads).tap_group == 4
-    assert (not direct._as_forward(g) and direct._pairs_per_chunk(g, direct.BLOCK) == 4) == gather_fours
+    plan = direct._Plan(g, threads)
+    assert plan.block == direct.BLOCK and plan.nines == 0
+    assert list(plan.passes[:, 1] - plan.passes[:, 0]) == forward_passes
+    assert set(plan.weight_passes[:, 1] - plan.weight_passes[:, 0]) <= {3, 4, 5}
+    if gather_pairs is None:
+        assert direct._as_forward(g)
+    else:
+        assert not direct._as_forward(g) and set(direct._gather_plan(g, threads).chunks[:, 1]) == gather_pairs
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
         _check_conv(x, wt, kw, dtype, rng)
         if stride == 2:
@@ -375,6 +402,27 @@ def test_four_taps_per_pass(n, h, w, kernel, stride, padding, dilation, gather_f
             ct = dict(stride=stride, padding=1)
             y = reference.conv_transpose2d(xt, wt.transpose(1, 0, 2, 3), **ct)
             assert_close(fastconv.conv_transpose2d(xt, wt.transpose(1, 0, 2, 3), **ct), y, dtype)
+
+
+@dtype_param
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel, channels", [((3, 3), 1), ((5, 5), 1), ((3, 3), 5), ((4, 4), 6), ((1, 3), 2)])
+def test_blocks_of_fewer_than_four_channels(kernel, channels, threads, dtype, rng):
+    # Output channels per group that are not a multiple of four leave blocks of one
+    # to three channels (add_rows, row by row); one channel per group (depthwise)
+    # takes nine taps per pass in the forward, the rest up to five.
+    from fastconv.kernels import direct
+
+    from fastconv.params import conv2d_geometry
+
+    groups = 3
+    x = rng.standard_normal((4, 2 * groups, 9, 10)).astype(dtype)
+    wt = rng.standard_normal((channels * groups, 2) + kernel).astype(dtype)
+    kw = dict(padding=1, groups=groups)
+    plan = direct._Plan(conv2d_geometry(x.shape, wt.shape, **kw), threads)
+    assert plan.nines == (kernel[0] * kernel[1] // 9 if channels == 1 else 0)
+    with fastconv.num_threads(threads), dispatch.force_path("direct"):
+        _check_conv(x, wt, kw, dtype, rng)
 
 
 @dtype_param
@@ -424,7 +472,7 @@ def test_kernel_at_its_own_stride(kernel, threads, dtype, rng):
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     random_conv(
-        kernels=st.sampled_from([(2, 2), (1, 4), (4, 1), (2, 4), (4, 2), (4, 4), (4, 5)]),
+        kernels=st.tuples(st.integers(1, 7), st.integers(1, 7)),
         samples=(4, 9),
         group_counts=(1, 2),
         blocks_of_four=True,
@@ -432,9 +480,10 @@ def test_kernel_at_its_own_stride(kernel, threads, dtype, rng):
     ),
     st.integers(1, 2),
 )
-def test_four_tap_passes_random_against_reference(drawn, threads):
-    # Random geometries of the direct kernels' four-tap passes (blocks of four
-    # channels; the gather's four-pair chunks and row spans where the phases allow)
+def test_passes_of_up_to_five_taps_random_against_reference(drawn, threads):
+    # Random geometries of the direct kernels' passes of up to five taps (blocks of
+    # four channels; the gather's chunks of up to five pairs, of one to five
+    # channels, and row spans where the phases allow)
     from fastconv.kernels import direct
 
     from fastconv.params import conv2d_geometry
@@ -446,6 +495,6 @@ def test_four_tap_passes_random_against_reference(drawn, threads):
         g = conv2d_geometry(x.shape, w.shape, **kw)
     except ValueError:
         assume(False)  # the kernel does not fit the padded input
-    assert direct._Plan(g, threads).tap_group == 4
+    assert direct._Plan(g, threads).block == direct.BLOCK
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
         _check_conv(x, w, kw, dtype, rng)
