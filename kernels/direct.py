@@ -825,8 +825,8 @@ def _input_plan(g, pitch):
     else the count (1 to 5) that makes the fewest passes per channel, the
     smallest of equals: a stride-2 3x3 kernel, phases of 4, 2, 2 and 1 taps, makes
     four passes per channel one at a time and nine per five channels five at a
-    time (res3x3_s2's input gradient 5% faster than in threes, x_convT3's forward
-    12%)."""
+    time (res3x3_s2's input gradient 3-5% faster than in threes of three
+    channels)."""
     kg = g.c_out // g.groups
     counts = _phase_taps(g)
 
