@@ -366,16 +366,9 @@ def forward_block(x, phased, wtap, starts, nines, passes, out, acc, buffer, scra
             u += 9
         for p in range(passes.shape[0]):
             first, end = passes[p, 0], passes[p, 1]
-            w = wtap[k0 : k0 + size, cl, first:end]
             s0, s1, s2 = tap(src, starts, first, end, length), tap(src, starts, first + 1, end, length), tap(src, starts, first + 2, end, length)
-            if size < BLOCK:
-                add_rows(acc, size, 0, s0, s1, s2, tap(src, starts, first + 3, end, length), tap(src, starts, first + 4, end, length), w, length)
-            elif end - first == 5:
-                add_five(acc, 0, s0, s1, s2, tap(src, starts, first + 3, end, length), tap(src, starts, first + 4, end, length), w, length)
-            elif end - first == 4:
-                add_four(acc, 0, s0, s1, s2, tap(src, starts, first + 3, end, length), w, length)
-            else:
-                add_taps(acc, 0, s0, s1, s2, w, length)
+            s3, s4 = tap(src, starts, first + 3, end, length), tap(src, starts, first + 4, end, length)
+            add_up_to_five(acc, size, 0, s0, s1, s2, s3, s4, wtap[k0 : k0 + size, cl, first:end], length)
     for j in range(min(runs_of, n_ - r * runs_of)):
         for m in range(size):
             from_wide(acc[m], out[r * runs_of + j, k0 + m], j * wq, runs_of * wq)
@@ -506,13 +499,14 @@ def weight_block(x, phased, grad_output, starts, passes, acc, g, buffer, scratch
             for p in range(passes.shape[0]):
                 first, end = passes[p, 0], passes[p, 1]
                 s0, s1, s2 = tap(src, starts, first, end, length), tap(src, starts, first + 1, end, length), tap(src, starts, first + 2, end, length)
+                s3, s4 = tap(src, starts, first + 3, end, length), tap(src, starts, first + 4, end, length)
                 for m0 in range(0, size, BLOCK):
                     rows = g[m0 : min(size, m0 + BLOCK)]
                     sums = acc[m0 : m0 + BLOCK, cl, first:end]
                     if end - first == 5:
-                        dots_five(sums, rows, s0, s1, s2, tap(src, starts, first + 3, end, length), tap(src, starts, first + 4, end, length), length, zero)
+                        dots_five(sums, rows, s0, s1, s2, s3, s4, length, zero)
                     elif end - first == 4:
-                        dots_four(sums, rows, s0, s1, s2, tap(src, starts, first + 3, end, length), length, zero)
+                        dots_four(sums, rows, s0, s1, s2, s3, length, zero)
                     else:
                         dots_three(sums, rows, s0, s1, s2, length, zero)
 
