@@ -89,7 +89,13 @@ def _contiguous(*arrays):
     return [np.ascontiguousarray(a) for a in arrays]
 
 
+# An empty batch (N = 0, as PyTorch allows) has empty results and a zero weight
+# gradient, and never reaches the kernels, whose plans divide the work by samples.
+
+
 def forward(x, weight, g: ConvGeometry):
+    if g.n == 0:
+        return np.zeros(g.output_shape, dtype=x.dtype)
     x, weight = _contiguous(x, weight)
     path = conv_path(g, "forward", x.itemsize)
     if path == "gemm":
@@ -116,6 +122,8 @@ def _adjoint(grad_output, g: ConvGeometry):
 
 
 def input_grad(weight, grad_output, g: ConvGeometry):
+    if g.n == 0:
+        return np.zeros(g.input_shape, dtype=grad_output.dtype)
     weight, grad_output = _contiguous(weight, grad_output)
     path = conv_path(g, "input", grad_output.itemsize)
     if path == "gemm":
@@ -129,6 +137,8 @@ def input_grad(weight, grad_output, g: ConvGeometry):
 
 
 def weight_grad(x, grad_output, g: ConvGeometry):
+    if g.n == 0:
+        return np.zeros(g.weight_shape, dtype=x.dtype)
     x, grad_output = _contiguous(x, grad_output)
     path = conv_path(g, "weight", x.itemsize)
     gw = None

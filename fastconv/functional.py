@@ -57,7 +57,7 @@ def _row_blocks(planes, rows):
     """Parts each plane's output rows are split into, so that few planes still give
     every thread work (two iterations per thread at least)."""
     threads = get_num_threads()
-    return 1 if planes >= 2 * threads else min(rows, -(-2 * threads // planes))
+    return 1 if planes >= 2 * threads or planes == 0 else min(rows, -(-2 * threads // planes))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

@@ -376,8 +376,9 @@ class Flatten(Module):
 
     def forward(self, x):
         self._shape = x.shape
-        end = self.end_dim % x.ndim
-        return x.reshape(x.shape[: self.start_dim] + (-1,) + x.shape[end + 1 :])
+        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        # the flattened size spelled out: -1 is ambiguous in an empty batch
+        return x.reshape(x.shape[:start] + (math.prod(x.shape[start : end + 1]),) + x.shape[end + 1 :])
 
     def backward(self, grad_output):
         return grad_output.reshape(self._shape)
@@ -426,7 +427,13 @@ class BatchNorm2d(Module):
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) expects (N, {self.num_features}, H, W) input, got {x.shape}")
         use_batch = self.training or not self.track_running_stats
-        if use_batch:
+        if use_batch and x.size == 0:
+            # an empty batch, as PyTorch: an empty output, the running averages kept,
+            # the batch counted
+            mean, var = np.zeros(x.shape[1], x.dtype), np.ones(x.shape[1], x.dtype)
+            if self.training and self.track_running_stats:
+                self._set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+        elif use_batch:
             mean = x.mean(axis=(0, 2, 3))
             var = x.var(axis=(0, 2, 3))
             if self.training and self.track_running_stats:
@@ -450,7 +457,7 @@ class BatchNorm2d(Module):
             self.weight.accumulate((grad_output * x_hat).sum(axis=(0, 2, 3)))
             self.bias.accumulate(grad_output.sum(axis=(0, 2, 3)))
             grad_output = grad_output * self.weight.data[:, None, None]
-        if not use_batch:
+        if not use_batch or grad_output.size == 0:
             return grad_output * inv_std[:, None, None]
         mean_g = grad_output.mean(axis=(0, 2, 3))[:, None, None]
         mean_gx = (grad_output * x_hat).mean(axis=(0, 2, 3))[:, None, None]
@@ -506,6 +513,12 @@ class DepthwiseSeparableConv2d(Module):
 # ----------------------------------------------------------------------- losses
 
 
+def _mean(losses):
+    """The mean of the losses; NaN over an empty batch, as PyTorch (0 / 0, no warning)."""
+    with np.errstate(invalid="ignore"):
+        return float(losses.sum() / losses.size)
+
+
 class CrossEntropyLoss:
     """Mean cross-entropy of logits (N, classes) against integer targets (N,), with a
     stable log-softmax. forward returns the loss; backward its gradient w.r.t. logits."""
@@ -520,12 +533,12 @@ class CrossEntropyLoss:
         target = np.asarray(target)
         if logits.ndim != 2 or target.shape != (logits.shape[0],):
             raise ValueError(f"expected logits (N, C) and target (N,), got {logits.shape} and {target.shape}")
-        if target.dtype.kind not in "iu" or target.min() < 0 or target.max() >= logits.shape[1]:
+        if target.dtype.kind not in "iu" or (target.size and (target.min() < 0 or target.max() >= logits.shape[1])):
             raise ValueError(f"target must hold class indices in [0, {logits.shape[1]})")
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         self._cache = (log_probs, target)
-        return float(-log_probs[np.arange(len(target)), target].mean())
+        return _mean(-log_probs[np.arange(len(target)), target])
 
     def backward(self):
         log_probs, target = self._cache
@@ -547,7 +560,7 @@ class MSELoss:
         if prediction.shape != np.shape(target):
             raise ValueError(f"prediction {prediction.shape} and target {np.shape(target)} must have the same shape")
         self._diff = prediction - target
-        return float(np.mean(self._diff**2))
+        return _mean(self._diff**2)
 
     def backward(self):
         return (2 * self._diff / self._diff.size).astype(self._diff.dtype)

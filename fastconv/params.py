@@ -41,7 +41,7 @@ def same_dtype(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
 def check_ndim(x: np.ndarray, name: str, ndim: int = 4, layout: str = "(N, C, H, W)") -> None:
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
-    if 0 in x.shape:
+    if 0 in x.shape[1:]:  # an empty batch is allowed, as in PyTorch
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
 
 
@@ -64,8 +64,8 @@ def check_size(size, name: str) -> tuple[int, int, int, int]:
         size = tuple(int(s) for s in size)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {size!r}") from None
-    if len(size) != 4 or min(size) <= 0:
-        raise ValueError(f"{name} must be 4 positive ints (N, C, H, W), got {size}")
+    if len(size) != 4 or size[0] < 0 or min(size[1:]) <= 0:
+        raise ValueError(f"{name} must be 4 ints (N, C, H, W), N >= 0 and the others positive, got {size}")
     return size  # type: ignore[return-value]
 
 
@@ -521,6 +521,8 @@ def unpool_arguments(input, indices, kernel_size, stride, padding, output_size):
 
 
 def check_index_range(idx, plane_size):
+    if idx.size == 0:
+        return
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= plane_size:
         raise ValueError(f"indices must lie in [0, {plane_size}) (the output plane), got values in [{lo}, {hi}]")

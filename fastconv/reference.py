@@ -63,7 +63,7 @@ def _conv_cols(x, g: P.ConvGeometry):
     """Windows of x grouped for matmul: (N, groups, C_in/groups * kh * kw, oh * ow)."""
     xp = _pad(x, g.pt, g.pb, g.pl, g.pr, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
     cols = _im2col(xp, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.oh, g.ow)
-    return cols.reshape(g.n, g.groups, -1, g.oh * g.ow)
+    return cols.reshape(g.n, g.groups, g.c_in // g.groups * g.kh * g.kw, g.oh * g.ow)
 
 
 def _conv_forward(x, weight, g: P.ConvGeometry):
@@ -196,8 +196,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def _scatter_to_indices(grad_output, indices, input_shape):
     n, c, h, w = input_shape
     gx = np.zeros((n * c, h * w), dtype=grad_output.dtype)
-    idx = indices.reshape(n * c, -1)
-    gy = grad_output.reshape(n * c, -1)
+    cells = indices.shape[2] * indices.shape[3]  # spelled out: -1 is ambiguous in an empty batch
+    idx = indices.reshape(n * c, cells)
+    gy = grad_output.reshape(n * c, cells)
     inside = (idx >= 0) & (idx < h * w)
     rows = np.broadcast_to(np.arange(n * c)[:, None], idx.shape)
     np.add.at(gx, (rows[inside], idx[inside]), gy[inside])
@@ -216,8 +217,9 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     x, idx, (oh, ow), unbatched = P.unpool_arguments(input, indices, kernel_size, stride, padding, output_size)
     n, c = x.shape[:2]
     out = np.zeros((n * c, oh * ow), dtype=x.dtype)
-    rows = np.broadcast_to(np.arange(n * c)[:, None], (n * c, idx[0, 0].size))
-    out[rows, idx.reshape(n * c, -1)] = x.reshape(n * c, -1)
+    cells = x.shape[2] * x.shape[3]
+    rows = np.broadcast_to(np.arange(n * c)[:, None], (n * c, cells))
+    out[rows, idx.reshape(n * c, cells)] = x.reshape(n * c, cells)
     out = out.reshape(n, c, oh, ow)
     return out[0] if unbatched else out
 
@@ -226,7 +228,8 @@ def max_unpool2d_input(grad_output, indices):
     """Gradient of max_unpool2d with respect to its input: grad_output at the indices."""
     gy, idx = P.unpool_grad_arguments(grad_output, indices)
     n, c = gy.shape[:2]
-    return np.take_along_axis(gy.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2).reshape(idx.shape)
+    planes = gy.reshape(n, c, gy.shape[2] * gy.shape[3])
+    return np.take_along_axis(planes, idx.reshape(n, c, idx.shape[2] * idx.shape[3]), axis=2).reshape(idx.shape)
 
 
 def _avg_divisor(g: P.PoolGeometry, count_include_pad, divisor_override):
@@ -351,7 +354,7 @@ def _adaptive_max(x, oh, ow):
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
     for i in range(oh):
         for j in range(ow):
-            window = x[:, :, hs[i] : he[i], ws[j] : we[j]].reshape(n, c, -1)
+            window = x[:, :, hs[i] : he[i], ws[j] : we[j]].reshape(n, c, (he[i] - hs[i]) * (we[j] - ws[j]))
             flat = (np.arange(hs[i], he[i])[:, None] * w + np.arange(ws[j], we[j])).ravel()
             out[:, :, i, j], idx[:, :, i, j] = _first_max(window, flat, hs[i] * w + ws[j])
     return out, idx

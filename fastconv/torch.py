@@ -320,8 +320,6 @@ def _why_not_fastconv(input: torch.Tensor, *others: torch.Tensor | None) -> str 
         return f"mixed dtypes {sorted({str(t.dtype) for t in tensors})}"
     if input.dim() not in (3, 4):
         return f"{input.dim()}-D input (fastconv takes (N, C, H, W) or (C, H, W))"
-    if input.numel() == 0:
-        return f"empty input of shape {tuple(input.shape)}"
     return None
 
 
@@ -338,7 +336,7 @@ def _run(op: str, function, torch_op, tensors: tuple, args: tuple):
     """`function.apply(*args)` where fastconv takes the call, else `torch_op(*args)` with a warning.
 
     fastconv checks its arguments before any kernel runs and raises ValueError or
-    TypeError for what it refuses; torch may accept some of these (an empty batch, say),
+    TypeError for what it refuses; torch may accept some of these,
     so a refusal goes to torch, which gives its own answer or its own error.
     """
     reason = _why_not_fastconv(*tensors)

@@ -408,10 +408,23 @@ def test_lp_pool_infinite_norm_falls_back_to_torch():
         assert torch.equal(fast(x), original(x))
 
 
+def test_an_empty_batch_runs_on_fastconv():
+    # torch returns empty outputs and zero parameter gradients; no fallback warning
+    fast, original = fct.Conv2d(2, 3, 3, padding=1).double(), nn.Conv2d(2, 3, 3, padding=1).double()
+    fast.load_state_dict(original.state_dict())
+    x = randn(0, 2, 5, 5, requires_grad=True)
+    fast(x).sum().backward()
+    original(randn(0, 2, 5, 5)).sum().backward()
+    assert x.grad.shape == x.shape
+    for a, b in zip(fast.parameters(), original.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    assert fct.conv_transpose2d(x, randn(2, 3, 4, 4), stride=2).shape == (0, 3, 12, 12)
+    assert fct.max_pool2d(x, 2, return_indices=True)[1].shape == (0, 2, 2, 2)
+
+
 def test_what_fastconv_refuses_goes_to_torch():
-    x = randn(0, 2, 5, 5)  # an empty batch: torch returns an empty output
-    with pytest.warns(fct.FallbackWarning, match="empty"):
-        assert fct.conv2d(x, randn(3, 2, 3, 3)).shape == (0, 3, 3, 3)
+    with pytest.warns(fct.FallbackWarning, match="must not be empty"), pytest.raises(RuntimeError):
+        fct.conv2d(randn(1, 2, 0, 5), randn(3, 2, 3, 3))  # an empty plane: torch's error
     with pytest.warns(fct.FallbackWarning, match="refused"), pytest.raises(RuntimeError):
         fct.max_pool2d(randn(1, 1, 6, 6), 3, 1, 2)  # padding over half the kernel: torch's error
     with pytest.warns(fct.FallbackWarning, match="mixed dtypes"), pytest.raises(RuntimeError):
