@@ -12,12 +12,19 @@ import numpy as np
 
 
 def warmup(dtypes=(np.float32, np.float64)) -> float:
-    """Run every operator and gradient once on tiny inputs, on each kernel path.
-    Returns the seconds it took."""
+    """Run every operator and gradient once on tiny inputs, on each kernel path, for
+    `dtypes`: one dtype (np.float32, "float64", ...) or several. Returns the
+    seconds it took."""
     import fastconv
     from fastconv import dispatch, grad
     from fastconv.kernels import activation
+    from fastconv.params import FLOAT_DTYPES
 
+    if isinstance(dtypes, (str, type, np.dtype)):
+        dtypes = (dtypes,)
+    dtypes = [np.dtype(d) for d in dtypes]
+    if any(d not in FLOAT_DTYPES for d in dtypes):
+        raise TypeError(f"dtypes must be float32 or float64, got {[str(d) for d in dtypes]}")
     start = time.perf_counter()
     for dtype in dtypes:
         x = np.ones((2, 2, 6, 6), dtype=dtype)

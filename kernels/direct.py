@@ -28,8 +28,8 @@ outputs, against 672 interleaved).
 Every prange iteration owns its outputs: the forward blocks of output planes of a
 run of samples, the input gradient blocks of input planes of a run, the weight
 gradient blocks of output channels over a chunk of the batch (the caller sums the
-chunks in a fixed order, so reruns are bitwise identical). On small planes an
-iteration takes several successive blocks (`spread`), its buffers allocated once.
+chunks in a fixed order, so reruns are bitwise identical). An iteration takes a
+contiguous range of blocks, a few per thread (_parts), its buffers allocated once.
 """
 
 import copy
@@ -42,7 +42,8 @@ from ._jit import parallel, serial
 from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
 
 BLOCK = 4  # channels per iteration, at most
-LOOP_CELLS = 1024  # cells an iteration's loops should cover, at least (_blocking, _spread)
+LOOP_CELLS = 1024  # cells a loop should cover, at least (_blocking)
+PARTS = 4  # iterations of a parallel loop per thread (_parts)
 PARTIAL_BYTES = 1 << 21  # the weight gradient's per-chunk sums, at most
 
 
@@ -324,30 +325,39 @@ def phases_of(x, phased, n, c, buffer, scratch, top, left, sh, sw, hq, wq):
 
 
 @parallel(fastmath=True)
-def forward(x, phased, wtap, starts, nines, passes, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block, spread):
+def forward(x, phased, wtap, starts, nines, passes, out, groups, top, left, sh, sw, hq, wq, length, span, runs_of, block, parts):
     """out[n, k] = sum over the group's input channels c and taps u of
     wtap[k, c, u] * phases(x[n, c])[starts[u] + q], q < length in the wide layout,
     for a run of `runs_of` samples at once (their rows interleaved in each phase,
     rows runs_of * wq cells apart, so that short planes still make long loops;
     length rounded up, span the phase buffers' size: see _Plan). The phases come from `phased`
     (split_planes) when it is not empty, else each iteration splits its input
-    planes itself (a plane in cache; runs of one sample). An iteration takes
-    `spread` successive blocks (of successive groups, for small planes), its
-    buffers allocated once."""
+    planes itself (a plane in cache; runs of one sample). The blocks come in
+    `parts` contiguous ranges (forward_blocks), one per iteration."""
     n_ = x.shape[0]
     k_, cg, taps = wtap.shape
     kg = k_ // groups
     per_group = -(-kg // block)
     own = 0 if phased.shape[0] > 0 else span
     blocks = -(-n_ // runs_of) * groups * per_group
-    for i in prange(-(-blocks // spread)):
-        acc = np.empty((min(block, kg), _unaliased(length, out.itemsize)), dtype=out.dtype)
-        buffer = np.zeros(own, dtype=x.dtype)
-        scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
-        for t in range(i * spread, min(blocks, (i + 1) * spread)):
-            r, group, k0, size = channel_block(t, groups, per_group, kg, block)
-            acc[:, :] = 0.0
-            forward_block(x, phased, wtap, starts, nines, passes, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of)
+    for i in prange(parts):
+        forward_blocks(x, phased, wtap, starts, nines, passes, out, blocks * i // parts, blocks * (i + 1) // parts, groups, per_group, block, own, top, left, sh, sw, hq, wq, length, runs_of)
+
+
+@serial(fastmath=True)
+def forward_blocks(x, phased, wtap, starts, nines, passes, out, first, last, groups, per_group, block, own, top, left, sh, sw, hq, wq, length, runs_of):
+    """forward's blocks first..last-1 (one iteration), its buffers allocated once.
+    Compiled apart from the parallel loop, not inlined into it: Numba's parallel
+    lowering of the whole body took twice as long to compile (_parts). The buffers
+    are allocated here, not passed in, so that LLVM knows they alias nothing."""
+    kg = wtap.shape[0] // groups
+    acc = np.empty((min(block, kg), _unaliased(length, out.itemsize)), dtype=out.dtype)
+    buffer = np.zeros(own, dtype=x.dtype)
+    scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
+    for t in range(first, last):
+        r, group, k0, size = channel_block(t, groups, per_group, kg, block)
+        acc[:, :] = 0.0
+        forward_block(x, phased, wtap, starts, nines, passes, out, acc, buffer, scratch, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of)
 
 
 @serial(fastmath=True, inline=True)
@@ -399,7 +409,7 @@ def pair_cells(planes, shift, chunk, j, extension, lo, hi):
 
 
 @parallel(fastmath=True)
-def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spread, spans):
+def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, parts, spans):
     """gx[n, c] = sum over the group's output channels k and taps of the weight times
     grad_output[n, k] shifted by the tap: a gather into each phase of the padded
     gradient plane, the adjoint of forward.
@@ -423,35 +433,45 @@ def input_grad(wchunks, chunks, bounds, per, grad_output, widened, gx, groups, t
     cells beyond the previous sample's row), `size` >= runs_of*hq*wq cells (whole
     vector loops, see _rounded). Phase p's cells spans[p, 0] to spans[p, 1] - 1 are
     computed, the rows that hold input cells (_phase_spans); the others are never
-    read."""
+    read. The blocks come in `parts` contiguous ranges (gather_blocks), one per
+    iteration."""
+    n_, c_ = gx.shape[0], gx.shape[1]
+    cg = c_ // groups
+    items = -(-n_ // runs_of) * groups * -(-cg // block)
+    for i in prange(parts):
+        gather_blocks(wchunks, chunks, bounds, per, grad_output, widened, gx, items * i // parts, items * (i + 1) // parts, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spans)
+
+
+@serial(fastmath=True)
+def gather_blocks(wchunks, chunks, bounds, per, grad_output, widened, gx, first, last, groups, top, left, sh, sw, hq, wq, size, extension, runs_of, block, spans):
+    """input_grad's blocks first..last-1 (one iteration), its buffers allocated
+    once; compiled apart from the parallel loop, as forward_blocks."""
     n_, c_ = gx.shape[0], gx.shape[1]
     kg, cg = grad_output.shape[1] // groups, c_ // groups
     per_group = -(-cg // block)
     local = widened.shape[0] == 0
-    items = -(-n_ // runs_of) * groups * per_group
-    for i in prange(-(-items // spread)):
-        acc = np.empty((min(block, cg), _unaliased(sh * sw * size, gx.itemsize)), dtype=gx.dtype)
-        # to_wide writes the same cells of `own` each time: the rest stays zero
-        own = np.zeros((min(per, kg) if local else 0, extension + size), dtype=gx.dtype)
-        for t in range(i * spread, min(items, (i + 1) * spread)):
-            r, group, c0, count = channel_block(t, groups, per_group, cg, block)
-            cl0 = c0 - group * cg
-            acc[:, :] = 0.0
-            if local:
-                for b in range(bounds.shape[0] - 1):
-                    first = chunks[bounds[b], 2]
-                    for kl in range(first, min(first + per, kg)):
-                        to_wide(grad_output[r, group * kg + kl], own[kl - first], extension, wq)
-                    gather_chunks(acc, count, own, -first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, spans)
-            else:
-                gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension, spans)
-            for j in range(min(runs_of, n_ - r * runs_of)):
-                for m in range(count):
-                    from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
+    acc = np.empty((min(block, cg), _unaliased(sh * sw * size, gx.itemsize)), dtype=gx.dtype)
+    # to_wide writes the same cells of `own` each time: the rest stays zero
+    own = np.zeros((min(per, kg) if local else 0, extension + size), dtype=gx.dtype)
+    for t in range(first, last):
+        r, group, c0, count = channel_block(t, groups, per_group, cg, block)
+        cl0 = c0 - group * cg
+        acc[:, :] = 0.0
+        if local:
+            for b in range(bounds.shape[0] - 1):
+                k = chunks[bounds[b], 2]
+                for kl in range(k, min(k + per, kg)):
+                    to_wide(grad_output[r, group * kg + kl], own[kl - k], extension, wq)
+                gather_chunks(acc, count, own, -k, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, spans)
+        else:
+            gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension, spans)
+        for j in range(min(runs_of, n_ - r * runs_of)):
+            for m in range(count):
+                from_phases(acc[m, j * wq :], gx[r * runs_of + j, c0 + m], top, left, sh, sw, hq, runs_of * wq, size)
 
 
 @parallel(fastmath=True)
-def weight_grad(x, phased, grad_output, starts, passes, partial, groups, top, left, sh, sw, hq, wq, length, span, runs_of, zero, block, spread):
+def weight_grad(x, phased, grad_output, starts, passes, partial, groups, top, left, sh, sw, hq, wq, length, span, runs_of, zero, block, parts):
     """partial[b, k, c, u] = sum over the runs of samples of batch chunk b of the dot
     product of grad_output[n, k] (wide layout, the run's samples' rows
     interleaved) with phases(x[n, c]) from starts[u] (taken from `phased` as in
@@ -459,22 +479,31 @@ def weight_grad(x, phased, grad_output, starts, passes, partial, groups, top, le
     An item is `block` output channels (a multiple of four, or fewer) of one batch
     chunk, four at a time for each input plane it loads, in `passes` of three to
     five taps (_tap_passes; one channel: nine taps per pass where they divide);
-    an iteration takes `spread` successive items, its buffers allocated once.
+    the items in `parts` contiguous ranges (weight_blocks), one per iteration.
     `zero` has the arrays' dtype, so float32 sums stay float32."""
     chunks, k_, cg, taps = partial.shape
     kg = k_ // groups
     per_group = -(-kg // block)
     own = 0 if phased.shape[0] > 0 else span
     items = chunks * groups * per_group
-    for i in prange(-(-items // spread)):
-        g = np.zeros((min(block, kg), length), dtype=x.dtype)
-        buffer = np.zeros(own, dtype=x.dtype)
-        scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
-        for t in range(i * spread, min(items, (i + 1) * spread)):
-            b, group, k0, size = channel_block(t, groups, per_group, kg, block)
-            acc = partial[b, k0 : k0 + size]
-            acc[:, :, :] = 0.0
-            weight_block(x, phased, grad_output, starts, passes, acc, g, buffer, scratch, b, chunks, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of, zero)
+    for i in prange(parts):
+        weight_blocks(x, phased, grad_output, starts, passes, partial, items * i // parts, items * (i + 1) // parts, groups, per_group, block, own, top, left, sh, sw, hq, wq, length, runs_of, zero)
+
+
+@serial(fastmath=True)
+def weight_blocks(x, phased, grad_output, starts, passes, partial, first, last, groups, per_group, block, own, top, left, sh, sw, hq, wq, length, runs_of, zero):
+    """weight_grad's items first..last-1 (one iteration), its buffers allocated
+    once; compiled apart from the parallel loop, as forward_blocks."""
+    chunks, k_ = partial.shape[0], partial.shape[1]
+    kg = k_ // groups
+    g = np.zeros((min(block, kg), length), dtype=x.dtype)
+    buffer = np.zeros(own, dtype=x.dtype)
+    scratch = np.empty(0 if sw == 1 else own, dtype=x.dtype)
+    for t in range(first, last):
+        b, group, k0, size = channel_block(t, groups, per_group, kg, block)
+        acc = partial[b, k0 : k0 + size]
+        acc[:, :, :] = 0.0
+        weight_block(x, phased, grad_output, starts, passes, acc, g, buffer, scratch, b, chunks, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of, zero)
 
 
 @serial(fastmath=True, inline=True)
@@ -749,12 +778,12 @@ def _blocking(samples, groups, channels, cells, threads):
     return block, blocks, shared, runs_of
 
 
-def _spread(items, cells, threads):
-    """Successive items (blocks of channels of a run) per iteration, each over `cells`
-    cells: small planes that no run joins (depthwise) take about LOOP_CELLS cells per
-    iteration too, while every thread keeps four iterations. An iteration per plane
-    cost as much again in allocations and loop setup on 16x16 depthwise planes."""
-    return max(1, min(LOOP_CELLS // cells, items // (4 * threads)))
+def _parts(items, threads):
+    """The iterations of a kernel's parallel loop: contiguous ranges of its items
+    (blocks of channels), PARTS per thread, each iteration's buffers allocated once
+    and its loop over the items compiled apart from the parallel loop (an iteration
+    per item cost as much again in allocations and calls on 16x16 depthwise planes)."""
+    return max(1, min(items, PARTS * threads))
 
 
 class _Plan:
@@ -779,7 +808,7 @@ class _Plan:
         self.length = _rounded(((g.oh - 1) * self.runs_of + self.runs_of - 1) * wq + g.ow)
         self.span = max(g.sh * g.sw * self.runs_of * hq * wq, int(self.starts.max()) + self.length)
         self.runs = -(-g.n // self.runs_of)
-        self.spread = _spread(self.runs * g.groups * -(-(g.c_out // g.groups) // self.block), self.runs_of * hq * wq, threads)
+        self.parts = _parts(self.runs * g.groups * -(-(g.c_out // g.groups) // self.block), threads)
 
     def phased(self, x, g):
         """x split into phases (split_planes), or an empty array (see above)."""
@@ -804,7 +833,7 @@ def forward_driver(x, weight, g, threads):
     plan = _plan(g, threads)
     out = np.empty(g.output_shape, dtype=x.dtype)
     weights = _tap_weights(weight, plan.index)
-    forward(x, plan.phased(x, g), weights, plan.starts, plan.nines, plan.passes, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.spread)
+    forward(x, plan.phased(x, g), weights, plan.starts, plan.nines, plan.passes, out, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), plan.block, plan.parts)
     return out
 
 
@@ -906,7 +935,7 @@ def _phase_spans(g, hq, pitch, size):
 class _GatherPlan:
     """How input_grad runs geometry g: phase shape, channel block, samples per run,
     whether grad_output is widened before the loop, the chunks of _input_plan, the
-    accumulators' phase size and spans, and the iterations' spread."""
+    accumulators' phase size and spans, and the iterations (_parts)."""
 
     def __init__(self, g, threads):
         self.hq, self.wq = hq, wq = phase_shape(g)
@@ -915,7 +944,7 @@ class _GatherPlan:
         self.extension = int(self.chunks[:, 4::2].max())
         self.size = _rounded(self.runs_of * hq * wq)
         self.runs = -(-g.n // self.runs_of)
-        self.spread = _spread(self.runs * g.groups * -(-(g.c_in // g.groups) // self.block), self.runs_of * hq * wq, threads)
+        self.parts = _parts(self.runs * g.groups * -(-(g.c_in // g.groups) // self.block), threads)
         self.spans = _phase_spans(g, hq, self.runs_of * wq, self.size)
 
 
@@ -935,7 +964,7 @@ def input_driver(weight, grad_output, g, threads):
     if p.shared:
         widened = np.empty((p.runs, g.c_out, p.extension + p.size), dtype=grad_output.dtype)
         widen_planes(grad_output, widened, p.extension, p.wq, p.runs_of)
-    input_grad(wchunks, p.chunks, p.bounds, p.per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, p.hq, p.wq, p.size, p.extension, p.runs_of, p.block, p.spread, p.spans)
+    input_grad(wchunks, p.chunks, p.bounds, p.per, grad_output, widened, gx, g.groups, g.pt, g.pl, g.sh, g.sw, p.hq, p.wq, p.size, p.extension, p.runs_of, p.block, p.parts, p.spans)
     return gx
 
 
@@ -974,9 +1003,9 @@ def weight_driver(x, grad_output, g, threads):
         # channel's planes for all samples lie a sample apart: depthwise took 2.9 ms
         # so against the forward's 1.7 once its arrays outgrew the cache.
         chunks = max(chunks, min(plan.runs, PARTIAL_BYTES // (sums * x.itemsize)))
-    spread = _spread(chunks * blocks, plan.runs_of * plan.hq * plan.wq, threads)
+    parts = _parts(chunks * blocks, threads)
     partial = np.empty((chunks, g.c_out, g.c_in // g.groups, len(plan.taps)), dtype=x.dtype)
     phased = plan.phased(x, g)
-    weight_grad(x, phased, grad_output, plan.starts, plan.weight_passes, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block, spread)
+    weight_grad(x, phased, grad_output, plan.starts, plan.weight_passes, partial, g.groups, g.pt, g.pl, g.sh, g.sw, *plan.layout(), x.dtype.type(0), block, parts)
     total = partial.sum(axis=0) if partial.shape[0] > 1 else partial[0]
     return np.ascontiguousarray(total[:, :, : g.kh * g.kw]).reshape(g.weight_shape)

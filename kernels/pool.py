@@ -168,8 +168,6 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, bloc
         padded = np.empty(size, dtype=x.dtype)
         best = np.empty(rows * wq, dtype=x.dtype)
         tap = np.empty(rows * wq, dtype=np.int32)
-        out_flat = out.reshape(out.size)
-        indices_flat = indices.reshape(indices.size)
         for t in range(group * items // groups, (group + 1) * items // groups):
             n, c, y_start, y_end = row_block(t, blocks, c_, oh)
             plane = x[n, c]
@@ -253,17 +251,16 @@ def max_pool(x, out, indices, kh, kw, sh, sw, ph, pw, dh, dw, with_indices, bloc
             fill_phases(plane, y_start * sh, ph, pw, sh, sw, hq, wq, -np.inf, band, padded)
             length = (y_end - y_start - 1) * wq + ow
             window_max(band, kh, kw, sh, sw, dh, dw, hq, wq, offsets, best, tap, length, with_indices)
-            # Rows out of the wide layout, with flat indices: a helper call or a view
-            # per row of a few elements costs more than the row.
+            # Rows out of the wide layout, indexed whole: a helper call or a view per
+            # row of a few elements costs more than the row.
             for y in range(y_start, y_end):
                 q = (y - y_start) * wq
-                o = (t // blocks * oh + y) * ow
                 for xo in range(ow):
-                    out_flat[o + xo] = best[q + xo]
+                    out[n, c, y, xo] = best[q + xo]
                 if with_indices:
                     for xo in range(ow):
                         k = tap[q + xo]
-                        indices_flat[o + xo] = corner[y * wq + xo] + k if k >= 0 else fallback[y * wq + xo]
+                        indices[n, c, y, xo] = corner[y * wq + xo] + k if k >= 0 else fallback[y * wq + xo]
 
 
 @parallel

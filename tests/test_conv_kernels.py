@@ -256,8 +256,8 @@ def test_stride_one_input_gradient_both_ways(dtype, padding, dilation, groups, a
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("stride, multiplier", [(1, 1), (2, 1), (1, 2), ((2, 1), 3)])
 def test_direct_several_blocks_per_iteration(stride, multiplier, threads, dtype, rng):
-    # Small depthwise planes: a forward iteration takes several successive blocks,
-    # the last iteration fewer (33 blocks, in fours or eights).
+    # Small depthwise planes: an iteration takes a range of successive blocks, not
+    # all ranges alike (33 blocks in 4 or 8 iterations).
     from fastconv.kernels import direct
 
     from fastconv.params import conv2d_geometry
@@ -265,8 +265,10 @@ def test_direct_several_blocks_per_iteration(stride, multiplier, threads, dtype,
     x = rng.standard_normal((3, 11, 5, 6)).astype(dtype)
     wt = rng.standard_normal((11 * multiplier, 1, 3, 3)).astype(dtype)
     kw = dict(stride=stride, padding=1, groups=11)
+    plan = direct._Plan(conv2d_geometry(x.shape, wt.shape, **kw), threads)
+    blocks = plan.runs * 11 * -(-multiplier // plan.block)
+    assert 1 < plan.parts < blocks and blocks % plan.parts
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
-        assert direct._Plan(conv2d_geometry(x.shape, wt.shape, **kw), threads).spread > 1
         _check_conv(x, wt, kw, dtype, rng)
 
 

@@ -103,6 +103,18 @@ def test_warmup_compiles_both_dtypes(dtypes):
         assert {"float32", "float64"} <= dtypes, kernel
 
 
+@pytest.mark.parametrize("dtype", [np.float32, "float64", np.dtype(np.float32)])
+def test_warmup_takes_one_dtype(dtype):
+    assert fastconv.warmup(dtype) > 0
+
+
+def test_warmup_refuses_other_dtypes():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastconv.warmup("int64")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastconv.warmup([np.float32, np.float16])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_gemm_workers_in_a_forked_child(rng):
     a, b = rng.standard_normal((256, 256)), rng.standard_normal((256, 256))  # two threads' worth
