@@ -459,10 +459,10 @@ def gather_blocks(wchunks, chunks, bounds, per, grad_output, widened, gx, first,
         acc[:, :] = 0.0
         if local:
             for b in range(bounds.shape[0] - 1):
-                k = chunks[bounds[b], 2]
-                for kl in range(k, min(k + per, kg)):
-                    to_wide(grad_output[r, group * kg + kl], own[kl - k], extension, wq)
-                gather_chunks(acc, count, own, -k, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, spans)
+                k_first = chunks[bounds[b], 2]
+                for kl in range(k_first, min(k_first + per, kg)):
+                    to_wide(grad_output[r, group * kg + kl], own[kl - k_first], extension, wq)
+                gather_chunks(acc, count, own, -k_first, chunks, bounds[b], bounds[b + 1], wchunks[group], cl0, size, extension, spans)
         else:
             gather_chunks(acc, count, widened[r], group * kg, chunks, 0, chunks.shape[0], wchunks[group], cl0, size, extension, spans)
         for j in range(min(runs_of, n_ - r * runs_of)):
