@@ -191,15 +191,18 @@ def transform_grad_output(grad_output, hat, segments, dilation_phases, dh, dw, w
 
 @serial(fastmath=True)
 def products(u, v, out):
-    """out[p] = u[p] @ v[p] for each tile cell p: u (16, K4, C3), v (16, C3, P), out
-    (16, K4, P), K4 a multiple of 4 and C3 of 3. Output rows four at a time, input
-    rows three at a time: one load of three rows of v feeds twelve multiply-adds, as
-    in the direct kernels (written out here: their add_taps, on these views of out
-    and u, made the forward 35-45% slower). 70-85% of OpenBLAS's speed on these
-    shapes, but on Numba's threads: BLAS on fastconv's own threads ran a third
-    slower in a sequence of kernels, sharing the cores with OpenMP workers that
-    spin after each parallel kernel (PyTorch's libgomp, with its default spin, once
-    PyTorch is imported)."""
+    """out[p] = u[p] @ v[p] for each tile cell p: u (16, K4, Cn), v (16, Cn, P), out
+    (16, K4, P), K4 a multiple of 4 and Cn of the input rows per step
+    (_product_inputs). Output rows four at a time, input rows three at a time in
+    float32 and four in float64: one load of those rows of v feeds twelve or
+    sixteen multiply-adds, as in the direct kernels (written out here: their
+    add_taps, on these views of out and u, made the forward 35-45% slower). On one
+    core, on these shapes, the float32 products ran at 87-97 GFLOP/s in threes
+    against 70-80 in fours or fives, the float64 ones at 44-51 in fours against
+    39-42 in threes. BLAS would be faster alone, but on Numba's threads: BLAS on
+    fastconv's own threads ran a third slower in a sequence of kernels, sharing the
+    cores with OpenMP workers that spin after each parallel kernel (PyTorch's
+    libgomp, with its default spin, once PyTorch is imported)."""
     length = v.shape[2]
     for p in range(u.shape[0]):
         for k0 in range(0, u.shape[1], 4):
@@ -208,6 +211,20 @@ def products(u, v, out):
             a1[:] = 0.0
             a2[:] = 0.0
             a3[:] = 0.0
+            if out.itemsize == 8:
+                for c in range(0, u.shape[2], 4):
+                    s0, s1, s2, s3 = v[p, c], v[p, c + 1], v[p, c + 2], v[p, c + 3]
+                    w00, w01, w02, w03 = u[p, k0, c], u[p, k0, c + 1], u[p, k0, c + 2], u[p, k0, c + 3]
+                    w10, w11, w12, w13 = u[p, k0 + 1, c], u[p, k0 + 1, c + 1], u[p, k0 + 1, c + 2], u[p, k0 + 1, c + 3]
+                    w20, w21, w22, w23 = u[p, k0 + 2, c], u[p, k0 + 2, c + 1], u[p, k0 + 2, c + 2], u[p, k0 + 2, c + 3]
+                    w30, w31, w32, w33 = u[p, k0 + 3, c], u[p, k0 + 3, c + 1], u[p, k0 + 3, c + 2], u[p, k0 + 3, c + 3]
+                    for q in range(length):
+                        x0, x1, x2, x3 = s0[q], s1[q], s2[q], s3[q]
+                        a0[q] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                        a1[q] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                        a2[q] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                        a3[q] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+                continue
             for c in range(0, u.shape[2], 3):
                 s0, s1, s2 = v[p, c], v[p, c + 1], v[p, c + 2]
                 w00, w01, w02 = u[p, k0, c], u[p, k0, c + 1], u[p, k0, c + 2]
@@ -226,7 +243,7 @@ def products(u, v, out):
 def forward_units(phases, u, out, segments, first, threads, pitch, wq, round_to, input_tables, output_tables, dilation_phases, dh, dw):
     """The forward for every unit of work, unit i's segments segments[first[i]:first[i + 1]],
     the units in `threads` contiguous runs, one per iteration with its own buffers;
-    u (16, K4, C3) the transformed weights padded with zeros. Returns the count of
+    u (16, K4, Cn) the transformed weights padded with zeros (products). Returns the count of
     units with an output that is not finite."""
     row_tables, row_coefs, col_table, col_coefs = input_tables
     out_rows, out_row_coefs, out_cols, out_col_coefs = output_tables
@@ -251,7 +268,7 @@ def sums_of_products(hat, v, acc):
     """acc[p] += hat[p] @ v[p]^T for each tile cell p: hat (16, K4, P), v (16, C3, P),
     acc (16, K4, C3), K4 a multiple of 4 and C3 of 3: twelve sums over the tiles at
     a time, four rows of hat by three of v (the direct weight gradient's dots_three;
-    fastmath: the sums vectorise)."""
+    fastmath: the sums vectorise; in float64, dots_four's sixteen ran no faster)."""
     length = v.shape[2]
     zero = acc.dtype.type(0)
     for p in range(hat.shape[0]):
@@ -391,6 +408,11 @@ def _plan(g, itemsize, threads):
 G_BOTH = np.kron(G, G)
 
 
+def _product_inputs(itemsize):
+    """Input rows per step of `products`: three in float32, four in float64."""
+    return 4 if itemsize == 8 else 3
+
+
 def _transformed_weight(weight):
     """U (16, K, C) = G w Gt of every kernel, computed in float64 (on this thread: a
     NumPy product would wake OpenBLAS's spinning workers, see fastconv.kernels.gemm)."""
@@ -414,7 +436,8 @@ def forward(x, weight, g, threads):
     None if an output is not finite."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
-    u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, 3) * 3), dtype=dt)  # products' blocks
+    inputs = _product_inputs(x.itemsize)
+    u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, inputs) * inputs), dtype=dt)  # products' blocks
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
         u[:, : g.c_out, : g.c_in] = _transformed_weight(weight)
     phases = plan.split(x)
