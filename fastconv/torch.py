@@ -32,8 +32,8 @@ Three layers, each on the one above it:
 
 What runs on torch instead (with a FallbackWarning): tensors not on the CPU, dtypes other
 than float32 and float64 (or mixed), tensor subclasses, non-strided layouts, inputs that
-are not 3-D or 4-D or are empty, padding_mode other than 'zeros', LPPool2d with an
-infinite or non-positive norm_type, arguments fastconv refuses (torch then gives its own
+are not 3-D or 4-D or have empty planes or channels (an empty batch runs on fastconv),
+LPPool2d with an infinite or non-positive norm_type, arguments fastconv refuses (torch then gives its own
 answer or its own error), and calls made while torch.jit traces or torch.compile compiles.
 
 Importing this module imports torch; `import fastconv` alone never does. Import torch
@@ -387,15 +387,16 @@ def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
 class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d on fastconv's kernels; built, saved and loaded exactly as torch.nn.Conv2d.
 
-    padding_mode other than 'zeros' runs torch's forward (with a FallbackWarning).
+    padding_mode 'reflect', 'replicate' or 'circular' pads with torch.nn.functional.pad
+    and convolves the padded input unpadded, as torch.nn.Conv2d itself does.
     """
 
     # torch.nn.Conv2d.forward calls _conv_forward(input, self.weight, self.bias); replacing
     # that hook keeps forward (and anything that calls the hook with other weights) intact.
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
-            _warn_fallback("conv2d", f"padding_mode={self.padding_mode!r} (fastconv pads with zeros)")
-            return super()._conv_forward(input, weight, bias)
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
         return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -478,8 +479,6 @@ def _why_not_patch(module: torch.nn.Module) -> str | None:
         # A subclass (the user's, a lazy or quantisation-aware module, a parametrized
         # module) may change forward or state: swapping its class would lose that.
         return f"{type(module).__qualname__} is a subclass of a torch.nn class; only the exact classes are replaced"
-    if getattr(module, "padding_mode", "zeros") != "zeros":
-        return f"padding_mode={module.padding_mode!r} (fastconv pads with zeros)"
     if isinstance(module, torch.nn.LPPool2d) and not 0 < float(module.norm_type) < math.inf:
         return f"norm_type={module.norm_type} (fastconv takes a positive finite norm_type)"
     for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
@@ -498,8 +497,7 @@ def patch(model: torch.nn.Module) -> PatchReport:
     subclass (as torch.nn.utils.parametrize does) instead of building a new module, so
     the Parameter objects (and an optimiser holding them), buffers, hooks, training mode
     and every reference to the module stay as they were. Modules that fastconv cannot
-    take (on a GPU, a non-float32/float64 dtype, padding_mode other than 'zeros',
-    subclasses of the torch classes) are left alone and listed in `report.skipped`.
+    take (on a GPU, a non-float32/float64 dtype, subclasses of the torch classes) are left alone and listed in `report.skipped`.
     Patching twice changes nothing more.
     """
     report = PatchReport()

@@ -203,6 +203,8 @@ MODULE_CASES = [
     ("Conv2d", dict(in_channels=4, out_channels=4, kernel_size=(3, 2), stride=2, padding=(1, 0), dilation=(1, 2),
                     bias=False)),
     ("Conv2d", dict(in_channels=4, out_channels=8, kernel_size=3, padding="same", dilation=2)),
+    ("Conv2d", dict(in_channels=4, out_channels=6, kernel_size=3, padding=(1, 2), padding_mode="reflect")),
+    ("Conv2d", dict(in_channels=4, out_channels=4, kernel_size=(2, 3), stride=2, padding=1, groups=4, padding_mode="circular")),
     ("ConvTranspose2d", dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, output_padding=1,
                              groups=2)),
     ("ConvTranspose2d", dict(in_channels=4, out_channels=3, kernel_size=(2, 3), stride=(2, 1), dilation=(1, 2),
@@ -362,12 +364,12 @@ def test_patch_skips_and_reports_what_it_cannot_take():
     )
     types = [type(m) for m in model]
     report = fct.patch(model)
-    assert report.replaced == ["5"]
-    assert list(report.skipped) == ["0", "1", "2", "3", "4"]
-    for name, words in zip("01234", ["padding_mode", "float16", "meta", "norm_type", "subclass"], strict=True):
+    assert report.replaced == ["0", "5"]  # a padding_mode pads with torch, then runs fastconv
+    assert list(report.skipped) == ["1", "2", "3", "4"]
+    for name, words in zip("1234", ["float16", "meta", "norm_type", "subclass"], strict=True):
         assert words in report.skipped[name]
         assert type(model[int(name)]) is types[int(name)]
-    assert "skipped" in str(report) and "padding_mode='reflect'" in str(report)
+    assert "skipped" in str(report) and "float16" in str(report)
 
 
 # ----------------------------------------------------------------------------- fallbacks to torch
@@ -384,13 +386,17 @@ def test_float16_and_bfloat16_fall_back_to_torch():
         assert torch.equal(fct.max_pool2d(x, 2), torch.nn.functional.max_pool2d(x, 2))
 
 
-def test_padding_mode_reflect_falls_back_to_torch():
-    kwargs = dict(in_channels=2, out_channels=3, kernel_size=3, padding=1, padding_mode="reflect")
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_run_on_fastconv(padding_mode, monkeypatch):
+    # torch pads with F.pad and convolves unpadded; the convolution is fastconv's
+    calls = []
+    apply = fct.Conv2dFunction.apply
+    monkeypatch.setattr(fct.Conv2dFunction, "apply", lambda *args: calls.append(1) or apply(*args))
+    kwargs = dict(in_channels=4, out_channels=6, kernel_size=(3, 2), padding="same", dilation=(1, 2), groups=2, padding_mode=padding_mode)
     original, fast = module_pair("Conv2d", kwargs, F64)
-    x = randn(1, 2, 5, 5)
-    with pytest.warns(fct.FallbackWarning, match="padding_mode"):
-        result = forward_backward(fast, x)
-    assert_same_results(result, forward_backward(original, x), np.float64)
+    x = randn(2, 4, 7, 9)
+    assert_same_results(forward_backward(fast, x), forward_backward(original, x), np.float64)
+    assert calls
 
 
 def test_non_cpu_tensors_fall_back_to_torch():
