@@ -156,10 +156,10 @@ class _ConvNd(Module):
     """Shared construction of Conv2d and ConvTranspose2d (PyTorch's initialisation:
     weight and bias uniform in +-1/sqrt(fan_in))."""
 
-    def __init__(self, weight_shape, fan_in, out_channels, bias, dtype, rng, padding_mode):
+    def __init__(self, weight_shape, fan_in, out_channels, bias, dtype, rng, padding_mode, padding_modes):
         super().__init__()
-        if padding_mode != "zeros":
-            raise ValueError(f"padding_mode {padding_mode!r} is not supported: only 'zeros'")
+        if padding_mode not in padding_modes:
+            raise ValueError(f"padding_mode must be one of {padding_modes}, got {padding_mode!r}")
         self.padding_mode = padding_mode
         bound = 1 / math.sqrt(fan_in)
         self.weight = Parameter(_uniform(rng, weight_shape, bound, dtype))
@@ -171,13 +171,47 @@ class _ConvNd(Module):
             self.bias.accumulate(grad.conv2d_bias(grad_output))
 
 
+# torch.nn.Conv2d's padding modes other than zeros, as NumPy's np.pad modes
+_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad(x, pads, mode):
+    """x padded on its last two axes by pads (top, bottom, left, right) in padding mode
+    `mode`, as torch.nn.functional.pad, which refuses a reflection as wide as the plane
+    and a circular padding wider than it."""
+    h, w = x.shape[-2:]
+    limit = {"reflect": (h - 1, w - 1), "circular": (h, w)}.get(mode)
+    if limit is not None and (max(pads[:2]) > limit[0] or max(pads[2:]) > limit[1]):
+        raise ValueError(f"padding_mode {mode!r} pads at most {limit} cells on a {h}x{w} plane, got padding {pads}")
+    width = [(0, 0)] * (x.ndim - 2) + [pads[:2], pads[2:]]
+    return np.pad(x, width, mode=_PAD_MODES[mode])
+
+
+def _pad_grad(grad_padded, pads, mode):
+    """The gradient of _pad: each padded cell's gradient added to the cell it copies
+    (np.pad of the cells' indices says which), the columns first, then the rows."""
+    pt, pb, pl, pr = pads
+    h, w = grad_padded.shape[-2] - pt - pb, grad_padded.shape[-1] - pl - pr
+    cols = np.pad(np.arange(w), (pl, pr), mode=_PAD_MODES[mode])
+    g = grad_padded[..., pl : pl + w].copy()
+    for j in [*range(pl), *range(pl + w, pl + w + pr)]:
+        g[..., cols[j]] += grad_padded[..., j]
+    rows = np.pad(np.arange(h), (pt, pb), mode=_PAD_MODES[mode])
+    out = g[..., pt : pt + h, :].copy()
+    for i in [*range(pt), *range(pt + h, pt + h + pb)]:
+        out[..., rows[i], :] += g[..., i, :]
+    return out
+
+
 def _check_channels(in_channels, out_channels, groups):
     if in_channels % groups or out_channels % groups:
         raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
 
 
 class Conv2d(_ConvNd):
-    """2-D convolution, as torch.nn.Conv2d. Weight (out, in/groups, kH, kW)."""
+    """2-D convolution, as torch.nn.Conv2d. Weight (out, in/groups, kH, kW).
+    padding_mode 'reflect', 'replicate' or 'circular' pads the input so (as
+    torch.nn.functional.pad) and convolves it unpadded, as torch.nn.Conv2d does."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", dtype=np.float32, seed=None):
@@ -186,14 +220,17 @@ class Conv2d(_ConvNd):
         if isinstance(padding, str):
             P.conv_padding(padding, (kh, kw), P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation"))
         super().__init__((out_channels, in_channels // groups, kh, kw), in_channels // groups * kh * kw, out_channels,
-                         bias, dtype, _rng(seed), padding_mode)
+                         bias, dtype, _rng(seed), padding_mode, ("zeros", *_PAD_MODES))
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self._pads = None if padding_mode == "zeros" else P.conv_padding(padding, (kh, kw), P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation"))
 
     def _args(self):
-        return self.stride, self.padding, self.dilation, self.groups
+        return self.stride, 0 if self._pads else self.padding, self.dilation, self.groups
 
     def forward(self, x):
+        if self._pads:
+            x = _pad(np.asarray(x), self._pads, self.padding_mode)
         self._input = x
         return fastconv.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
 
@@ -201,10 +238,12 @@ class Conv2d(_ConvNd):
         x = self._input
         self.weight.accumulate(grad.conv2d_weight(x, self.weight.shape, grad_output, *self._args()))
         self._bias_grad(grad_output)
-        return grad.conv2d_input(x.shape, self.weight.data, grad_output, *self._args())
+        grad_input = grad.conv2d_input(x.shape, self.weight.data, grad_output, *self._args())
+        return _pad_grad(grad_input, self._pads, self.padding_mode) if self._pads else grad_input
 
     def extra_repr(self):
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        mode = "" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode}"
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{mode}"
 
 
 class ConvTranspose2d(_ConvNd):
@@ -215,7 +254,7 @@ class ConvTranspose2d(_ConvNd):
         _check_channels(in_channels, out_channels, groups)
         kh, kw = P.positive_pair(kernel_size, "kernel_size")
         super().__init__((in_channels, out_channels // groups, kh, kw), out_channels // groups * kh * kw, out_channels,
-                         bias, dtype, _rng(seed), padding_mode)
+                         bias, dtype, _rng(seed), padding_mode, ("zeros",))
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.output_padding, self.groups, self.dilation = stride, padding, output_padding, groups, dilation
 

@@ -136,8 +136,10 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, rng):
 def test_constructor_errors():
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)
-    with pytest.raises(ValueError, match="padding_mode 'reflect' is not supported"):
-        nn.Conv2d(3, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        nn.Conv2d(3, 4, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match="padding_mode must be one of \\('zeros',\\), got 'reflect'"):
+        nn.ConvTranspose2d(3, 4, 3, padding_mode="reflect")  # as torch: zeros only
     with pytest.raises(ValueError, match="'same' is not supported for strided"):
         nn.Conv2d(3, 4, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match="dropout probability"):
@@ -176,3 +178,40 @@ def test_optimizer_and_loss_errors(tmp_path):
         nn.MSELoss()(np.zeros((2, 3)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"BatchNorm2d\(4\) expects"):
         nn.BatchNorm2d(4)(np.zeros((2, 3, 5, 5), np.float32))
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding, stride, dilation, groups, pads", [
+    (1, 1, 1, 1, (1, 1, 1, 1)),
+    (((2, 0), (1, 3)), 2, 1, 2, (2, 0, 1, 3)),
+    ("same", 1, (2, 1), 1, (2, 2, 1, 2)),  # a 3x4 kernel: the odd extra column on the right
+    (0, 1, 1, 1, (0, 0, 0, 0)),
+])
+def test_conv2d_padding_modes_match_torch(padding_mode, padding, stride, dilation, groups, pads):
+    # torch pads with F.pad (reflect, replicate or circular), then convolves unpadded
+    rng = np.random.default_rng(0)
+    layer = nn.Conv2d(4, 6, (3, 4), stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=padding_mode, dtype=np.float64)
+    x = rng.standard_normal((2, 4, 7, 9))
+    y = layer(x)
+    gy = rng.standard_normal(y.shape)
+    gx = layer.backward(gy)
+
+    pt, pb, pl, pr = pads
+    tx = torch.from_numpy(x).requires_grad_()
+    tw, tb = torch.from_numpy(layer.weight.data).requires_grad_(), torch.from_numpy(layer.bias.data).requires_grad_()
+    padded = torch.nn.functional.pad(tx, (pl, pr, pt, pb), mode=padding_mode)
+    ty = torch.nn.functional.conv2d(padded, tw, tb, stride, 0, dilation, groups)
+    ty.backward(torch.from_numpy(gy))
+    assert_close(y, ty.detach().numpy(), np.float64)
+    assert_close(gx, tx.grad.numpy(), np.float64)
+    assert_close(layer.weight.grad, tw.grad.numpy(), np.float64)
+    assert_close(layer.bias.grad, tb.grad.numpy(), np.float64)
+
+
+def test_conv2d_padding_mode_limits():
+    x = np.zeros((1, 2, 3, 5), np.float32)
+    with pytest.raises(ValueError, match="'reflect' pads at most \\(2, 4\\) cells on a 3x5 plane, got padding \\(3, 3, 3, 3\\)"):
+        nn.Conv2d(2, 2, 3, padding=3, padding_mode="reflect")(x)
+    with pytest.raises(ValueError, match="'circular' pads at most"):
+        nn.Conv2d(2, 2, 3, padding=4, padding_mode="circular")(x)
+    assert nn.Conv2d(2, 2, 3, padding=9, padding_mode="replicate")(x).shape == (1, 2, 19, 21)
