@@ -9,6 +9,7 @@ and state_dict keys follow PyTorch, so weights move between the two unchanged.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 
@@ -171,6 +172,35 @@ class _ConvNd(Module):
             self.bias.accumulate(grad.conv2d_bias(grad_output))
 
 
+def _batch_forward(forward):
+    """A layer's forward on (N, C, H, W) arrays, made to take an unbatched (C, H, W)
+    one too, as torch.nn's layers do: it runs on a batch of one, and the batch axis
+    comes off its output again (and off the input gradient: _batch_backward)."""
+
+    @functools.wraps(forward)
+    def forward_unbatched(self, x):
+        x = np.asarray(x)
+        self._unbatched = x.ndim == 3
+        if not self._unbatched:
+            return forward(self, x)
+        out = forward(self, x[None])
+        return tuple(o[0] for o in out) if isinstance(out, tuple) else out[0]
+
+    return forward_unbatched
+
+
+def _batch_backward(backward):
+    """The backward that goes with _batch_forward."""
+
+    @functools.wraps(backward)
+    def backward_unbatched(self, grad_output):
+        if not getattr(self, "_unbatched", False):
+            return backward(self, grad_output)
+        return backward(self, np.asarray(grad_output)[None])[0]
+
+    return backward_unbatched
+
+
 # torch.nn.Conv2d's padding modes other than zeros, as NumPy's np.pad modes
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -228,12 +258,14 @@ class Conv2d(_ConvNd):
     def _args(self):
         return self.stride, 0 if self._pads else self.padding, self.dilation, self.groups
 
+    @_batch_forward
     def forward(self, x):
         if self._pads:
             x = _pad(np.asarray(x), self._pads, self.padding_mode)
         self._input = x
         return fastconv.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
 
+    @_batch_backward
     def backward(self, grad_output):
         x = self._input
         self.weight.accumulate(grad.conv2d_weight(x, self.weight.shape, grad_output, *self._args()))
@@ -261,10 +293,12 @@ class ConvTranspose2d(_ConvNd):
     def _args(self):
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
 
+    @_batch_forward
     def forward(self, x):
         self._input = x
         return fastconv.conv_transpose2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
 
+    @_batch_backward
     def backward(self, grad_output):
         x = self._input
         self.weight.accumulate(grad.conv_transpose2d_weight(x, self.weight.shape, grad_output, *self._args()))
@@ -285,11 +319,13 @@ class MaxPool2d(Module):
     def _args(self):
         return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
 
+    @_batch_forward
     def forward(self, x):
         out, self._indices = fastconv.max_pool2d(x, *self._args(), return_indices=True)
         self._input = x
         return (out, self._indices) if self.return_indices else out
 
+    @_batch_backward
     def backward(self, grad_output):
         return grad.max_pool2d_input(self._input, grad_output, *self._args(), indices=self._indices)
 
@@ -306,10 +342,12 @@ class AvgPool2d(Module):
     def _args(self):
         return self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
 
+    @_batch_forward
     def forward(self, x):
         self._shape = x.shape
         return fastconv.avg_pool2d(x, *self._args())
 
+    @_batch_backward
     def backward(self, grad_output):
         return grad.avg_pool2d_input(self._shape, grad_output, *self._args())
 
@@ -322,10 +360,12 @@ class LPPool2d(Module):
         self.norm_type, self.kernel_size, self.stride, self.ceil_mode = norm_type, kernel_size, stride, ceil_mode
         self._input = None
 
+    @_batch_forward
     def forward(self, x):
         self._input = x
         return fastconv.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
 
+    @_batch_backward
     def backward(self, grad_output):
         return grad.lp_pool2d_input(self._input, grad_output, self.norm_type, self.kernel_size, self.stride, self.ceil_mode)
 
@@ -338,10 +378,12 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
         self._shape = None
 
+    @_batch_forward
     def forward(self, x):
         self._shape = x.shape
         return fastconv.adaptive_avg_pool2d(x, self.output_size)
 
+    @_batch_backward
     def backward(self, grad_output):
         return grad.adaptive_avg_pool2d_input(self._shape, grad_output)
 

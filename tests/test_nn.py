@@ -215,3 +215,31 @@ def test_conv2d_padding_mode_limits():
     with pytest.raises(ValueError, match="'circular' pads at most"):
         nn.Conv2d(2, 2, 3, padding=4, padding_mode="circular")(x)
     assert nn.Conv2d(2, 2, 3, padding=9, padding_mode="replicate")(x).shape == (1, 2, 19, 21)
+
+
+@pytest.mark.parametrize("layer", [
+    lambda: nn.Conv2d(3, 4, 3, padding=1, dtype=np.float64, seed=0),
+    lambda: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", dtype=np.float64, seed=0),
+    lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, dtype=np.float64, seed=0),
+    lambda: nn.MaxPool2d(3, 2, 1),
+    lambda: nn.MaxPool2d(2, return_indices=True),
+    lambda: nn.AvgPool2d(3, 2, 1),
+    lambda: nn.LPPool2d(2, 2),
+    lambda: nn.AdaptiveAvgPool2d(3),
+])
+def test_spatial_layers_take_unbatched_input(layer):
+    # as torch.nn: a (C, H, W) input runs as a batch of one, forward and backward
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 7, 8))
+    unbatched, batched = layer(), layer()
+    y = unbatched(x)
+    y1 = batched(x[None])
+    for a, b in zip(y if isinstance(y, tuple) else (y,), y1 if isinstance(y1, tuple) else (y1,)):
+        assert np.array_equal(a, b[0])
+    out = y[0] if isinstance(y, tuple) else y
+    gy = rng.standard_normal(out.shape)
+    gx = unbatched.backward(gy)
+    assert gx.shape == x.shape
+    assert np.array_equal(gx, batched.backward(gy[None])[0])
+    for p, q in zip(unbatched.parameters(), batched.parameters()):
+        assert np.array_equal(p.grad, q.grad)
