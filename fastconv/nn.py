@@ -424,19 +424,32 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-class ReLU(Module):
-    """max(x, 0) elementwise, as torch.nn.ReLU (NaN stays NaN)."""
+def _in_place(x, result):
+    """x holding `result`, for a layer made with inplace=True, as torch's in-place
+    layers leave their input."""
+    if not isinstance(x, np.ndarray) or not x.flags.writeable:
+        raise ValueError("inplace=True needs a writable NumPy array as input")
+    if result is not x:
+        x[...] = result
+    return x
 
-    def __init__(self):
+
+class ReLU(Module):
+    """max(x, 0) elementwise, as torch.nn.ReLU (NaN stays NaN); with inplace, the
+    input array holds the result."""
+
+    def __init__(self, inplace=False):
         super().__init__()
+        self.inplace = P.check_bool(inplace, "inplace")
         self._passes = None
 
     def forward(self, x):
-        x = np.array(x, copy=None, order="C")
-        out = np.empty_like(x)
-        self._passes = np.empty(x.shape, dtype=bool)
-        activation.relu(x.reshape(-1), out.reshape(-1), self._passes.reshape(-1), x.dtype.type(0))
-        return out
+        cells = np.array(x, copy=None, order="C")
+        # a kernel iteration reads each cell before it writes it: the input can be the output
+        out = cells if self.inplace and cells is x and x.flags.writeable else np.empty_like(cells)
+        self._passes = np.empty(cells.shape, dtype=bool)
+        activation.relu(cells.reshape(-1), out.reshape(-1), self._passes.reshape(-1), cells.dtype.type(0))
+        return _in_place(x, out) if self.inplace else out
 
     def backward(self, grad_output):
         grad_output = np.array(grad_output, copy=None, order="C")
@@ -445,6 +458,9 @@ class ReLU(Module):
         out = np.empty_like(grad_output)
         activation.relu_backward(self._passes.reshape(-1), grad_output.reshape(-1), out.reshape(-1), out.dtype.type(0))
         return out
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class Flatten(Module):
@@ -466,13 +482,15 @@ class Flatten(Module):
 
 
 class Dropout(Module):
-    """Zeroes each element with probability p in training, scaling the rest by 1/(1-p)."""
+    """Zeroes each element with probability p in training, scaling the rest by 1/(1-p);
+    with inplace, the input array holds the result."""
 
-    def __init__(self, p=0.5, seed=None):
+    def __init__(self, p=0.5, inplace=False, seed=None):
         super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
         self.p = p
+        self.inplace = P.check_bool(inplace, "inplace")
         self._rng = _rng(seed)
         self._scale = None
 
@@ -481,7 +499,7 @@ class Dropout(Module):
             self._scale = None
             return x
         self._scale = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / (1 - self.p)
-        return x * self._scale
+        return _in_place(x, x * self._scale) if self.inplace else x * self._scale
 
     def backward(self, grad_output):
         return grad_output if self._scale is None else grad_output * self._scale

@@ -243,3 +243,21 @@ def test_spatial_layers_take_unbatched_input(layer):
     assert np.array_equal(gx, batched.backward(gy[None])[0])
     for p, q in zip(unbatched.parameters(), batched.parameters()):
         assert np.array_equal(p.grad, q.grad)
+
+
+def test_inplace_relu_and_dropout_leave_the_result_in_their_input():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    for make in (lambda inplace: nn.ReLU(inplace), lambda inplace: nn.Dropout(0.3, inplace, seed=1)):
+        for view in (x.copy(), x.copy().transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)):  # contiguous, and not
+            out_of_place, in_place = make(False), make(True)  # the same dropout mask
+            expected = out_of_place(x)
+            y = in_place(view)
+            assert y is view and np.array_equal(view, expected)
+            assert np.array_equal(in_place.backward(gy), out_of_place.backward(gy))
+    assert repr(nn.ReLU(inplace=True)) == "ReLU(inplace=True)"
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        nn.ReLU(inplace=True)(frozen)
