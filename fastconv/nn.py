@@ -388,6 +388,26 @@ class AdaptiveAvgPool2d(Module):
         return grad.adaptive_avg_pool2d_input(self._shape, grad_output)
 
 
+class AdaptiveMaxPool2d(Module):
+    """Adaptive max pooling, as torch.nn.AdaptiveMaxPool2d. Forward keeps the argmax
+    indices for backward, as MaxPool2d."""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        self.output_size, self.return_indices = output_size, return_indices
+        self._input = self._indices = None
+
+    @_batch_forward
+    def forward(self, x):
+        out, self._indices = fastconv.adaptive_max_pool2d(x, self.output_size, return_indices=True)
+        self._input = x
+        return (out, self._indices) if self.return_indices else out
+
+    @_batch_backward
+    def backward(self, grad_output):
+        return grad.adaptive_max_pool2d_input(self._input, grad_output, indices=self._indices)
+
+
 def _product(a, b):
     """a @ b for 2-D arrays, on fastconv's threads."""
     return gemm.matmul(a, b, np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b)), fastconv.get_num_threads())

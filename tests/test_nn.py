@@ -25,6 +25,7 @@ LAYERS = [
     (lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False), lambda: T.AvgPool2d(3, 2, 1, count_include_pad=False), (2, 3, 8, 8)),
     (lambda: nn.LPPool2d(2, 2), lambda: T.LPPool2d(2, 2), (2, 3, 8, 8)),
     (lambda: nn.AdaptiveAvgPool2d((3, 2)), lambda: T.AdaptiveAvgPool2d((3, 2)), (2, 3, 8, 7)),
+    (lambda: nn.AdaptiveMaxPool2d((3, None)), lambda: T.AdaptiveMaxPool2d((3, None)), (2, 3, 8, 7)),
     (lambda: nn.Linear(7, 5, dtype=F64, seed=3), lambda: T.Linear(7, 5), (4, 7)),
     (lambda: nn.Linear(7, 5, dtype=F64, seed=4), lambda: T.Linear(7, 5), (2, 3, 7)),
     (lambda: nn.Linear(40, 48, bias=False, dtype=F64, seed=5), lambda: T.Linear(40, 48, bias=False), (40,)),
@@ -226,6 +227,7 @@ def test_conv2d_padding_mode_limits():
     lambda: nn.AvgPool2d(3, 2, 1),
     lambda: nn.LPPool2d(2, 2),
     lambda: nn.AdaptiveAvgPool2d(3),
+    lambda: nn.AdaptiveMaxPool2d(3, return_indices=True),
 ])
 def test_spatial_layers_take_unbatched_input(layer):
     # as torch.nn: a (C, H, W) input runs as a batch of one, forward and backward
