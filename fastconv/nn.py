@@ -247,13 +247,14 @@ class Conv2d(_ConvNd):
                  padding_mode="zeros", dtype=np.float32, seed=None):
         _check_channels(in_channels, out_channels, groups)
         kh, kw = P.positive_pair(kernel_size, "kernel_size")
-        if isinstance(padding, str):
-            P.conv_padding(padding, (kh, kw), P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation"))
+        pads = None
+        if isinstance(padding, str) or padding_mode != "zeros":
+            pads = P.conv_padding(padding, (kh, kw), P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation"))
         super().__init__((out_channels, in_channels // groups, kh, kw), in_channels // groups * kh * kw, out_channels,
                          bias, dtype, _rng(seed), padding_mode, ("zeros", *_PAD_MODES))
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self._pads = None if padding_mode == "zeros" else P.conv_padding(padding, (kh, kw), P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation"))
+        self._pads = None if padding_mode == "zeros" else pads  # padded in forward (_pad)
 
     def _args(self):
         return self.stride, 0 if self._pads else self.padding, self.dilation, self.groups
@@ -444,13 +445,11 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-def _in_place(x, result):
-    """x holding `result`, for a layer made with inplace=True, as torch's in-place
-    layers leave their input."""
+def _writable(x):
+    """x, the input of a layer made with inplace=True, which writes its result there
+    as torch's in-place layers do; checked before any work."""
     if not isinstance(x, np.ndarray) or not x.flags.writeable:
         raise ValueError("inplace=True needs a writable NumPy array as input")
-    if result is not x:
-        x[...] = result
     return x
 
 
@@ -464,12 +463,17 @@ class ReLU(Module):
         self._passes = None
 
     def forward(self, x):
+        if self.inplace:
+            _writable(x)
         cells = np.array(x, copy=None, order="C")
         # a kernel iteration reads each cell before it writes it: the input can be the output
-        out = cells if self.inplace and cells is x and x.flags.writeable else np.empty_like(cells)
+        out = cells if self.inplace and cells is x else np.empty_like(cells)
         self._passes = np.empty(cells.shape, dtype=bool)
         activation.relu(cells.reshape(-1), out.reshape(-1), self._passes.reshape(-1), cells.dtype.type(0))
-        return _in_place(x, out) if self.inplace else out
+        if self.inplace and out is not x:
+            x[...] = out  # a non-contiguous input
+            return x
+        return out
 
     def backward(self, grad_output):
         grad_output = np.array(grad_output, copy=None, order="C")
@@ -518,8 +522,13 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self._scale = None
             return x
+        if self.inplace:
+            _writable(x)
         self._scale = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / (1 - self.p)
-        return _in_place(x, x * self._scale) if self.inplace else x * self._scale
+        if self.inplace:
+            x *= self._scale
+            return x
+        return x * self._scale
 
     def backward(self, grad_output):
         return grad_output if self._scale is None else grad_output * self._scale

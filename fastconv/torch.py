@@ -33,8 +33,9 @@ Three layers, each on the one above it:
 What runs on torch instead (with a FallbackWarning): tensors not on the CPU, dtypes other
 than float32 and float64 (or mixed), tensor subclasses, non-strided layouts, inputs that
 are not 3-D or 4-D or have empty planes or channels (an empty batch runs on fastconv),
-LPPool2d with an infinite or non-positive norm_type, arguments fastconv refuses (torch then gives its own
-answer or its own error), and calls made while torch.jit traces or torch.compile compiles.
+LPPool2d with an infinite or non-positive norm_type, arguments fastconv refuses (torch
+then gives its own answer or its own error), and calls made while torch.jit traces or
+torch.compile compiles.
 
 Importing this module imports torch; `import fastconv` alone never does. Import torch
 (or this module) before fastconv's threads start (its first kernel, or
@@ -497,7 +498,8 @@ def patch(model: torch.nn.Module) -> PatchReport:
     subclass (as torch.nn.utils.parametrize does) instead of building a new module, so
     the Parameter objects (and an optimiser holding them), buffers, hooks, training mode
     and every reference to the module stay as they were. Modules that fastconv cannot
-    take (on a GPU, a non-float32/float64 dtype, subclasses of the torch classes) are left alone and listed in `report.skipped`.
+    take (on a GPU, a non-float32/float64 dtype, subclasses of the torch classes) are
+    left alone and listed in `report.skipped`.
     Patching twice changes nothing more.
     """
     report = PatchReport()

@@ -189,11 +189,18 @@ def transform_grad_output(grad_output, hat, segments, dilation_phases, dh, dw, w
     apply_passes(s, 0, 0, hat.reshape(hat.shape[0], 1, length), 0, col_table, col_coefs, 0, length, 0)
 
 
+@serial(inline=True)
+def product_inputs(itemsize):
+    """Input rows per step of `products` (and the multiple its C is padded to): three
+    in float32, four in float64."""
+    return 4 if itemsize == 8 else 3
+
+
 @serial(fastmath=True)
 def products(u, v, out):
     """out[p] = u[p] @ v[p] for each tile cell p: u (16, K4, Cn), v (16, Cn, P), out
     (16, K4, P), K4 a multiple of 4 and Cn of the input rows per step
-    (_product_inputs). Output rows four at a time, input rows three at a time in
+    (product_inputs). Output rows four at a time, input rows three at a time in
     float32 and four in float64: one load of those rows of v feeds twelve or
     sixteen multiply-adds, as in the direct kernels (written out here: their
     add_taps, on these views of out and u, made the forward 35-45% slower). On one
@@ -211,7 +218,7 @@ def products(u, v, out):
             a1[:] = 0.0
             a2[:] = 0.0
             a3[:] = 0.0
-            if out.itemsize == 8:
+            if product_inputs(out.itemsize) == 4:
                 for c in range(0, u.shape[2], 4):
                     s0, s1, s2, s3 = v[p, c], v[p, c + 1], v[p, c + 2], v[p, c + 3]
                     w00, w01, w02, w03 = u[p, k0, c], u[p, k0, c + 1], u[p, k0, c + 2], u[p, k0, c + 3]
@@ -408,11 +415,6 @@ def _plan(g, itemsize, threads):
 G_BOTH = np.kron(G, G)
 
 
-def _product_inputs(itemsize):
-    """Input rows per step of `products`: three in float32, four in float64."""
-    return 4 if itemsize == 8 else 3
-
-
 def _transformed_weight(weight):
     """U (16, K, C) = G w Gt of every kernel, computed in float64 (on this thread: a
     NumPy product would wake OpenBLAS's spinning workers, see fastconv.kernels.gemm)."""
@@ -436,7 +438,7 @@ def forward(x, weight, g, threads):
     None if an output is not finite."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
-    inputs = _product_inputs(x.itemsize)
+    inputs = product_inputs(x.itemsize)
     u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, inputs) * inputs), dtype=dt)  # products' blocks
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
         u[:, : g.c_out, : g.c_in] = _transformed_weight(weight)
