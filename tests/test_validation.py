@@ -62,6 +62,9 @@ def test_conv2d_gradient_errors(impl):
         g.conv2d_input(X.shape, W, gy[:, :, :5])
     with pytest.raises(ValueError, match="input_size must be 4 ints"):
         g.conv2d_input((2, 4, 8), W, gy)
+    for size in [(-1, 4, 8, 8), (2, 0, 8, 8)]:  # a batch may be empty, nothing else
+        with pytest.raises(ValueError, match=_escape(f"N >= 0 and the others positive, got {size}")):
+            g.conv2d_input(size, W, gy)
     with pytest.raises(TypeError, match="same dtype"):
         g.conv2d_weight(X.astype(np.float32), W.shape, gy)
     with pytest.raises(ValueError, match=_escape("grad_output must have shape")):
