@@ -327,6 +327,34 @@ def test_weight_gradient_with_infinite_inputs(path, dtype, padding, stride, rng)
         assert_close(grad.conv2d_weight(x, wshape, gy, **kw), expected, dtype)
 
 
+@path_param
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, stride, padding, dilation, groups", [
+    ((3, 3), 1, 0, 1, 1), ((3, 3), 1, 1, 1, 1), ((4, 4), 2, 1, 1, 1), ((3, 3), 1, 2, 2, 1), ((3, 3), 2, 1, 2, 2), ((3, 3), 1, 1, 1, 1)])
+def test_input_gradient_with_non_finite_weights(path, dtype, kernel, stride, padding, dilation, groups, rng):
+    # The input gradient (and conv_transpose2d, the same computation) sums only the
+    # taps that reach each input cell: an infinite or NaN weight must not meet the
+    # zeros padding grad_output, which PyTorch never multiplies.
+    torch = pytest.importorskip("torch")
+    c = 4 if groups == 1 else 2 * groups
+    x_shape = (2, c, 9, 8)
+    w = rng.standard_normal((6, c // groups) + kernel).astype(dtype)
+    w[0, 0, 0, 0], w[3, 1, -1, -1], w[5, 0, 1, 0] = np.inf, np.nan, -np.inf
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rng.standard_normal(reference.conv2d(np.zeros(x_shape, dtype), np.zeros_like(w), **kw).shape).astype(dtype)
+    tw, tgy = torch.from_numpy(w), torch.from_numpy(gy)
+    expected = torch.nn.grad.conv2d_input(x_shape, tw, tgy, **kw).numpy()
+    assert np.isfinite(expected).any()
+    with dispatch.force_path(path):
+        assert_close(grad.conv2d_input(x_shape, w, gy, **kw), expected, dtype)
+        with np.errstate(invalid="ignore"):
+            assert_close(reference.conv2d_input(x_shape, w, gy, **kw), expected, dtype)
+        # conv_transpose2d of gy with the same weight (IOHW) is this gradient
+        out = fastconv.conv_transpose2d(gy, w, stride=stride, padding=padding, groups=groups, dilation=dilation)
+        expected_t = torch.nn.functional.conv_transpose2d(tgy, tw, stride=stride, padding=padding, groups=groups, dilation=dilation).numpy()
+        assert_close(out, expected_t, dtype)
+
+
 def test_strided_dispatch():
     from fastconv.params import conv2d_geometry
 
