@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -511,8 +512,8 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, inplace=False, seed=None):
         super().__init__()
-        if not 0 <= p < 1:
-            raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
         self.p = p
         self.inplace = P.check_bool(inplace, "inplace")
         self._rng = _rng(seed)
@@ -524,7 +525,10 @@ class Dropout(Module):
             return x
         if self.inplace:
             _writable(x)
-        self._scale = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / (1 - self.p)
+        if self.p == 1:  # every element dropped (and an infinite input NaN, as in PyTorch)
+            self._scale = np.zeros(x.shape, dtype=x.dtype)
+        else:
+            self._scale = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / (1 - self.p)
         if self.inplace:
             x *= self._scale
             return x
@@ -541,6 +545,8 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, dtype=np.float32):
         super().__init__()
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)):
+            raise TypeError(f"momentum must be a number or None, got {momentum!r}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
@@ -562,14 +568,18 @@ class BatchNorm2d(Module):
             if self.training and self.track_running_stats:
                 self._set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
         elif use_batch:
+            count = x.size // x.shape[1]
+            if count == 1:
+                # the unbiased variance of one value is undefined (PyTorch refuses too)
+                raise ValueError(f"BatchNorm2d expects more than 1 value per channel when training, got input of shape {x.shape}")
             mean = x.mean(axis=(0, 2, 3))
             var = x.var(axis=(0, 2, 3))
             if self.training and self.track_running_stats:
-                count = x.size // x.shape[1]
-                m = self.momentum
-                self._set_buffer("running_mean", ((1 - m) * self.running_mean + m * mean).astype(x.dtype))
-                self._set_buffer("running_var", ((1 - m) * self.running_var + m * var * count / max(count - 1, 1)).astype(x.dtype))
                 self._set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+                # momentum None: the cumulative average over the batches seen, as in PyTorch
+                m = 1 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self._set_buffer("running_mean", ((1 - m) * self.running_mean + m * mean).astype(x.dtype))
+                self._set_buffer("running_var", ((1 - m) * self.running_var + m * var * count / (count - 1)).astype(x.dtype))
         else:
             mean, var = self.running_mean, self.running_var
         inv_std = 1 / np.sqrt(var + self.eps)

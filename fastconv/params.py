@@ -79,11 +79,12 @@ def _int(value, name: str) -> int:
 
 
 def pair(value, name: str) -> tuple[int, int]:
-    """An int or a sequence of two ints, as torch's _pair."""
+    """An int or a sequence of two ints, as torch's _pair; a sequence of one int
+    stands for both, as in PyTorch's operators."""
     if isinstance(value, (tuple, list, np.ndarray)):
-        if len(value) != 2:
+        if len(value) not in (1, 2):
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return _int(value[0], name), _int(value[1], name)
+        return _int(value[0], name), _int(value[-1], name)
     v = _int(value, name)
     return v, v
 

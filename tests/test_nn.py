@@ -31,6 +31,10 @@ LAYERS = [
     (lambda: nn.Linear(40, 48, bias=False, dtype=F64, seed=5), lambda: T.Linear(40, 48, bias=False), (40,)),
     (lambda: nn.BatchNorm2d(3, dtype=F64), lambda: T.BatchNorm2d(3), (4, 3, 5, 5)),
     (lambda: nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Dropout(0.0)), lambda: T.Sequential(T.Flatten(), T.ReLU(), T.Dropout(0.0)), (2, 3, 4, 4)),
+    (lambda: nn.Dropout(1.0), lambda: T.Dropout(1.0), (2, 3, 4, 4)),
+    # one-element sequences stand for both sides, as in PyTorch
+    (lambda: nn.Conv2d(3, 4, 3, stride=(2,), padding=[1], dtype=F64, seed=6), lambda: T.Conv2d(3, 4, 3, stride=(2,), padding=[1]), (2, 3, 7, 8)),
+    (lambda: nn.MaxPool2d((2,), stride=[1]), lambda: T.MaxPool2d((2,), stride=[1]), (2, 3, 5, 6)),
 ]
 
 
@@ -143,8 +147,25 @@ def test_constructor_errors():
         nn.ConvTranspose2d(3, 4, 3, padding_mode="reflect")  # as torch: zeros only
     with pytest.raises(ValueError, match="'same' is not supported for strided"):
         nn.Conv2d(3, 4, 3, stride=2, padding="same")
-    with pytest.raises(ValueError, match="dropout probability"):
-        nn.Dropout(1.0)
+    with pytest.raises(ValueError, match="dropout probability p must be in \\[0, 1\\], got 1.5"):
+        nn.Dropout(1.5)
+    with pytest.raises(TypeError, match="momentum must be a number or None"):
+        nn.BatchNorm2d(3, momentum="0.1")
+
+
+def test_batch_norm_cumulative_average_and_one_value_per_channel(rng):
+    # momentum=None: the running averages are the plain mean over the batches seen
+    ours, theirs = nn.BatchNorm2d(3, momentum=None, dtype=F64), T.BatchNorm2d(3, momentum=None).double()
+    for _ in range(3):
+        x = rng.standard_normal((4, 3, 5, 5)) * 3 + 1
+        assert_close(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), F64)
+    for key, value in theirs.state_dict().items():
+        assert_close(np.asarray(ours.state_dict()[key], dtype=F64), value.double().numpy(), F64)
+    # one value per channel has no unbiased variance: refused in training, as in PyTorch
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ours(np.ones((1, 3, 1, 1)))
+    ours.eval()
+    assert ours(np.ones((1, 3, 1, 1))).shape == (1, 3, 1, 1)
 
 
 def test_train_command_reaches_97_percent(capsys):

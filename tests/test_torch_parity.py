@@ -210,6 +210,24 @@ def test_unbatched_input_and_dtypes(dtype, rng):
         assert_close(getattr(fastconv, name)(xx, *args), getattr(F, name)(t.tensor(xx), *args).numpy(), dtype, POOL_RTOL if name != "lp_pool2d" else RTOL)
 
 
+@impl_param
+def test_one_element_sequences_stand_for_both_sides(impl, rng):
+    # PyTorch's operators take [s] or (s,) for (s, s)
+    ops, _ = IMPLS[impl]
+    t = to.torch
+    x = rng.standard_normal((2, 3, 7, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    tx, tw = t.tensor(x), t.tensor(w)
+    kw = dict(stride=(2,), padding=[1], dilation=(2,))
+    assert_close(ops.conv2d(x, w, **kw), F.conv2d(tx, tw, **kw).numpy(), F64)
+    wt = rng.standard_normal((3, 2, 3, 3))
+    kw = dict(stride=[2], padding=(1,), output_padding=(1,), dilation=[1])
+    assert_close(ops.conv_transpose2d(x, wt, **kw), F.conv_transpose2d(tx, t.tensor(wt), **kw).numpy(), F64)
+    kw = dict(kernel_size=(3,), stride=[2], padding=(1,))
+    assert_close(ops.max_pool2d(x, dilation=[1], **kw), F.max_pool2d(tx, dilation=[1], **kw).numpy(), F64, POOL_RTOL)
+    assert_close(ops.avg_pool2d(x, **kw), F.avg_pool2d(tx, **kw).numpy(), F64, POOL_RTOL)
+
+
 def test_grid_is_not_trivial():
     # Every grid row above is accepted by torch, so no case silently tests nothing.
     assert len(list(itertools.chain(CONV_GRID, CONVT_GRID, POOL_GRID))) > 30
