@@ -20,8 +20,10 @@ Three layers, each on the one above it:
    (no copies; the kernels accept any strides) and wrap the results back with
    `torch.from_numpy` (no copies either). A gradient is computed only for the inputs
    that need one. They take CPU float32/float64 tensors of one dtype, batched
-   (N, C, H, W) or unbatched (C, H, W), and are differentiable once: a second derivative
-   (create_graph=True, then backward again) raises rather than dropping terms.
+   (N, C, H, W) or unbatched (C, H, W). A backward under create_graph=True (for a
+   second derivative: a gradient penalty, a Hessian-vector product) runs torch's own
+   operators on the saved tensors instead, with a FallbackWarning, so that the second
+   derivative is torch's.
 2. Functional wrappers with torch.nn.functional's signatures (`conv2d`, `conv_transpose2d`,
    `max_pool2d`, `avg_pool2d`, `lp_pool2d`): they run the Function when fastconv can take
    the call, and otherwise torch.nn.functional's operator, with a `FallbackWarning` that
@@ -133,27 +135,84 @@ def _tensor(array: np.ndarray | None, unbatched: bool = False) -> torch.Tensor |
 # --------------------------------------------------------------------------- autograd Functions
 
 
-def _first_order(backward):
-    """torch's once_differentiable, made to refuse every second derivative it cannot give.
-
-    Under create_graph=True, once_differentiable marks the gradients it returns so that
-    differentiating them again raises, but only when a grad_output requires grad. The
-    gradients here also depend on the saved tensors (conv2d's input gradient on the
-    weight, say); where only those require grad, the second-order term would be dropped
-    without a word. Handing once_differentiable a grad_output that requires grad makes
-    it mark the result in that case too; the first-order values are unchanged.
+def _differentiable_by_torch(op, torch_gradients):
+    """The backward of `op` on fastconv's kernels, once differentiable; under
+    create_graph=True (grad mode on in the backward) with a tensor that requires grad,
+    `torch_gradients(ctx, *grad_outputs)` instead (with a FallbackWarning): the same gradients from torch's own operators, recorded by
+    autograd, so that second derivatives (a gradient penalty, a Hessian-vector product)
+    are torch's. once_differentiable alone would mark its results so that differentiating
+    them raises, but only along the grad_outputs: a term through the saved input or
+    weight would be dropped without a word.
     """
-    backward = once_differentiable(backward)
 
-    @functools.wraps(backward)
-    def wrapper(ctx, *grad_outputs):
-        if torch.is_grad_enabled() and any(t.requires_grad for t in ctx.saved_tensors):
-            grad_outputs = [
-                g.detach().requires_grad_() if g is not None and g.is_floating_point() else g for g in grad_outputs
-            ]
-        return backward(ctx, *grad_outputs)
+    def decorate(backward):
+        first_order = once_differentiable(backward)
 
-    return wrapper
+        @functools.wraps(backward)
+        def wrapper(ctx, *grad_outputs):
+            saved = ctx.saved_tensors
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*saved, *grad_outputs)):
+                _warn_fallback(op, "a backward with create_graph=True runs torch's operators (for second derivatives)", stacklevel=2)
+                return torch_gradients(ctx, *grad_outputs)
+            return first_order(ctx, *grad_outputs)
+
+        return wrapper
+
+    return decorate
+
+
+def _recorded_gradients(ctx, output, inputs, grad_output):
+    """The gradients of `output` (recomputed by torch's operator, grad mode on) with
+    respect to those of the Function's first len(inputs) arguments that need one,
+    recorded by autograd (create_graph); None for the others."""
+    needed = ctx.needs_input_grad[: len(inputs)]
+    wanted = [t for t, need in zip(inputs, needed) if need]
+    found = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True, materialize_grads=True))
+    return tuple(next(found) if need else None for need in needed)
+
+
+def _torch_conv2d(input, weight, stride, padding, dilation, groups):
+    """torch's conv2d without bias, fastconv's ((top, bottom), (left, right)) padding too."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
+        (top, bottom), (left, right) = (fastconv.params.pair(p, "padding") for p in padding)
+        input, padding = F.pad(input, (left, right, top, bottom)), 0
+    return F.conv2d(input, weight, None, stride, padding, dilation, groups)
+
+
+def _torch_conv_transpose2d(input, weight, stride, padding, output_padding, groups, dilation):
+    return F.conv_transpose2d(input, weight, None, stride, padding, output_padding, groups, dilation)
+
+
+def _conv_by_torch(torch_op):
+    """A convolution Function's gradients from `torch_op` (see _differentiable_by_torch)."""
+
+    def gradients(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        with torch.enable_grad():
+            output = torch_op(input, weight, *ctx.conv_args)
+        grad_input, grad_weight = _recorded_gradients(ctx, output, (input, weight), grad_output)
+        channel_axis = grad_output.dim() - 3
+        others = [d for d in range(grad_output.dim()) if d != channel_axis]
+        grad_bias = grad_output.sum(dim=others) if ctx.needs_input_grad[2] else None
+        return (grad_input, grad_weight, grad_bias) + (None,) * len(ctx.conv_args)
+
+    return gradients
+
+
+def _pool_by_torch(torch_op, arguments):
+    """A pooling Function's input gradient from `torch_op(input, *arguments(ctx))`, the
+    input saved, or for a Function that keeps only its shape (average pooling, linear
+    in the input) zeros of that shape."""
+
+    def gradients(ctx, grad_output, *unused):
+        saved = ctx.saved_tensors
+        with torch.enable_grad():
+            input = saved[0] if saved else torch.zeros(ctx.input_size[1:] if ctx.unbatched else ctx.input_size, dtype=grad_output.dtype, requires_grad=True)
+            output = torch_op(input, *arguments(ctx))
+        (grad_input,) = _recorded_gradients(ctx, output, (input,), grad_output)
+        return (grad_input,) + (None,) * (len(ctx.needs_input_grad) - 1)
+
+    return gradients
 
 
 def _conv_backward(ctx, grad_output, input_grad, weight_grad):
@@ -187,7 +246,7 @@ class Conv2dFunction(torch.autograd.Function):
         return _tensor(out, unbatched=input.dim() == 3)
 
     @staticmethod
-    @_first_order
+    @_differentiable_by_torch("conv2d", _conv_by_torch(_torch_conv2d))
     def backward(ctx, grad_output):
         return _conv_backward(ctx, grad_output, fastconv.grad.conv2d_input, fastconv.grad.conv2d_weight)
 
@@ -209,7 +268,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
         return _tensor(out, unbatched=input.dim() == 3)
 
     @staticmethod
-    @_first_order
+    @_differentiable_by_torch("conv_transpose2d", _conv_by_torch(_torch_conv_transpose2d))
     def backward(ctx, grad_output):
         return _conv_backward(ctx, grad_output, fastconv.grad.conv_transpose2d_input, fastconv.grad.conv_transpose2d_weight)
 
@@ -242,7 +301,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         return out, indices
 
     @staticmethod
-    @_first_order
+    @_differentiable_by_torch("max_pool2d", _pool_by_torch(F.max_pool2d, lambda ctx: ctx.pool_args))
     def backward(ctx, grad_output, *unused_grad_indices):
         input, indices = ctx.saved_tensors
         grad_input = fastconv.grad.max_pool2d_input(
@@ -263,7 +322,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         return _tensor(fastconv.avg_pool2d(x, *ctx.pool_args), ctx.unbatched)
 
     @staticmethod
-    @_first_order
+    @_differentiable_by_torch("avg_pool2d", _pool_by_torch(F.avg_pool2d, lambda ctx: ctx.pool_args))
     def backward(ctx, grad_output):
         grad_input = fastconv.grad.avg_pool2d_input(ctx.input_size, _batched_array(grad_output), *ctx.pool_args)
         return _tensor(grad_input, ctx.unbatched), None, None, None, None, None, None
@@ -284,7 +343,7 @@ class LPPool2dFunction(torch.autograd.Function):
         return _tensor(fastconv.lp_pool2d(_batched_array(input), *ctx.pool_args), unbatched=input.dim() == 3)
 
     @staticmethod
-    @_first_order
+    @_differentiable_by_torch("lp_pool2d", _pool_by_torch(F.lp_pool2d, lambda ctx: ctx.pool_args))
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
         grad_input = fastconv.grad.lp_pool2d_input(_batched_array(input), _batched_array(grad_output), *ctx.pool_args)

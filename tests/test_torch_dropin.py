@@ -437,14 +437,38 @@ def test_what_fastconv_refuses_goes_to_torch():
         fct.conv2d(randn(1, 2, 5, 5), randn(3, 2, 3, 3, dtype=F32))
 
 
-def test_second_derivatives_raise_instead_of_dropping_terms():
-    # A gradient penalty: the input gradient depends on the weight, so its own gradient
-    # needs a second derivative, which the Functions do not have. It must not be dropped.
-    conv = fct.Conv2d(2, 2, 3).double()
-    x = randn(1, 2, 5, 5, requires_grad=True)
-    (grad_x,) = torch.autograd.grad(conv(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        (conv(x).sum() + grad_x.pow(2).sum()).backward()
-    # create_graph=True alone still gives the right first-order gradient.
-    expected = torch.nn.grad.conv2d_input(x.shape, conv.weight.detach(), torch.ones(1, 2, 3, 3, dtype=F64))
+SECOND_ORDER = [
+    (fct.Conv2dFunction, lambda: (randn(1, 4, 5, 5, requires_grad=True), randn(4, 2, 3, 3, requires_grad=True), randn(4, requires_grad=True), 2, 1, 1, 2)),
+    (fct.Conv2dFunction, lambda: (randn(2, 3, 4), randn(2, 2, 2, 3, requires_grad=True), None, 1, ((1, 0), (0, 2)), (2, 1), 1)),
+    (fct.ConvTranspose2dFunction, lambda: (randn(1, 2, 3, 3, requires_grad=True), randn(2, 3, 3, 3, requires_grad=True), None, 2, 1, 1, 1, 1)),
+    (fct.MaxPool2dFunction, lambda: (distinct(1, 2, 5, 5), 3, 2, 1, 1, False, False)),
+    (fct.AvgPool2dFunction, lambda: (randn(1, 2, 5, 5, requires_grad=True), 3, 2, 1, True, False, None)),
+    (fct.LPPool2dFunction, lambda: (randn(1, 2, 4, 4, requires_grad=True).abs().add(0.5).detach().requires_grad_(), 2.0, 2, 2, False)),
+]
+
+
+@pytest.mark.parametrize("function, arguments", SECOND_ORDER, ids=lambda v: getattr(v, "__name__", ""))
+def test_second_derivatives_are_torchs(function, arguments):
+    # Under create_graph=True the backward runs torch's operators, so every second-order
+    # term is there: through the grad_outputs and through the saved input and weight.
+    args = arguments()
+    with pytest.warns(fct.FallbackWarning, match="create_graph=True"):
+        assert torch.autograd.gradgradcheck(function.apply, args, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_a_gradient_penalty_matches_torch():
+    # WGAN-GP style: the gradient of a penalty on the input gradient, with respect to
+    # the weight only (autograd.grad with named inputs), as torch computes it.
+    x, weight = randn(1, 2, 5, 5, requires_grad=True), randn(3, 2, 3, 3, seed=1, requires_grad=True)
+
+    def penalty(conv):
+        (grad_x,) = torch.autograd.grad(conv(x, weight).pow(2).sum(), x, create_graph=True)
+        return torch.autograd.grad(grad_x.pow(2).sum() + weight.pow(2).sum(), weight)[0]
+
+    with pytest.warns(fct.FallbackWarning, match="create_graph=True"):
+        ours = penalty(fct.conv2d)
+    assert_close(ours.numpy(), penalty(nn.functional.conv2d).numpy(), np.float64)
+    # without create_graph the backward stays on fastconv (no warning: they are errors here)
+    (grad_x,) = torch.autograd.grad(fct.conv2d(x, weight).sum(), x)
+    expected = torch.nn.grad.conv2d_input(x.shape, weight.detach(), torch.ones(1, 3, 3, 3, dtype=F64))
     assert torch.allclose(grad_x, expected, rtol=1e-12, atol=0)
