@@ -196,6 +196,15 @@ def conv_output_size(size: int, pad_total: int, dilation: int, kernel: int, stri
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def lone_output_stride(stride: int, padded: int, extent: int, out: int) -> int:
+    """The stride the kernels use along an axis with `out` outputs: where there is one,
+    the stride makes no difference to it, and the smallest that still gives one output
+    (the padded size less the window's extent, plus one) keeps the polyphase layouts,
+    whose size grows with the stride, as small as the input (a stride of 1000 over five
+    rows took seconds and gigabytes)."""
+    return min(stride, max(1, padded - extent + 1)) if out == 1 else stride
+
+
 def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
     """Validate conv2d arguments for NCHW input and OIHW weight shapes."""
     n, c_in, h, w = input_shape
@@ -224,6 +233,8 @@ def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, 
             f"kernel size ({kh}, {kw}) with dilation ({dh}, {dw}) is larger than the padded input "
             f"({h + pt + pb}, {w + pl + pr}): the output would be empty"
         )
+    sh = lone_output_stride(sh, h + pt + pb, dh * (kh - 1) + 1, oh)
+    sw = lone_output_stride(sw, w + pl + pr, dw * (kw - 1) + 1, ow)
     return ConvGeometry(n, c_in, h, w, c_out, kh, kw, groups, sh, sw, pt, pb, pl, pr, dh, dw, oh, ow)
 
 
@@ -276,6 +287,8 @@ def conv_transpose2d_geometry(
         )
     c_out = c_out_per_group * groups
     # The adjoint convolution maps (n, c_out, out_h, out_w) to (n, c_in, h, w).
+    sh = lone_output_stride(sh, out_h + 2 * ph, dh * (kh - 1) + 1, h)
+    sw = lone_output_stride(sw, out_w + 2 * pw, dw * (kw - 1) + 1, w)
     return ConvGeometry(n, c_out, out_h, out_w, c_in, kh, kw, groups, sh, sw, ph, ph, pw, pw, dh, dw, h, w)
 
 
@@ -334,7 +347,18 @@ def pool2d_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1
             f"pooling output would be empty: ({oh}, {ow}) from input ({h}, {w}) with kernel_size "
             f"{(kh, kw)}, stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)}"
         )
+    sh = _lone_output_pool_stride(sh, h, kh, ph, dh, ceil_mode, oh)
+    sw = _lone_output_pool_stride(sw, w, kw, pw, dw, ceil_mode, ow)
     return PoolGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def _lone_output_pool_stride(stride, size, kernel, pad, dilation, ceil_mode, out):
+    """lone_output_stride for pooling: with ceil_mode, a stride of at least size + pad
+    drops the second window, which would start in the padding."""
+    for candidate in (lone_output_stride(stride, size + 2 * pad, dilation * (kernel - 1) + 1, out), min(stride, size + pad)):
+        if pool_output_size(size, kernel, candidate, pad, dilation, ceil_mode) == out:
+            return candidate
+    return stride
 
 
 def adaptive_output_size(input_shape, output_size) -> tuple[int, int]:

@@ -228,6 +228,31 @@ def test_one_element_sequences_stand_for_both_sides(impl, rng):
     assert_close(ops.avg_pool2d(x, **kw), F.avg_pool2d(tx, **kw).numpy(), F64, POOL_RTOL)
 
 
+@impl_param
+def test_a_stride_past_the_input(impl, rng):
+    # One output along an axis: the stride makes no difference to it, and must cost
+    # nothing (the layouts grow with the stride: 1000 once took seconds and gigabytes).
+    ops, g = IMPLS[impl]
+    t = to.torch
+    x, w = rng.standard_normal((1, 2, 5, 6)), rng.standard_normal((3, 2, 3, 3))
+    tx, tw = t.tensor(x, requires_grad=True), t.tensor(w, requires_grad=True)
+    for stride, padding in [(1000, 1), ((10**5, 2), 0), ((3, 10**6), (1, 2))]:
+        ty = F.conv2d(tx, tw, stride=stride, padding=padding)
+        gy = rng.standard_normal(tuple(ty.shape))
+        gx, gw = t.autograd.grad(ty, (tx, tw), t.tensor(gy))
+        assert_close(ops.conv2d(x, w, stride=stride, padding=padding), ty.detach().numpy(), F64)
+        assert_close(g.conv2d_input(x.shape, w, gy, stride=stride, padding=padding), gx.numpy(), F64)
+        assert_close(g.conv2d_weight(x, w.shape, gy, stride=stride, padding=padding), gw.numpy(), F64)
+    one = rng.standard_normal((1, 3, 1, 2))
+    wt = rng.standard_normal((3, 2, 3, 3))
+    expected = F.conv_transpose2d(t.tensor(one), t.tensor(wt), stride=(1000, 2), padding=1, output_padding=(7, 1)).numpy()
+    assert_close(ops.conv_transpose2d(one, wt, stride=(1000, 2), padding=1, output_padding=(7, 1)), expected, F64)
+    for ceil_mode in (False, True):
+        kw = dict(kernel_size=3, stride=10**5, padding=1, ceil_mode=ceil_mode)
+        assert_close(ops.max_pool2d(x, **kw), F.max_pool2d(t.tensor(x), **kw).numpy(), F64, POOL_RTOL)
+        assert_close(ops.avg_pool2d(x, **kw), F.avg_pool2d(t.tensor(x), **kw).numpy(), F64, POOL_RTOL)
+
+
 def test_grid_is_not_trivial():
     # Every grid row above is accepted by torch, so no case silently tests nothing.
     assert len(list(itertools.chain(CONV_GRID, CONVT_GRID, POOL_GRID))) > 30
