@@ -3,7 +3,9 @@
 A Module has forward(x) and backward(grad_output): backward returns the gradient
 with respect to forward's input and adds parameter gradients into `param.grad`.
 Each layer keeps only what its backward needs from the last forward (the input, the
-max-pool indices, the ReLU mask). Constructors, parameter shapes, initialisation
+max-pool indices, the ReLU mask), so a module object runs once per forward pass:
+Sequential refuses one listed twice; layers that share weights share Parameter objects,
+whose gradients then add up. Constructors, parameter shapes, initialisation
 and state_dict keys follow PyTorch, so weights move between the two unchanged.
 """
 
@@ -65,11 +67,21 @@ class Module:
         object.__setattr__(self, name, value)
 
     def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter) pairs, each Parameter once: one shared by two
+        layers (tied weights) under its first name, as torch's, so that an optimiser
+        steps it once."""
+        seen = set()
+        for name, p in self._every_parameter(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _every_parameter(self, prefix: str):
         for name, p in self._parameters.items():
             if p is not None:
                 yield prefix + name, p
         for name, m in self._modules.items():
-            yield from m.named_parameters(f"{prefix}{name}.")
+            yield from m._every_parameter(f"{prefix}{name}.")
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -587,7 +599,7 @@ class BatchNorm2d(Module):
         self._cache = (x_hat, inv_std, use_batch)
         if self.affine:
             return x_hat * self.weight.data[:, None, None] + self.bias.data[:, None, None]
-        return x_hat
+        return x_hat.copy()  # the next layer may write into its input (ReLU(inplace=True))
 
     def backward(self, grad_output):
         x_hat, inv_std, use_batch = self._cache
@@ -608,6 +620,13 @@ class Sequential(Module):
     def __init__(self, *modules):
         super().__init__()
         for i, m in enumerate(modules):
+            first = next((j for j in range(i) if modules[j] is m), None)
+            if first is not None:
+                # its backward would read what the later forward kept
+                raise ValueError(
+                    f"Sequential: module {i} is module {first} again; a fastconv.nn module keeps its last forward's "
+                    f"input for its backward, so it can appear once (tie two modules' Parameters instead: b.weight = a.weight)"
+                )
             setattr(self, str(i), m)
 
     def __iter__(self):

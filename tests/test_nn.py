@@ -168,6 +168,44 @@ def test_batch_norm_cumulative_average_and_one_value_per_channel(rng):
     assert ours(np.ones((1, 3, 1, 1))).shape == (1, 3, 1, 1)
 
 
+def test_tied_and_reused_modules(rng):
+    # A Parameter shared by two layers is stepped once, its gradient the sum of both
+    # uses, as torch's tied weights; one module object twice in a Sequential is refused.
+    first, second = nn.Linear(3, 3, dtype=F64, seed=1), nn.Linear(3, 3, dtype=F64, seed=2)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.ReLU(), second)
+    assert [name for name, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.bias"]
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    t_first, t_second = T.Linear(3, 3).double(), T.Linear(3, 3).double()
+    t_first.load_state_dict({k: torch.from_numpy(v) for k, v in first.state_dict().items()})
+    t_second.load_state_dict({k: torch.from_numpy(v) for k, v in second.state_dict().items()})
+    t_second.weight = t_first.weight
+    t_model = T.Sequential(t_first, T.ReLU(), t_second)
+    x = rng.standard_normal((4, 3))
+    gy = rng.standard_normal((4, 3))
+    model(x)
+    model.backward(gy)
+    t_model(torch.from_numpy(x)).backward(torch.from_numpy(gy))
+    assert len(model.parameters()) == len(list(t_model.parameters())) == 3
+    for p, tp in zip(model.parameters(), t_model.parameters()):
+        assert_close(p.grad, tp.grad.numpy(), F64)
+    relu = nn.ReLU()
+    with pytest.raises(ValueError, match="module 2 is module 0 again"):
+        nn.Sequential(relu, first, relu)
+
+
+def test_batch_norm_output_is_not_its_saved_state(rng):
+    # without affine, the normalised input is kept for backward: an in-place layer after
+    # it must not change it
+    x, gy = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal((4, 2, 3, 3))
+    ours = nn.Sequential(nn.BatchNorm2d(2, affine=False, dtype=F64), nn.ReLU(inplace=True))
+    theirs = T.Sequential(T.BatchNorm2d(2, affine=False).double(), T.ReLU(inplace=True))
+    tx = torch.tensor(x, requires_grad=True)
+    theirs(tx).backward(torch.from_numpy(gy))
+    assert_close(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), F64)
+    assert_close(ours.backward(gy), tx.grad.numpy(), F64)
+
+
 def test_train_command_reaches_97_percent(capsys):
     assert train.main(["--epochs", "12"]) == 0
     out = capsys.readouterr().out
