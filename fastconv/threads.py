@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import os
 
 import numba
@@ -50,15 +51,17 @@ if not getattr(parallel._launch_threads, "wrapped_by_fastconv", False):
 
 
 def get_num_threads() -> int:
-    """Threads fastconv's kernels run on."""
+    """Threads fastconv's kernels run on, when called from this Python thread."""
     return numba.get_num_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Run fastconv's kernels (Numba's and the GEMMs') on n threads."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+    """Run fastconv's kernels (Numba's and the GEMMs') on n threads when called from
+    this Python thread (Numba keeps the count per thread; other threads keep theirs,
+    all cores unless they set it)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"n must be an int in [1, {numba.config.NUMBA_NUM_THREADS}], got {n!r}")
-    numba.set_num_threads(n)
+    numba.set_num_threads(int(n))
 
 
 @contextlib.contextmanager

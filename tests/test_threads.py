@@ -69,6 +69,19 @@ def test_bad_thread_counts_are_refused(bad):
         fastconv.set_num_threads(bad)
 
 
+def test_thread_count_is_per_python_thread():
+    # as Numba's: a numpy integer is a count too; another thread keeps its own
+    import threading
+
+    seen = []
+    with fastconv.num_threads(np.int64(1)):
+        assert fastconv.get_num_threads() == 1
+        worker = threading.Thread(target=lambda: seen.append(fastconv.get_num_threads()))
+        worker.start()
+        worker.join()
+    assert seen == [numba.config.NUMBA_NUM_THREADS]
+
+
 def test_torch_threads_untouched():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
