@@ -7,6 +7,8 @@ import numpy as np
 
 
 class Optimizer:
+    STATE_NAMES: tuple[str, ...] = ()  # the per-parameter state a subclass keeps
+
     def __init__(self, params, lr):
         self.params = list(params)
         if not self.params:
@@ -40,6 +42,8 @@ class Optimizer:
                 continue
             i, name = key.split(".", 1)
             i = int(i)
+            if name not in self.STATE_NAMES:
+                raise ValueError(f"optimizer state {key!r} is not {type(self).__name__}'s, which keeps {self.STATE_NAMES} per parameter")
             if i >= len(self.params) or np.shape(value) != self.params[i].shape:
                 raise ValueError(f"optimizer state {key!r} does not match parameter {i} of this optimizer")
             self.state.setdefault(i, {})[name] = np.array(value, dtype=self.params[i].data.dtype)
@@ -49,6 +53,8 @@ class SGD(Optimizer):
     """torch.optim.SGD: g = grad + weight_decay * p; with momentum, a buffer
     b = momentum * b + (1 - dampening) * g (b = g on the first step), and the step
     uses b (or g + momentum * b with nesterov)."""
+
+    STATE_NAMES = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -76,6 +82,8 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """torch.optim.Adam (no amsgrad): bias-corrected first and second moments."""
+
+    STATE_NAMES = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)

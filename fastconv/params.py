@@ -61,9 +61,12 @@ def batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
 def check_size(size, name: str) -> tuple[int, int, int, int]:
     """A 4-D shape given as a tuple of positive ints (torch.nn.grad's input_size)."""
     try:
-        size = tuple(int(s) for s in size)
+        size = tuple(size)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {size!r}") from None
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {size!r}")
+    size = tuple(int(s) for s in size)
     if len(size) != 4 or size[0] < 0 or min(size[1:]) <= 0:
         raise ValueError(f"{name} must be 4 ints (N, C, H, W), N >= 0 and the others positive, got {size}")
     return size  # type: ignore[return-value]
@@ -81,6 +84,8 @@ def _int(value, name: str) -> int:
 def pair(value, name: str) -> tuple[int, int]:
     """An int or a sequence of two ints, as torch's _pair; a sequence of one int
     stands for both, as in PyTorch's operators."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, (tuple, list, np.ndarray)):
         if len(value) not in (1, 2):
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -364,6 +369,8 @@ def _lone_output_pool_stride(stride, size, kernel, pad, dilation, ceil_mode, out
 def adaptive_output_size(input_shape, output_size) -> tuple[int, int]:
     """Normalise adaptive pooling's output_size (an int, a pair, None keeps a size)."""
     h, w = input_shape[-2:]
+    if isinstance(output_size, np.ndarray):
+        output_size = output_size.tolist()
     if output_size is None or isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
@@ -388,6 +395,9 @@ def unpool_output_size(input_shape, kernel, stride, padding, output_size) -> tup
     if output_size is None:
         size = default
     else:
+        output_size = list(output_size)
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in output_size):
+            raise TypeError(f"output_size must be ints, got {output_size}")
         output_size = [int(s) for s in output_size]
         if len(output_size) == 4:
             output_size = output_size[2:]

@@ -228,6 +228,8 @@ def test_optimizer_and_loss_errors(tmp_path):
     opt = optim.SGD(params, lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="does not match parameter 0"):
         opt.load_state_dict({"steps": np.array(1), "0.momentum_buffer": np.zeros(5)})
+    with pytest.raises(ValueError, match="'0.exp_avg' is not SGD's"):
+        opt.load_state_dict({"steps": np.array(1), "0.exp_avg": np.zeros(params[0].shape)})
     model = nn.Linear(3, 2)
     optim.save(tmp_path / "model_only.npz", model)
     with pytest.raises(KeyError, match="holds no optimizer state"):

@@ -140,3 +140,16 @@ def test_pool_gradient_errors(impl):
         g.adaptive_max_pool2d_input(X, np.zeros((1, 4, 3, 4)))
     with pytest.raises(ValueError, match=_escape("indices must lie in [0, 4)")):
         g.max_unpool2d_input(np.zeros((2, 4, 2, 2)), np.full((2, 4, 1, 1), 4))
+
+
+def test_sizes_and_arguments_as_numpy_values():
+    # NumPy integers and arrays are ints as well; a float size is refused, never truncated
+    x, w = np.ones((1, 2, 5, 6)), np.ones((3, 2, 3, 3))
+    assert fastconv.conv2d(x, w, stride=np.array(2), padding=np.int64(1)).shape == (1, 3, 3, 3)
+    assert fastconv.adaptive_avg_pool2d(x, np.array([3, 2])).shape == (1, 2, 3, 2)
+    with pytest.raises(TypeError, match=r"input_size must be a sequence of 4 ints"):
+        grad.conv2d_input((1, 2, 5.7, 6), w, np.ones((1, 3, 3, 4)))
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises(TypeError, match="output_size must be ints"):
+        fastconv.max_unpool2d(y, idx, 2, output_size=(5.5, 6))
+
