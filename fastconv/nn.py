@@ -42,8 +42,37 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+def _forward_first(cls):
+    """cls with its own forward noting that it ran, and its own backward refusing to run
+    before that: a backward reads what the last forward kept."""
+    forward, backward = cls.__dict__.get("forward"), cls.__dict__.get("backward")
+    if forward is not None:
+
+        @functools.wraps(forward)
+        def noted(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            object.__setattr__(self, "_forwarded", True)
+            return out
+
+        cls.forward = noted
+    if backward is not None:
+
+        @functools.wraps(backward)
+        def checked(self, *args, **kwargs):
+            if not getattr(self, "_forwarded", False):
+                raise RuntimeError(f"{type(self).__name__}.backward called before any forward: it has nothing to differentiate")
+            return backward(self, *args, **kwargs)
+
+        cls.backward = checked
+    return cls
+
+
 class Module:
     """Base class: registers Parameters, sub-Modules and buffers set as attributes."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _forward_first(cls)
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -676,6 +705,7 @@ def _mean(losses):
         return float(losses.sum() / losses.size)
 
 
+@_forward_first
 class CrossEntropyLoss:
     """Mean cross-entropy of logits (N, classes) against integer targets (N,), with a
     stable log-softmax. forward returns the loss; backward its gradient w.r.t. logits."""
@@ -704,6 +734,7 @@ class CrossEntropyLoss:
         return (g / len(target)).astype(log_probs.dtype)
 
 
+@_forward_first
 class MSELoss:
     """Mean squared error; backward gives the gradient w.r.t. the prediction."""
 

@@ -206,6 +206,18 @@ def test_batch_norm_output_is_not_its_saved_state(rng):
     assert_close(ours.backward(gy), tx.grad.numpy(), F64)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: nn.Conv2d(2, 3, 3), lambda: nn.MaxPool2d(2), lambda: nn.Linear(3, 2), lambda: nn.Flatten(),
+    lambda: nn.Dropout(0.5), lambda: nn.ReLU(), lambda: nn.BatchNorm2d(2), lambda: nn.Sequential(nn.ReLU()),
+])
+def test_backward_before_forward_is_refused(make):
+    with pytest.raises(RuntimeError, match="backward called before any forward"):
+        make().backward(np.ones((1, 2, 4, 4), np.float32))
+    for loss in (nn.CrossEntropyLoss(), nn.MSELoss()):
+        with pytest.raises(RuntimeError, match="backward called before any forward"):
+            loss.backward()
+
+
 def test_train_command_reaches_97_percent(capsys):
     assert train.main(["--epochs", "12"]) == 0
     out = capsys.readouterr().out
