@@ -135,12 +135,11 @@ def input_grad(weight, grad_output, g: ConvGeometry):
     if gx is None:
         gx = D.input_driver(weight, grad_output, g, get_num_threads())
     if not np.isfinite(weight).all() and np.isnan(gx).any():
-        # Every path sums over the padded grad_output (or drops no tap), whose extra
-        # zeros meet an infinite weight: 0 * inf, NaN where PyTorch's sum, which adds
-        # only the taps that reach each input cell, is finite or infinite. The
-        # reference's col2im sums the same terms as PyTorch's.
+        # The kernels multiply every weight tap by the zeros that pad grad_output: an
+        # infinite tap there gives 0 * inf = NaN, where PyTorch adds only the taps that
+        # land inside (finite or infinite). The reference's col2im adds those same terms.
         with np.errstate(invalid="ignore", over="ignore"):
-            return reference._conv_input_grad(weight, grad_output, g)
+            return np.ascontiguousarray(reference._conv_input_grad(weight, grad_output, g))
     return gx
 
 

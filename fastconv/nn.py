@@ -648,14 +648,17 @@ class Sequential(Module):
 
     def __init__(self, *modules):
         super().__init__()
+        seen = {}
         for i, m in enumerate(modules):
-            first = next((j for j in range(i) if modules[j] is m), None)
-            if first is not None:
-                # its backward would read what the later forward kept
-                raise ValueError(
-                    f"Sequential: module {i} is module {first} again; a fastconv.nn module keeps its last forward's "
-                    f"input for its backward, so it can appear once (tie two modules' Parameters instead: b.weight = a.weight)"
-                )
+            for inner in m.modules():
+                if id(inner) in seen:
+                    # its backward would read what the later forward kept
+                    raise ValueError(
+                        f"Sequential: {type(inner).__name__} in module {i} is already in module {seen[id(inner)]}; a "
+                        f"fastconv.nn module keeps its last forward's input for its backward, so it can appear once "
+                        f"(tie two modules' Parameters instead: b.weight = a.weight)"
+                    )
+                seen[id(inner)] = i
             setattr(self, str(i), m)
 
     def __iter__(self):

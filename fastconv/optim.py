@@ -7,7 +7,7 @@ import numpy as np
 
 
 class Optimizer:
-    STATE_NAMES: tuple[str, ...] = ()  # the per-parameter state a subclass keeps
+    STATE_NAMES: tuple[str, ...] = ()  # the per-parameter state a subclass keeps (checked on load if named)
 
     def __init__(self, params, lr):
         self.params = list(params)
@@ -42,7 +42,7 @@ class Optimizer:
                 continue
             i, name = key.split(".", 1)
             i = int(i)
-            if name not in self.STATE_NAMES:
+            if self.STATE_NAMES and name not in self.STATE_NAMES:
                 raise ValueError(f"optimizer state {key!r} is not {type(self).__name__}'s, which keeps {self.STATE_NAMES} per parameter")
             if i >= len(self.params) or np.shape(value) != self.params[i].shape:
                 raise ValueError(f"optimizer state {key!r} does not match parameter {i} of this optimizer")

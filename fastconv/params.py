@@ -121,7 +121,9 @@ class ConvGeometry(NamedTuple):
     """Every integer a conv2d kernel needs.
 
     The input is (n, c_in, h, w), the OIHW weight (c_out, c_in // groups, kh, kw),
-    the output (n, c_out, oh, ow). Padding is (top, bottom, left, right).
+    the output (n, c_out, oh, ow). Padding is (top, bottom, left, right). Along an axis
+    with one output the stride is the smallest that gives it, which may be less than
+    the one asked for (lone_output_stride).
     """
 
     n: int
@@ -301,7 +303,8 @@ def conv_transpose2d_geometry(
 
 
 class PoolGeometry(NamedTuple):
-    """Every integer a pooling kernel needs: input (n, c, h, w), output (n, c, oh, ow)."""
+    """Every integer a pooling kernel needs: input (n, c, h, w), output (n, c, oh, ow);
+    the stride along an axis with one output as in ConvGeometry."""
 
     n: int
     c: int

@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 import fastconv
+from fastconv import params as P
 
 if _torch_after_numba:
     warnings.warn(
@@ -161,26 +162,37 @@ def _differentiable_by_torch(op, torch_gradients):
     return decorate
 
 
-def _recorded_gradients(ctx, output, inputs, grad_output):
-    """The gradients of `output` (recomputed by torch's operator, grad mode on) with
-    respect to those of the Function's first len(inputs) arguments that need one,
-    recorded by autograd (create_graph); None for the others."""
+def _recorded_gradients(ctx, recompute, inputs, grad_output):
+    """The gradients of `recompute()` (torch's operator on `inputs`, the Function's first
+    arguments) with respect to those inputs that need one, recorded by autograd
+    (create_graph); None for the others."""
     needed = ctx.needs_input_grad[: len(inputs)]
     wanted = [t for t, need in zip(inputs, needed) if need]
+    if not wanted:
+        return (None,) * len(inputs)
+    with torch.enable_grad():
+        output = recompute()
     found = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True, materialize_grads=True))
     return tuple(next(found) if need else None for need in needed)
 
 
+def _batched_shape(tensor):
+    return (1, *tensor.shape) if tensor.dim() == 3 else tuple(tensor.shape)
+
+
+# The recomputations take the arguments as fastconv normalises them (any padding form
+# fastconv takes, NumPy integers), in forms torch's operators all take.
+
+
 def _torch_conv2d(input, weight, stride, padding, dilation, groups):
-    """torch's conv2d without bias, fastconv's ((top, bottom), (left, right)) padding too."""
-    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(isinstance(p, (tuple, list)) for p in padding):
-        (top, bottom), (left, right) = (fastconv.params.pair(p, "padding") for p in padding)
-        input, padding = F.pad(input, (left, right, top, bottom)), 0
-    return F.conv2d(input, weight, None, stride, padding, dilation, groups)
+    stride, dilation = P.positive_pair(stride, "stride"), P.positive_pair(dilation, "dilation")
+    top, bottom, left, right = P.conv_padding(padding, tuple(weight.shape[2:]), stride, dilation)
+    return F.conv2d(F.pad(input, (left, right, top, bottom)), weight, None, stride, 0, dilation, P.check_groups(groups))
 
 
 def _torch_conv_transpose2d(input, weight, stride, padding, output_padding, groups, dilation):
-    return F.conv_transpose2d(input, weight, None, stride, padding, output_padding, groups, dilation)
+    pairs = [P.positive_pair(stride, "stride"), P.nonnegative_pair(padding, "padding"), P.nonnegative_pair(output_padding, "output_padding")]
+    return F.conv_transpose2d(input, weight, None, *pairs, P.check_groups(groups), P.positive_pair(dilation, "dilation"))
 
 
 def _conv_by_torch(torch_op):
@@ -188,9 +200,7 @@ def _conv_by_torch(torch_op):
 
     def gradients(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        with torch.enable_grad():
-            output = torch_op(input, weight, *ctx.conv_args)
-        grad_input, grad_weight = _recorded_gradients(ctx, output, (input, weight), grad_output)
+        grad_input, grad_weight = _recorded_gradients(ctx, lambda: torch_op(input, weight, *ctx.conv_args), (input, weight), grad_output)
         channel_axis = grad_output.dim() - 3
         others = [d for d in range(grad_output.dim()) if d != channel_axis]
         grad_bias = grad_output.sum(dim=others) if ctx.needs_input_grad[2] else None
@@ -199,20 +209,44 @@ def _conv_by_torch(torch_op):
     return gradients
 
 
-def _pool_by_torch(torch_op, arguments):
-    """A pooling Function's input gradient from `torch_op(input, *arguments(ctx))`, the
-    input saved, or for a Function that keeps only its shape (average pooling, linear
-    in the input) zeros of that shape."""
+def _max_pool_by_indices(ctx, grad_output, *unused):
+    """max_pool2d's input gradient from the saved indices, routed as the kernels route
+    it (an index outside the plane, from a window of padding only, passes nothing): a
+    scatter-add, which autograd records. torch's own max_pool2d backward would write
+    such a gradient outside the plane."""
+    input, indices = ctx.saved_tensors
+    plane = input.shape[-2] * input.shape[-1]
+    flat = indices.flatten(-2)
+    inside = (flat >= 0) & (flat < plane)
+    sources = grad_output.flatten(-2) * inside.to(grad_output.dtype)
+    grad_input = torch.zeros((*input.shape[:-2], plane), dtype=grad_output.dtype).scatter_add(-1, flat.clamp(0, plane - 1), sources)
+    return (grad_input.reshape(input.shape),) + (None,) * 6
 
-    def gradients(ctx, grad_output, *unused):
-        saved = ctx.saved_tensors
-        with torch.enable_grad():
-            input = saved[0] if saved else torch.zeros(ctx.input_size[1:] if ctx.unbatched else ctx.input_size, dtype=grad_output.dtype, requires_grad=True)
-            output = torch_op(input, *arguments(ctx))
-        (grad_input,) = _recorded_gradients(ctx, output, (input,), grad_output)
-        return (grad_input,) + (None,) * (len(ctx.needs_input_grad) - 1)
 
-    return gradients
+def _avg_pool_by_torch(ctx, grad_output):
+    """avg_pool2d's input gradient by torch's operator on zeros of the input's shape
+    (the pooling is linear: its gradient depends on grad_output only)."""
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor = ctx.pool_args
+    g = P.pool2d_geometry(ctx.input_size, kernel_size, stride, padding, 1, ceil_mode)
+    zeros = torch.zeros(ctx.input_size[1:] if ctx.unbatched else ctx.input_size, dtype=grad_output.dtype, requires_grad=True)
+    divisor = None if divisor is None else int(divisor)
+
+    def recompute():
+        return F.avg_pool2d(zeros, (g.kh, g.kw), (g.sh, g.sw), (g.ph, g.pw), bool(ceil_mode), bool(count_include_pad), divisor)
+
+    return _recorded_gradients(ctx, recompute, (zeros,), grad_output) + (None,) * 6
+
+
+def _lp_pool_by_torch(ctx, grad_output):
+    """lp_pool2d's input gradient by torch's operator on the saved input."""
+    (input,) = ctx.saved_tensors
+    norm_type, kernel_size, stride, ceil_mode = ctx.pool_args
+    g = P.lp_geometry(_batched_shape(input), norm_type, kernel_size, stride, ceil_mode)
+
+    def recompute():
+        return F.lp_pool2d(input, float(norm_type), (g.kh, g.kw), (g.sh, g.sw), bool(ceil_mode))
+
+    return _recorded_gradients(ctx, recompute, (input,), grad_output) + (None,) * 4
 
 
 def _conv_backward(ctx, grad_output, input_grad, weight_grad):
@@ -301,7 +335,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         return out, indices
 
     @staticmethod
-    @_differentiable_by_torch("max_pool2d", _pool_by_torch(F.max_pool2d, lambda ctx: ctx.pool_args))
+    @_differentiable_by_torch("max_pool2d", _max_pool_by_indices)
     def backward(ctx, grad_output, *unused_grad_indices):
         input, indices = ctx.saved_tensors
         grad_input = fastconv.grad.max_pool2d_input(
@@ -322,7 +356,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         return _tensor(fastconv.avg_pool2d(x, *ctx.pool_args), ctx.unbatched)
 
     @staticmethod
-    @_differentiable_by_torch("avg_pool2d", _pool_by_torch(F.avg_pool2d, lambda ctx: ctx.pool_args))
+    @_differentiable_by_torch("avg_pool2d", _avg_pool_by_torch)
     def backward(ctx, grad_output):
         grad_input = fastconv.grad.avg_pool2d_input(ctx.input_size, _batched_array(grad_output), *ctx.pool_args)
         return _tensor(grad_input, ctx.unbatched), None, None, None, None, None, None
@@ -343,7 +377,7 @@ class LPPool2dFunction(torch.autograd.Function):
         return _tensor(fastconv.lp_pool2d(_batched_array(input), *ctx.pool_args), unbatched=input.dim() == 3)
 
     @staticmethod
-    @_differentiable_by_torch("lp_pool2d", _pool_by_torch(F.lp_pool2d, lambda ctx: ctx.pool_args))
+    @_differentiable_by_torch("lp_pool2d", _lp_pool_by_torch)
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
         grad_input = fastconv.grad.lp_pool2d_input(_batched_array(input), _batched_array(grad_output), *ctx.pool_args)

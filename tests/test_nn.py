@@ -190,8 +190,10 @@ def test_tied_and_reused_modules(rng):
     for p, tp in zip(model.parameters(), t_model.parameters()):
         assert_close(p.grad, tp.grad.numpy(), F64)
     relu = nn.ReLU()
-    with pytest.raises(ValueError, match="module 2 is module 0 again"):
+    with pytest.raises(ValueError, match="ReLU in module 2 is already in module 0"):
         nn.Sequential(relu, first, relu)
+    with pytest.raises(ValueError, match="Linear in module 1 is already in module 0"):
+        nn.Sequential(first, nn.Sequential(nn.ReLU(), first))
 
 
 def test_batch_norm_output_is_not_its_saved_state(rng):

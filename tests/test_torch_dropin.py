@@ -456,6 +456,28 @@ def test_second_derivatives_are_torchs(function, arguments):
         assert torch.autograd.gradgradcheck(function.apply, args, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+def test_create_graph_edge_cases():
+    # only the bias needs a gradient; a 0-d NumPy stride; a max-pool window of padding
+    # only, whose gradient the indices route nowhere (torch's backward writes it
+    # outside the plane)
+    x, w = randn(1, 2, 5, 5), randn(3, 2, 3, 3, seed=1)
+    b = randn(3, seed=2, requires_grad=True)
+    with pytest.warns(fct.FallbackWarning, match="create_graph=True"):
+        (gb,) = torch.autograd.grad(fct.conv2d(x, w, b).pow(2).sum(), b, create_graph=True)
+    assert_close(gb.detach().numpy(), torch.autograd.grad(nn.functional.conv2d(x, w, b).pow(2).sum(), b)[0].numpy(), np.float64)
+    xr = randn(1, 2, 5, 5, requires_grad=True)
+    with pytest.warns(fct.FallbackWarning, match="create_graph=True"):
+        (gx,) = torch.autograd.grad(fct.conv2d(xr, w, None, np.array(2)).pow(2).sum(), xr, create_graph=True)
+    assert_close(gx.detach().numpy(), torch.autograd.grad(nn.functional.conv2d(xr, w, None, 2).pow(2).sum(), xr)[0].numpy(), np.float64)
+    xp = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]], dtype=F64, requires_grad=True)
+    kw = dict(kernel_size=(2, 4), stride=(3, 9), padding=(1, 1), dilation=(2, 2), ceil_mode=True)
+    y = fct.max_pool2d(xp, **kw)
+    (first,) = torch.autograd.grad(y, xp, torch.ones_like(y), retain_graph=True)
+    with pytest.warns(fct.FallbackWarning, match="create_graph=True"):
+        (second,) = torch.autograd.grad(y, xp, torch.ones_like(y).requires_grad_(), create_graph=True)
+    assert torch.equal(first, second.detach())
+
+
 def test_a_gradient_penalty_matches_torch():
     # WGAN-GP style: the gradient of a penalty on the input gradient, with respect to
     # the weight only (autograd.grad with named inputs), as torch computes it.
