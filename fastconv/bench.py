@@ -262,17 +262,36 @@ def chart(records, path):
     return str(path)
 
 
+def _earlier_run(path, option):
+    """An earlier run's results.json, checked (ValueError naming the option and file)."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{option} {path}: {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+        raise ValueError(f"{option} {path}: not a results.json of python -m fastconv bench (no 'results' list)")
+    return report
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.markdown:
-        with open(args.markdown) as f:
-            print(markdown(json.load(f)))
-        return 0
+    try:
+        if args.markdown:
+            print(markdown(_earlier_run(args.markdown, "--markdown")))
+            return 0
+        if args.compare:
+            _earlier_run(args.compare, "--compare")  # checked before hours of timing
+        from fastconv import catalogue
+
+        cases = catalogue.load_cases(args.cases) if args.cases else None
+    except ValueError as exc:
+        print(f"python -m fastconv bench: {exc}", file=sys.stderr)
+        return 2
     from rich.console import Console
     from rich.progress import Progress
 
     import fastconv
-    from fastconv import catalogue
     from fastconv.threads import cpu_count
 
     console = Console(width=max(150, Console().width))
@@ -280,13 +299,20 @@ def main(argv=None) -> int:
     # PyTorch first: imported after Numba's OpenMP threads have started, its MKL
     # paths (float64 convolutions) ran 15-25x slower here (see fastconv.torch)
     torch = catalogue.torch_module()
-    fastconv.set_num_threads(threads)
+    try:
+        fastconv.set_num_threads(threads)
+    except ValueError as exc:
+        print(f"python -m fastconv bench: --threads: {exc}", file=sys.stderr)
+        return 2
     if torch is not None:
         torch.set_num_threads(threads)
-    cases = catalogue.load_cases(args.cases) if args.cases else catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else [])
+    cases = cases or catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else [])
     if args.filter:
         wanted = [w.strip() for w in args.filter.split(",") if w.strip()]
         cases = [c for c in cases if any(w in c.name for w in wanted)]
+        if not cases:
+            print(f"python -m fastconv bench: --filter {args.filter!r} matches no case", file=sys.stderr)
+            return 2
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     compile_time = None if args.no_compile_time or args.quick else compile_times()
     try:

@@ -85,10 +85,44 @@ EXTRA = [
 ]
 
 
+OPS = ("conv", "convT", "max", "avg")
+
+
+def checked_case(entry) -> Case:
+    """A Case from a JSON object, every field checked and the shape validated as the
+    operator would (ValueError naming what is wrong)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"a case must be an object with Case's fields, got {entry!r}")
+    fields = {f.name: f for f in dataclasses.fields(Case)}
+    unknown = sorted(set(entry) - set(fields))
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in entry]
+    if unknown or missing:
+        raise ValueError(f"case {entry.get('name', entry)!r}: unknown fields {unknown}, missing fields {missing}")
+    if not isinstance(entry["name"], str) or entry["op"] not in OPS:
+        raise ValueError(f"case {entry['name']!r}: name must be a string and op one of {OPS}, got op {entry['op']!r}")
+    numbers = {n: v for n, v in entry.items() if n not in ("name", "op")}
+    bad = {n: v for n, v in numbers.items() if isinstance(v, bool) or not isinstance(v, int)}
+    if bad:
+        raise ValueError(f"case {entry['name']!r}: fields {sorted(bad)} must be ints, got {bad}")
+    case = Case(**entry)
+    try:
+        case.flops() if case.op in ("conv", "convT") else case.bytes_moved(4)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"case {case.name!r}: {exc}") from None
+    return case
+
+
 def load_cases(path: str) -> list[Case]:
-    """A user's own shapes: a JSON list of objects with Case's fields."""
-    with open(path) as f:
-        return [Case(**entry) for entry in json.load(f)]
+    """A user's own shapes: a JSON list of objects with Case's fields, each checked
+    (checked_case); ValueError naming the file and what is wrong."""
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--cases {path}: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"--cases {path}: expected a non-empty JSON list of cases")
+    return [checked_case(entry) for entry in entries]
 
 
 @dataclasses.dataclass

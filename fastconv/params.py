@@ -58,16 +58,23 @@ def batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     return x, False
 
 
-def check_size(size, name: str) -> tuple[int, int, int, int]:
-    """A 4-D shape given as a tuple of positive ints (torch.nn.grad's input_size)."""
+def four_ints(size, name: str, layout: str = "(N, C, H, W)") -> tuple[int, int, int, int]:
+    """A 4-D shape given as a sequence of 4 ints (torch.nn.grad's input_size, weight_size)."""
     try:
         size = tuple(size)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {size!r}") from None
+        raise TypeError(f"{name} must be a sequence of 4 ints {layout}, got {size!r}") from None
     if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
-        raise TypeError(f"{name} must be a sequence of 4 ints (N, C, H, W), got {size!r}")
-    size = tuple(int(s) for s in size)
-    if len(size) != 4 or size[0] < 0 or min(size[1:]) <= 0:
+        raise TypeError(f"{name} must be a sequence of 4 ints {layout}, got {size!r}")
+    if len(size) != 4:
+        raise ValueError(f"{name} must be 4 ints {layout}, got {size!r}")
+    return tuple(int(s) for s in size)  # type: ignore[return-value]
+
+
+def check_size(size, name: str) -> tuple[int, int, int, int]:
+    """An input shape: 4 ints, a batch of N >= 0 and the others positive."""
+    size = four_ints(size, name)
+    if size[0] < 0 or min(size[1:]) <= 0:
         raise ValueError(f"{name} must be 4 ints (N, C, H, W), N >= 0 and the others positive, got {size}")
     return size  # type: ignore[return-value]
 
@@ -479,7 +486,7 @@ def conv2d_weight_arguments(input, weight_size, grad_output, stride, padding, di
     """-> (input, grad_output, ConvGeometry) for conv2d_weight."""
     x, gy = _grad_operands("input", input, grad_output)
     check_ndim(x, "input")
-    g = conv2d_geometry(x.shape, tuple(weight_size), stride, padding, dilation, groups)
+    g = conv2d_geometry(x.shape, four_ints(weight_size, "weight_size", "(C_out, C_in/groups, kH, kW)"), stride, padding, dilation, groups)
     check_grad_output(gy, g.output_shape)
     return x, gy, g
 
@@ -504,7 +511,7 @@ def conv_transpose2d_weight_arguments(input, weight_size, grad_output, stride, p
     """-> (input, grad_output, adjoint ConvGeometry) for conv_transpose2d_weight."""
     x, gy = _grad_operands("input", input, grad_output)
     check_ndim(x, "input")
-    g = conv_transpose2d_geometry(x.shape, tuple(weight_size), stride, padding, output_padding, groups, dilation)
+    g = conv_transpose2d_geometry(x.shape, four_ints(weight_size, "weight_size", "(C_in, C_out/groups, kH, kW)"), stride, padding, output_padding, groups, dilation)
     check_grad_output(gy, g.input_shape)
     return x, gy, g
 

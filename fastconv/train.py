@@ -9,8 +9,11 @@ against the same network in PyTorch, interleaved in this process.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import time
 
+import numba
 import numpy as np
 
 from fastconv import nn, optim
@@ -58,16 +61,38 @@ def train_step(model, loss_fn, optimizer, x, y) -> tuple[float, np.ndarray]:
     return loss, logits
 
 
+def _positive(kind):
+    """An argparse type: a positive (and finite) value of `kind`, else a usage error."""
+
+    def parse(text):
+        value = kind(text)
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m fastconv train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--epochs", type=_positive(int), default=12)
+    p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--lr", type=_positive(float), default=2e-3)
+    p.add_argument("--threads", type=_positive(int), default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", help="write the trained model and optimiser to this .npz checkpoint")
+    p.add_argument("--save", help="write the trained model and optimiser to this .npz checkpoint (.npz is added)")
     p.add_argument("--bench-step", action="store_true", help="time one training step against PyTorch instead")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.threads is not None and args.threads > numba.config.NUMBA_NUM_THREADS:
+        p.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} here, got {args.threads}")
+    if args.save:
+        if not args.save.endswith(".npz"):
+            args.save += ".npz"  # as np.savez names it
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if not os.path.isdir(folder):
+            p.error(f"argument --save: no folder {folder}")
+    return args
 
 
 def main(argv=None) -> int:

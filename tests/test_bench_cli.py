@@ -73,3 +73,38 @@ def test_bandwidth_copy_kernel_copies():
     dst = np.zeros_like(src)
     copy(src, dst)
     assert np.array_equal(dst, src)
+
+
+def test_bad_inputs_are_refused_before_any_timing(tmp_path, capsys):
+    # every malformed --cases file, a --filter matching nothing, an unreadable
+    # --compare or --markdown file and a bad --threads: a one-line error and exit 2,
+    # before the warm-up, the peaks and the cases run
+    def cases_file(content):
+        path = tmp_path / f"cases{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        return str(path)
+
+    good = {"name": "a", "op": "conv", "N": 2, "C": 3, "H": 8, "W": 8, "K": 4}
+    bad = [
+        ("missing fields ['C', 'H', 'W']", [{"name": "a", "op": "conv", "N": 2}]),
+        ("unknown fields ['q']", [good | {"q": 1}]),
+        ("op one of", [good | {"op": "foo"}]),
+        ("must be ints", [good | {"N": 2.5}]),
+        ("larger than the padded input", [good | {"H": 2, "W": 2, "k": 5}]),
+        ("divisible by groups", [good | {"g": 2}]),
+        ("at most half of kernel_size", [{"name": "m", "op": "max", "N": 1, "C": 1, "H": 8, "W": 8, "k": 2, "p": 3}]),
+        ("non-empty JSON list", {"a": 1}),
+        ("Expecting value", "not json"),
+    ]
+    for message, content in bad:
+        assert bench.main(["--quick", "--cases", cases_file(content)]) == 2
+        assert message in capsys.readouterr().err
+    for argv, message in [
+        (["--filter", "no-such-case"], "matches no case"),
+        (["--compare", str(tmp_path / "none.json")], "No such file"),
+        (["--markdown", cases_file({"a": 1})], "no 'results' list"),
+        (["--threads", "10000"], "--threads"),
+    ]:
+        assert bench.main(["--quick", *argv, "--out", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -338,3 +338,18 @@ def test_inplace_relu_and_dropout_leave_the_result_in_their_input():
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         nn.ReLU(inplace=True)(frozen)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "--batch-size: must be positive"), (["--epochs", "-3"], "--epochs: must be positive"),
+    (["--lr", "nan"], "--lr: must be positive"), (["--threads", "100000"], "--threads: at most"),
+    (["--save", "/no/such/folder/ck"], "--save: no folder"),
+])
+def test_train_command_refuses_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_command_names_the_file_it_writes(tmp_path):
+    assert train.parse_args(["--save", str(tmp_path / "ck")]).save == str(tmp_path / "ck.npz")

@@ -71,6 +71,11 @@ def test_conv2d_gradient_errors(impl):
         g.conv2d_weight(X, (6, 4, 2, 2), gy)
     with pytest.raises(ValueError, match="grad_output must be 4-D"):
         g.conv2d_bias(np.zeros(3))
+    for size, error in [(5, TypeError), ("abcd", TypeError), ((6, 4, 1.5, 3), TypeError), ((6, 4, True, 3), TypeError), ((6, 4, 3), ValueError)]:
+        with pytest.raises(error, match=r"weight_size must be (a sequence of )?4 ints \(C_out, C_in/groups, kH, kW\)"):
+            g.conv2d_weight(X, size, gy)
+        with pytest.raises(error, match=r"weight_size must be (a sequence of )?4 ints \(C_in, C_out/groups, kH, kW\)"):
+            g.conv_transpose2d_weight(gy, size, X)
 
 
 @impl_param
