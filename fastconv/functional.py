@@ -107,8 +107,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     """
     x, unbatched = P.pool_input(input)
     g = P.pool2d_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
-    divisor = P.divisor(divisor_override) or 0
-    return _unbatch(_average(x, g, P.check_bool(count_include_pad, "count_include_pad"), divisor), unbatched)
+    include_pad = P.check_bool(count_include_pad, "count_include_pad")  # in argument order, as the reference
+    return _unbatch(_average(x, g, include_pad, P.divisor(divisor_override) or 0), unbatched)
 
 
 def sum_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False):

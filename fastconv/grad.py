@@ -79,8 +79,8 @@ def _average_input(gy, g, count_include_pad, divisor):
 def avg_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
     """Gradient of avg_pool2d: each output's gradient / divisor to every real cell."""
     gy, g = P.pool_size_grad_arguments(input_size, grad_output, kernel_size, stride, padding, ceil_mode)
-    divisor = P.divisor(divisor_override) or 0
-    return _average_input(gy, g, P.check_bool(count_include_pad, "count_include_pad"), divisor)
+    include_pad = P.check_bool(count_include_pad, "count_include_pad")
+    return _average_input(gy, g, include_pad, P.divisor(divisor_override) or 0)
 
 
 def sum_pool2d_input(input_size, grad_output, kernel_size, stride=None, padding=0, ceil_mode=False):

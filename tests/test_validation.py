@@ -158,3 +158,14 @@ def test_sizes_and_arguments_as_numpy_values():
     with pytest.raises(TypeError, match="output_size must be ints"):
         fastconv.max_unpool2d(y, idx, 2, output_size=(5.5, 6))
 
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_arguments_are_checked_in_order(impl):
+    # with two bad arguments, fastconv and the reference name the same (the first)
+    f, g = IMPLS[impl]
+    bad = dict(count_include_pad=1, divisor_override=0)
+    with pytest.raises(TypeError, match="count_include_pad must be a bool"):
+        f.avg_pool2d(X, 2, **bad)
+    with pytest.raises(TypeError, match="count_include_pad must be a bool"):
+        g.avg_pool2d_input(X.shape, np.ones((2, 4, 4, 4)), 2, **bad)
+
