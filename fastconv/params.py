@@ -210,6 +210,9 @@ def conv_output_size(size: int, pad_total: int, dilation: int, kernel: int, stri
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+MAX_PADDED_CELLS = 1 << 31  # a padded input plane, at most (conv2d_geometry)
+
+
 def lone_output_stride(stride: int, padded: int, extent: int, out: int) -> int:
     """The stride the kernels use along an axis with `out` outputs: where there is one,
     the stride makes no difference to it, and the smallest that still gives one output
@@ -246,6 +249,12 @@ def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, 
         raise ValueError(
             f"kernel size ({kh}, {kw}) with dilation ({dh}, {dw}) is larger than the padded input "
             f"({h + pt + pb}, {w + pl + pr}): the output would be empty"
+        )
+    if (h + pt + pb) * (w + pl + pr) > MAX_PADDED_CELLS:
+        # the kernels lay the padded plane out in memory (fastconv.kernels.phases)
+        raise ValueError(
+            f"padding {(pt, pb, pl, pr)} makes a padded plane of {h + pt + pb} x {w + pl + pr} cells; "
+            f"fastconv lays it out in memory, at most {MAX_PADDED_CELLS} cells"
         )
     sh = lone_output_stride(sh, h + pt + pb, dh * (kh - 1) + 1, oh)
     sw = lone_output_stride(sw, w + pl + pr, dw * (kw - 1) + 1, ow)

@@ -36,6 +36,7 @@ CONV_ERRORS = [
     (dict(stride=(1, 2, 3)), ValueError, "stride must be an int or a pair"),
     (dict(bias=np.zeros(5)), ValueError, "bias must have shape (6,)"),
     (dict(bias=np.zeros(6, dtype=np.float32)), TypeError, "bias (float32)"),
+    (dict(padding=2**40, stride=2**40), ValueError, "fastconv lays it out in memory"),
 ]
 
 
