@@ -16,7 +16,7 @@ import numpy as np
 
 import fastconv
 from fastconv import grad, reference
-from fastconv.params import conv2d_geometry, conv_transpose2d_geometry, pool2d_geometry
+from fastconv.params import conv2d_geometry, conv_transpose2d_geometry, is_int, pool2d_geometry
 
 MODES = ("fwd", "fwdbwd")
 
@@ -101,7 +101,7 @@ def checked_case(entry) -> Case:
     if not isinstance(entry["name"], str) or entry["op"] not in OPS:
         raise ValueError(f"case {entry['name']!r}: name must be a string and op one of {OPS}, got op {entry['op']!r}")
     numbers = {n: v for n, v in entry.items() if n not in ("name", "op")}
-    bad = {n: v for n, v in numbers.items() if isinstance(v, bool) or not isinstance(v, int)}
+    bad = {n: v for n, v in numbers.items() if not is_int(v)}
     if bad:
         raise ValueError(f"case {entry['name']!r}: fields {sorted(bad)} must be ints, got {bad}")
     case = Case(**entry)

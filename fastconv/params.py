@@ -58,13 +58,18 @@ def batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     return x, False
 
 
+def is_int(value) -> bool:
+    """An integer of any integer type (NumPy's too), and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def four_ints(size, name: str, layout: str = "(N, C, H, W)") -> tuple[int, int, int, int]:
     """A 4-D shape given as a sequence of 4 ints (torch.nn.grad's input_size, weight_size)."""
     try:
         size = tuple(size)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of 4 ints {layout}, got {size!r}") from None
-    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
+    if not all(is_int(s) for s in size):
         raise TypeError(f"{name} must be a sequence of 4 ints {layout}, got {size!r}")
     if len(size) != 4:
         raise ValueError(f"{name} must be 4 ints {layout}, got {size!r}")
@@ -83,7 +88,7 @@ def check_size(size, name: str) -> tuple[int, int, int, int]:
 
 
 def _int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     return int(value)
 
@@ -171,7 +176,7 @@ class ConvGeometry(NamedTuple):
 
 
 def check_groups(groups) -> int:
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
+    if not is_int(groups) or groups <= 0:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     return int(groups)
 
@@ -390,7 +395,7 @@ def adaptive_output_size(input_shape, output_size) -> tuple[int, int]:
     h, w = input_shape[-2:]
     if isinstance(output_size, np.ndarray):
         output_size = output_size.tolist()
-    if output_size is None or isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+    if output_size is None or is_int(output_size):
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
         raise ValueError(f"output_size must be an int or a pair of ints (or None), got {output_size!r}")
@@ -415,7 +420,7 @@ def unpool_output_size(input_shape, kernel, stride, padding, output_size) -> tup
         size = default
     else:
         output_size = list(output_size)
-        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in output_size):
+        if not all(is_int(s) for s in output_size):
             raise TypeError(f"output_size must be ints, got {output_size}")
         output_size = [int(s) for s in output_size]
         if len(output_size) == 4:
@@ -550,7 +555,7 @@ def pool_size_grad_arguments(input_size, grad_output, kernel_size, stride, paddi
 def divisor(divisor_override):
     if divisor_override is None:
         return None
-    if isinstance(divisor_override, bool) or not isinstance(divisor_override, numbers.Integral) or divisor_override == 0:
+    if not is_int(divisor_override) or divisor_override == 0:
         raise ValueError(f"divisor_override must be a non-zero int or None, got {divisor_override!r}")
     return int(divisor_override)
 

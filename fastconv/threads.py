@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import numbers
 import os
 
 import numba
 from numba.np.ufunc import parallel
+
+from fastconv.params import is_int
 
 # Numba's OpenMP workers (GNU libgomp) spin for milliseconds after each parallel kernel
 # by default (GOMP_SPINCOUNT 300000), holding a core that fastconv's GEMM threads
@@ -59,7 +60,7 @@ def set_num_threads(n: int) -> None:
     """Run fastconv's kernels (Numba's and the GEMMs') on n threads when called from
     this Python thread (Numba keeps the count per thread; other threads keep theirs,
     all cores unless they set it)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+    if not is_int(n) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"n must be an int in [1, {numba.config.NUMBA_NUM_THREADS}], got {n!r}")
     numba.set_num_threads(int(n))
 

@@ -176,10 +176,6 @@ def _recorded_gradients(ctx, recompute, inputs, grad_output):
     return tuple(next(found) if need else None for need in needed)
 
 
-def _batched_shape(tensor):
-    return (1, *tensor.shape) if tensor.dim() == 3 else tuple(tensor.shape)
-
-
 # The recomputations take the arguments as fastconv normalises them (any padding form
 # fastconv takes, NumPy integers), in forms torch's operators all take.
 
@@ -241,7 +237,7 @@ def _lp_pool_by_torch(ctx, grad_output):
     """lp_pool2d's input gradient by torch's operator on the saved input."""
     (input,) = ctx.saved_tensors
     norm_type, kernel_size, stride, ceil_mode = ctx.pool_args
-    g = P.lp_geometry(_batched_shape(input), norm_type, kernel_size, stride, ceil_mode)
+    g = P.lp_geometry(_batched_array(input).shape, norm_type, kernel_size, stride, ceil_mode)
 
     def recompute():
         return F.lp_pool2d(input, float(norm_type), (g.kh, g.kw), (g.sh, g.sw), bool(ceil_mode))
