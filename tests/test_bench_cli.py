@@ -108,3 +108,13 @@ def test_bad_inputs_are_refused_before_any_timing(tmp_path, capsys):
         assert bench.main(["--quick", *argv, "--out", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_names_an_unknown_command(capsys):
+    from fastconv.__main__ import main
+
+    assert main(["frobnicate"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown command 'frobnicate'" in captured.err and "python -m fastconv train" in captured.out
+    assert main(["--help"]) == 0
+    assert "unknown command" not in capsys.readouterr().err
