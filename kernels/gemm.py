@@ -14,6 +14,7 @@ NumPy GEMM the user runs in another thread at that moment runs single-threaded t
 
 import concurrent.futures
 import functools
+import importlib.util
 import os
 import threading
 
@@ -33,11 +34,24 @@ _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _workers = 0
 
 
+def _inside(path, folder):
+    return folder is not None and os.path.realpath(path).startswith(os.path.join(folder, ""))
+
+
+def _package_folder(name):
+    """The folder of an installed package, found without importing it (None if absent)."""
+    spec = importlib.util.find_spec(name)
+    return os.path.realpath(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+
+
 @functools.cache
 def numpy_blas():
-    """NumPy's BLAS libraries (never another library's, e.g. PyTorch's)."""
+    """NumPy's BLAS libraries: the BLAS libraries loaded, but those inside PyTorch's
+    package folder (its own BLAS; a path that merely contains 'torch', such as an
+    environment in /opt/torch, is NumPy's)."""
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
-    return [lib for lib in libs if "torch" not in lib.filepath]
+    torch = _package_folder("torch")
+    return [lib for lib in libs if not _inside(lib.filepath, torch)]
 
 
 def _enter():

@@ -215,3 +215,18 @@ def test_numba_threads_start_on_the_first_kernel_with_the_environment_restored()
     # convolutions far slower); the short spin is set only while they start.
     assert _run_python(START_THREADS) == ["False", "True", "unset"]
     assert _run_python(START_THREADS, {"GOMP_SPINCOUNT": "5"}) == ["False", "True", "5"]
+
+
+def test_numpy_blas_is_told_from_torch_by_package_folder():
+    # An environment whose path merely contains "torch" (/opt/torch/.venv) holds
+    # NumPy's BLAS, which fastconv must still set to one thread inside its products.
+    site = "/opt/torch/.venv/lib/python3.12/site-packages"
+    assert not gemm._inside(f"{site}/numpy.libs/libscipy_openblas64_.so", f"{site}/torch")
+    assert not gemm._inside(f"{site}/torchvision/lib/libblas.so", f"{site}/torch")
+    assert gemm._inside(f"{site}/torch/lib/libopenblas.so", f"{site}/torch")
+    assert not gemm._inside(f"{site}/numpy.libs/libopenblas.so", None)
+    from threadpoolctl import threadpool_info
+
+    numpy_folder = gemm._package_folder("numpy")  # its wheel's BLAS lies in numpy.libs beside it
+    numpy_libs = {i["filepath"] for i in threadpool_info() if i["user_api"] == "blas" and os.path.realpath(i["filepath"]).startswith(numpy_folder)}
+    assert numpy_libs and numpy_libs <= {lib.filepath for lib in gemm.numpy_blas()}
