@@ -40,24 +40,41 @@ def _winograd_pays(g: ConvGeometry) -> bool:
 
 
 PASSES = ("forward", "input", "weight")
+# Where im2col + BLAS beats the direct loops (per-pass timings of both paths on 26
+# shapes, both dtypes, on 2 cores of an AVX-512 Xeon whose sgemm runs at 178 GFLOP/s
+# a core against the direct loops' 65-75): convolutions of one group with at least
+# GEMM_DEPTH inputs per output (C * kh * kw), GEMM_OUTPUTS output channels and
+# GEMM_WEIGHTS weights. Below them the packing costs more than BLAS saves (a 4x4
+# stride-4 patch layer of 32 -> 64 channels, 32,768 weights, ran 10-45% slower
+# by GEMM). The weight gradient's product has the output channels for rows: it needs
+# GEMM_WEIGHT_ROWS of them and GEMM_POSITIONS output positions over the batch
+# (5x5 and 7x7 kernels with 64 outputs ran 1-30% slower by GEMM, 96 ran 17-42%
+# faster; batch-1 layers of 64-196 positions 5-20% slower).
+GEMM_DEPTH = 512
+GEMM_OUTPUTS = 64
+GEMM_WEIGHTS = 1 << 16
+GEMM_WEIGHT_ROWS = 96
+GEMM_POSITIONS = 1024
 
 
-def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) -> str:
-    """The path of one computation (a PASSES name) of geometry g on arrays of
-    `itemsize` bytes, as measured per pass on the catalogue and other shapes:
+def _gemm_pays(g: ConvGeometry, computation: str) -> bool:
+    depth = g.c_in * g.kh * g.kw
+    wide = g.groups == 1 and depth >= GEMM_DEPTH and g.c_out >= GEMM_OUTPUTS and g.c_out * depth >= GEMM_WEIGHTS
+    if computation == "weight":
+        return wide and g.c_out >= GEMM_WEIGHT_ROWS and g.n * g.oh * g.ow >= GEMM_POSITIONS
+    return wide
+
+
+def conv_path(g: ConvGeometry, computation: str = "forward") -> str:
+    """The path of one computation (a PASSES name) of geometry g:
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
-      direct kernels would pad the one tap to three), and for wide strided
-      convolutions of one group in float64 (C*kh*kw >= 512 inputs, 64+ outputs per
-      position), but for kernels whose every stride phase has four taps (4x4
-      stride-2: dcgan_up's three passes 23.9 ms direct
-      against 26.7 by GEMM; a 2x2 or 4x4 kernel at its own stride, one tap per
-      phase, ran 1.1-1.6x faster by GEMM).
-      In float32 the GEMM path's strided input gradient beat the direct gather
-      when timed alone (by 3-26%) but lost 20-35% of fwd+bwd in the benchmark, run
-      between the other passes;
+      direct kernels would pad the one tap to three), and for wide convolutions of
+      one group (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers
+      of 256 channels and 8x8 planes, 1.1-2x on strided and dilated layers of
+      64-256 channels;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
-      (_winograd_pays);
+      (_winograd_pays), checked first: it beat GEMM on res3x3 by 0-25% a pass;
     - 'direct' for the rest, every stride, dilation and group count.
     """
     if _forced is not None:
@@ -66,7 +83,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", itemsize: int = 4) 
         return "gemm"
     if W.applicable(g) and _winograd_pays(g):
         return "winograd"
-    if g.groups == 1 and (g.sh > 1 or g.sw > 1) and itemsize == 8 and g.c_in * g.kh * g.kw >= 512 and g.c_out >= 64 and set(D._phase_taps(g)) != {4}:
+    if _gemm_pays(g, computation):
         return "gemm"
     return "direct"
 
@@ -97,7 +114,7 @@ def forward(x, weight, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.output_shape, dtype=x.dtype)
     x, weight = _contiguous(x, weight)
-    path = conv_path(g, "forward", x.itemsize)
+    path = conv_path(g, "forward")
     if path == "gemm":
         return K.gemm_forward(x, weight, g, get_num_threads())
     if path == "winograd":
@@ -125,7 +142,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.input_shape, dtype=grad_output.dtype)
     weight, grad_output = _contiguous(weight, grad_output)
-    path = conv_path(g, "input", grad_output.itemsize)
+    path = conv_path(g, "input")
     gx = None
     if path == "gemm":
         gx = K.gemm_input(weight, grad_output, g, get_num_threads())
@@ -147,7 +164,7 @@ def weight_grad(x, grad_output, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.weight_shape, dtype=x.dtype)
     x, grad_output = _contiguous(x, grad_output)
-    path = conv_path(g, "weight", x.itemsize)
+    path = conv_path(g, "weight")
     gw = None
     if path == "gemm":
         gw = K.gemm_weight(x, grad_output, g, get_num_threads())

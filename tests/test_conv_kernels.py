@@ -355,20 +355,26 @@ def test_input_gradient_with_non_finite_weights(path, dtype, kernel, stride, pad
         assert_close(out, expected_t, dtype)
 
 
-def test_strided_dispatch():
+def test_gemm_dispatch():
     from fastconv.params import conv2d_geometry
 
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
-    assert [dispatch.conv_path(strided, c) for c in dispatch.PASSES] == ["direct"] * 3
-    assert [dispatch.conv_path(strided, c, 8) for c in dispatch.PASSES] == ["gemm", "gemm", "gemm"]
+    assert [dispatch.conv_path(strided, c) for c in dispatch.PASSES] == ["gemm"] * 3
+    # 64 output channels: the weight gradient's product too thin for GEMM
+    fewer = conv2d_geometry((8, 64, 32, 32), (64, 64, 5, 5), padding=2)
+    assert [dispatch.conv_path(fewer, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
+    # batch 1 on small planes: the forward and input gradient by GEMM, the weight
+    # gradient's 64 positions too short a product
+    late = conv2d_geometry((1, 256, 8, 8), (256, 256, 3, 3), padding=1)
+    assert [dispatch.conv_path(late, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
-    assert [dispatch.conv_path(depthwise, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
-    # the direct loops take a 4x4 stride-2 kernel's taps four at a time, each
-    # phase's: faster than GEMM; at stride 4 each phase has one tap
-    four_taps = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
-    assert [dispatch.conv_path(four_taps, c, 8) for c in dispatch.PASSES] == ["direct"] * 3
-    patches = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)
-    assert [dispatch.conv_path(patches, c, 8) for c in dispatch.PASSES] == ["gemm"] * 3
+    grouped = conv2d_geometry((8, 256, 32, 32), (256, 64, 3, 3), padding=1, groups=4)
+    small = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)  # 32,768 weights
+    for g in (depthwise, grouped, small):
+        assert [dispatch.conv_path(g, c) for c in dispatch.PASSES] == ["direct"] * 3, g
+    # stride-1 3x3 where Winograd pays stays on Winograd
+    winograd = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
+    assert [dispatch.conv_path(winograd, c) for c in dispatch.PASSES] == ["winograd"] * 3
 
 
 @given(st.integers(1, 60), st.integers(0, 60))
