@@ -43,26 +43,29 @@ PASSES = ("forward", "input", "weight")
 # Where im2col + BLAS beats the direct loops (per-pass timings of both paths on 26
 # shapes, both dtypes, on 2 cores of an AVX-512 Xeon whose sgemm runs at 178 GFLOP/s
 # a core against the direct loops' 65-75): convolutions of one group with at least
-# GEMM_DEPTH inputs per output (C * kh * kw), GEMM_OUTPUTS output channels and
-# GEMM_WEIGHTS weights. Below them the packing costs more than BLAS saves (a 4x4
-# stride-4 patch layer of 32 -> 64 channels, 32,768 weights, ran 10-45% slower
-# by GEMM). The weight gradient's product has the output channels for rows: it needs
-# GEMM_WEIGHT_ROWS of them and GEMM_POSITIONS output positions over the batch
+# GEMM_DEPTH inputs per output (C * kh * kw) and GEMM_OUTPUTS output channels, and
+# either GEMM_WEIGHTS weights or GEMM_POSITIONS output positions over the batch.
+# Below them the packing and the hand-off to the GEMM threads cost more than BLAS
+# saves (a 4x4 stride-4 patch layer of 32 -> 64 channels over 512 positions ran
+# 10-45% slower by GEMM; dcgan_up's 4x4 stride-2 layer of the same weight count
+# over 8192 positions, 18% faster). The weight gradient's product has the output
+# channels for rows: it needs GEMM_WEIGHT_ROWS of them and GEMM_POSITIONS positions
 # (5x5 and 7x7 kernels with 64 outputs ran 1-30% slower by GEMM, 96 ran 17-42%
 # faster; batch-1 layers of 64-196 positions 5-20% slower).
 GEMM_DEPTH = 512
 GEMM_OUTPUTS = 64
 GEMM_WEIGHTS = 1 << 16
-GEMM_WEIGHT_ROWS = 96
 GEMM_POSITIONS = 1024
+GEMM_WEIGHT_ROWS = 96
 
 
 def _gemm_pays(g: ConvGeometry, computation: str) -> bool:
-    depth = g.c_in * g.kh * g.kw
-    wide = g.groups == 1 and depth >= GEMM_DEPTH and g.c_out >= GEMM_OUTPUTS and g.c_out * depth >= GEMM_WEIGHTS
+    depth, positions = g.c_in * g.kh * g.kw, g.n * g.oh * g.ow
+    if g.groups > 1 or depth < GEMM_DEPTH or g.c_out < GEMM_OUTPUTS:
+        return False
     if computation == "weight":
-        return wide and g.c_out >= GEMM_WEIGHT_ROWS and g.n * g.oh * g.ow >= GEMM_POSITIONS
-    return wide
+        return g.c_out >= GEMM_WEIGHT_ROWS and positions >= GEMM_POSITIONS
+    return g.c_out * depth >= GEMM_WEIGHTS or positions >= GEMM_POSITIONS
 
 
 def conv_path(g: ConvGeometry, computation: str = "forward") -> str:
@@ -71,8 +74,8 @@ def conv_path(g: ConvGeometry, computation: str = "forward") -> str:
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide convolutions of
       one group (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers
-      of 256 channels and 8x8 planes, 1.1-2x on strided and dilated layers of
-      64-256 channels;
+      of 256 channels and 8x8 planes, 1.1-2x on strided, dilated and transposed
+      layers of 64-256 channels;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
       (_winograd_pays), checked first: it beat GEMM on res3x3 by 0-25% a pass;
     - 'direct' for the rest, every stride, dilation and group count.

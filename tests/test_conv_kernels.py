@@ -369,9 +369,12 @@ def test_gemm_dispatch():
     assert [dispatch.conv_path(late, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     grouped = conv2d_geometry((8, 256, 32, 32), (256, 64, 3, 3), padding=1, groups=4)
-    small = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)  # 32,768 weights
+    small = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)  # 32,768 weights, 512 positions
     for g in (depthwise, grouped, small):
         assert [dispatch.conv_path(g, c) for c in dispatch.PASSES] == ["direct"] * 3, g
+    # the same weights over 8192 positions
+    upsampling = conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
+    assert [dispatch.conv_path(upsampling, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
     # stride-1 3x3 where Winograd pays stays on Winograd
     winograd = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
     assert [dispatch.conv_path(winograd, c) for c in dispatch.PASSES] == ["winograd"] * 3
