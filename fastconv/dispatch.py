@@ -44,7 +44,8 @@ PASSES = ("forward", "input", "weight")
 # shapes, both dtypes, on 2 cores of an AVX-512 Xeon whose sgemm runs at 178 GFLOP/s
 # a core against the direct loops' 65-75): convolutions of one group with at least
 # GEMM_DEPTH inputs per output (C * kh * kw) and GEMM_OUTPUTS output channels, and
-# either GEMM_WEIGHTS weights or GEMM_POSITIONS output positions over the batch.
+# either GEMM_WEIGHTS weights or GEMM_POSITIONS output positions over a batch of two
+# or more.
 # Below them the packing and the hand-off to the GEMM threads cost more than BLAS
 # saves (a 4x4 stride-4 patch layer of 32 -> 64 channels over 512 positions ran
 # 10-45% slower by GEMM; dcgan_up's 4x4 stride-2 layer of the same weight count
@@ -65,7 +66,9 @@ def _gemm_pays(g: ConvGeometry, computation: str) -> bool:
         return False
     if computation == "weight":
         return g.c_out >= GEMM_WEIGHT_ROWS and positions >= GEMM_POSITIONS
-    return g.c_out * depth >= GEMM_WEIGHTS or positions >= GEMM_POSITIONS
+    # one sample is packed on one thread: a batch-1 64-channel 3x3 layer over 1024
+    # positions ran 30-65% slower by GEMM
+    return g.c_out * depth >= GEMM_WEIGHTS or (positions >= GEMM_POSITIONS and g.n > 1)
 
 
 def conv_path(g: ConvGeometry, computation: str = "forward") -> str:

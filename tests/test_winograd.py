@@ -94,7 +94,7 @@ def test_default_dispatch_takes_winograd_for_wide_layers():
         conv2d_geometry((8, 64, 30, 30), (64, 64, 3, 3), padding=3, dilation=3),  # 10x10 per phase
         conv2d_geometry((1, 64, 32, 32), (64, 64, 3, 3), padding=1),  # little work
     ]:
-        assert dispatch.conv_path(narrow) == "direct", narrow
+        assert dispatch.conv_path(narrow) != "winograd", narrow
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
