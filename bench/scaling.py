@@ -4,6 +4,7 @@ this one process with the same thread count (fastconv.timing).
 
     python bench/scaling.py [--threads 1,2,4,8,16] [--filter res3x3,convT]
                             [--dtype float32] [--extra] [--out scaling.json]
+    python bench/scaling.py --markdown scaling.json
 
 For each case and thread count it prints both times, fastconv's speed relative to
 PyTorch, and each library's speedup over its own one-thread time (its scaling; the
@@ -32,6 +33,7 @@ def parse_args(argv):
     p.add_argument("--extra", action="store_true", help="also the shapes outside the catalogue")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case and thread count")
     p.add_argument("--out", default="scaling.json")
+    p.add_argument("--markdown", metavar="SCALING_JSON", help="print an earlier run as a Markdown table, run nothing")
     args = p.parse_args(argv)
     try:
         args.threads = [int(t) for t in args.threads.split(",")]
@@ -46,8 +48,31 @@ def chosen_cases(args):
     return [c for c in cases if not wanted or any(w in c.name or w == c.op for w in wanted)]
 
 
+def markdown(report) -> str:
+    """An earlier run as a Markdown table: per case, each thread count's fastconv
+    time, its speed relative to PyTorch, and both libraries' scaling over one thread."""
+    runs = {}
+    for r in report["results"]:
+        runs.setdefault(r["case"], {})[r["threads"]] = r
+    threads = sorted({r["threads"] for r in report["results"]})
+    lines = [
+        "| case | " + " | ".join(f"{n} thr: ms, vs torch" for n in threads) + f" | scaling 1 to {threads[-1]} (fastconv / torch) |",
+        "|---|" + "---|" * (len(threads) + 1),
+    ]
+    for case, by_threads in runs.items():
+        cells = [f"{by_threads[n]['fastconv_s'] * 1e3:.2f}, {by_threads[n]['torch_s'] / by_threads[n]['fastconv_s']:.2f}x" for n in threads]
+        one, most = by_threads[threads[0]], by_threads[threads[-1]]
+        scaling = f"{one['fastconv_s'] / most['fastconv_s']:.1f}x / {one['torch_s'] / most['torch_s']:.1f}x" if threads[0] == 1 else "-"
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {scaling} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return 0
     # PyTorch first, as in python -m fastconv bench (see fastconv.threads)
     torch = catalogue.torch_module()
     if torch is None:

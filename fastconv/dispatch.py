@@ -58,11 +58,17 @@ GEMM_OUTPUTS = 64
 GEMM_WEIGHTS = 1 << 16
 GEMM_POSITIONS = 1024
 GEMM_WEIGHT_ROWS = 96
+# On 16 cores the GEMM path stopped scaling past 4-8 threads (its chunks run on
+# Python threads, each product call holding the GIL for 15-20 us), while the direct
+# loops scaled 7-13x: dcgan_up forward + backward took 16.5 ms on 16 threads by GEMM
+# against 4.8 ms direct, res3x3_s2 19.4 against 8.1 (bench/scaling.py). On 4
+# threads GEMM still won (res3x3_s2 19.7 against 26.6 ms, decoder_up 19.2 against 25.3).
+GEMM_MOST_THREADS = 4
 
 
-def _gemm_pays(g: ConvGeometry, computation: str) -> bool:
+def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
     depth, positions = g.c_in * g.kh * g.kw, g.n * g.oh * g.ow
-    if g.groups > 1 or depth < GEMM_DEPTH or g.c_out < GEMM_OUTPUTS:
+    if threads > GEMM_MOST_THREADS or g.groups > 1 or depth < GEMM_DEPTH or g.c_out < GEMM_OUTPUTS:
         return False
     if computation == "weight":
         return g.c_out >= GEMM_WEIGHT_ROWS and positions >= GEMM_POSITIONS
@@ -71,12 +77,13 @@ def _gemm_pays(g: ConvGeometry, computation: str) -> bool:
     return g.c_out * depth >= GEMM_WEIGHTS or (positions >= GEMM_POSITIONS and g.n > 1)
 
 
-def conv_path(g: ConvGeometry, computation: str = "forward") -> str:
-    """The path of one computation (a PASSES name) of geometry g:
+def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None) -> str:
+    """The path of one computation (a PASSES name) of geometry g on `threads` threads
+    (default: fastconv's count in this Python thread):
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide convolutions of
-      one group (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers
+      one group on up to GEMM_MOST_THREADS threads (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers
       of 256 channels and 8x8 planes, 1.1-2x on strided, dilated and transposed
       layers of 64-256 channels;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
@@ -89,7 +96,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward") -> str:
         return "gemm"
     if W.applicable(g) and _winograd_pays(g):
         return "winograd"
-    if _gemm_pays(g, computation):
+    if _gemm_pays(g, computation, get_num_threads() if threads is None else threads):
         return "gemm"
     return "direct"
 

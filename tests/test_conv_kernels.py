@@ -359,25 +359,27 @@ def test_gemm_dispatch():
     from fastconv.params import conv2d_geometry
 
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
-    assert [dispatch.conv_path(strided, c) for c in dispatch.PASSES] == ["gemm"] * 3
+    assert [dispatch.conv_path(strided, c, 2) for c in dispatch.PASSES] == ["gemm"] * 3
     # 64 output channels: the weight gradient's product too thin for GEMM
     fewer = conv2d_geometry((8, 64, 32, 32), (64, 64, 5, 5), padding=2)
-    assert [dispatch.conv_path(fewer, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
+    assert [dispatch.conv_path(fewer, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
     # batch 1 on small planes: the forward and input gradient by GEMM, the weight
     # gradient's 64 positions too short a product
     late = conv2d_geometry((1, 256, 8, 8), (256, 256, 3, 3), padding=1)
-    assert [dispatch.conv_path(late, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
+    assert [dispatch.conv_path(late, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     grouped = conv2d_geometry((8, 256, 32, 32), (256, 64, 3, 3), padding=1, groups=4)
     small = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)  # 32,768 weights, 512 positions
     for g in (depthwise, grouped, small):
-        assert [dispatch.conv_path(g, c) for c in dispatch.PASSES] == ["direct"] * 3, g
+        assert [dispatch.conv_path(g, c, 2) for c in dispatch.PASSES] == ["direct"] * 3, g
     # the same weights over 8192 positions
     upsampling = conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
-    assert [dispatch.conv_path(upsampling, c) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
+    assert [dispatch.conv_path(upsampling, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
+    # past GEMM_MOST_THREADS threads the direct loops scale further
+    assert [dispatch.conv_path(strided, c, 16) for c in dispatch.PASSES] == ["direct"] * 3
     # stride-1 3x3 where Winograd pays stays on Winograd
     winograd = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert [dispatch.conv_path(winograd, c) for c in dispatch.PASSES] == ["winograd"] * 3
+    assert [dispatch.conv_path(winograd, c, 2) for c in dispatch.PASSES] == ["winograd"] * 3
 
 
 @given(st.integers(1, 60), st.integers(0, 60))
