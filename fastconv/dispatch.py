@@ -59,10 +59,11 @@ GEMM_WEIGHTS = 1 << 16
 GEMM_POSITIONS = 1024
 GEMM_WEIGHT_ROWS = 96
 # On 16 cores the GEMM path stopped scaling past 4-8 threads (its chunks run on
-# Python threads, each product call holding the GIL for 15-20 us), while the direct
-# loops scaled 7-13x: dcgan_up forward + backward took 16.5 ms on 16 threads by GEMM
-# against 4.8 ms direct, res3x3_s2 19.4 against 8.1 (bench/scaling.py). On 4
-# threads GEMM still won (res3x3_s2 19.7 against 26.6 ms, decoder_up 19.2 against 25.3).
+# Python threads, each product call spending 15-20 us in Python, under the GIL),
+# while the direct loops scaled 7-13x: dcgan_up forward + backward took 16.5 ms on
+# 16 threads by GEMM against 4.8 ms direct, res3x3_s2 19.4 against 8.1
+# (bench/scaling.py, two runs). On 4 threads GEMM still won (res3x3_s2 19.7 against
+# 26.6 ms, decoder_up 19.2 against 25.3).
 GEMM_MOST_THREADS = 4
 
 
@@ -83,9 +84,9 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide convolutions of
-      one group on up to GEMM_MOST_THREADS threads (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers
-      of 256 channels and 8x8 planes, 1.1-2x on strided, dilated and transposed
-      layers of 64-256 channels;
+      one group on up to GEMM_MOST_THREADS threads (_gemm_pays): 3-4x faster than
+      the direct loops on batch-1 layers of 256 channels and 8x8 planes, 1.1-2x on
+      strided, dilated and transposed layers of 64-256 channels;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays
       (_winograd_pays), checked first: it beat GEMM on res3x3 by 0-25% a pass;
     - 'direct' for the rest, every stride, dilation and group count.
