@@ -85,8 +85,12 @@ def main(argv=None) -> int:
     from fastconv.bench import machine_info, max_relative_error
     from fastconv.timing import interleaved_medians
 
-    for n in args.threads:
-        fastconv.set_num_threads(n)  # refuses a count past NUMBA_NUM_THREADS, before any timing
+    try:
+        for n in args.threads:
+            fastconv.set_num_threads(n)  # refuses a count past NUMBA_NUM_THREADS, before any timing
+    except ValueError as exc:
+        print(f"bench/scaling.py: --threads: {exc}", file=sys.stderr)
+        return 2
     cases = chosen_cases(args)
     if not cases:
         print(f"bench/scaling.py: --filter {args.filter!r} matches no case", file=sys.stderr)

@@ -118,3 +118,37 @@ def test_command_line_names_an_unknown_command(capsys):
     assert "unknown command 'frobnicate'" in captured.err and "python -m fastconv train" in captured.out
     assert main(["--help"]) == 0
     assert "unknown command" not in capsys.readouterr().err
+
+
+def _scaling_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "scaling.py"
+    spec = importlib.util.spec_from_file_location("scaling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scaling_script_times_each_thread_count(tmp_path, capsys):
+    import pytest
+
+    if fastconv.catalogue.torch_module() is None:
+        pytest.skip("bench/scaling.py compares with PyTorch")
+    scaling = _scaling_script()
+    out = tmp_path / "scaling.json"
+    before = fastconv.get_num_threads()
+    try:
+        assert scaling.main(["--threads", "1,2", "--filter", "batch1", "--rounds", "3", "--out", str(out)]) == 0
+    finally:
+        fastconv.set_num_threads(before)
+    report = json.loads(out.read_text())
+    assert [(r["case"], r["threads"]) for r in report["results"]] == [("batch1", 1), ("batch1", 2)]
+    assert all(r["fastconv_s"] > 0 and r["torch_s"] > 0 and r["error_vs_torch"] < 1e-4 for r in report["results"])
+    capsys.readouterr()
+    assert scaling.main(["--markdown", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| case | 1 thr") and table[2].startswith("| batch1 |") and len(table) == 3
+    assert scaling.main(["--threads", "1,100000", "--out", str(out)]) == 2
+    assert "--threads" in capsys.readouterr().err
