@@ -134,7 +134,9 @@ def _scaling_script():
 def test_scaling_script_times_each_thread_count(tmp_path, capsys):
     import pytest
 
-    if fastconv.catalogue.torch_module() is None:
+    from fastconv import catalogue
+
+    if catalogue.torch_module() is None:
         pytest.skip("bench/scaling.py compares with PyTorch")
     scaling = _scaling_script()
     out = tmp_path / "scaling.json"
