@@ -274,6 +274,26 @@ def _earlier_run(path, option):
     return report
 
 
+def same_threads(threads):
+    """(threads, PyTorch's module or None): fastconv and PyTorch set to `threads`
+    threads (None: all cores), PyTorch imported first: imported after Numba's OpenMP
+    threads have started, its MKL paths (float64 convolutions) ran 15-25x slower here
+    (see fastconv.torch). ValueError naming --threads for a count fastconv refuses."""
+    import fastconv
+    from fastconv.catalogue import torch_module
+    from fastconv.threads import cpu_count
+
+    threads = threads or cpu_count()
+    torch = torch_module()
+    try:
+        fastconv.set_num_threads(threads)
+    except ValueError as exc:
+        raise ValueError(f"--threads: {exc}") from None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads, torch
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -292,20 +312,13 @@ def main(argv=None) -> int:
     from rich.progress import Progress
 
     import fastconv
-    from fastconv.threads import cpu_count
 
     console = Console(width=max(150, Console().width))
-    threads = args.threads or cpu_count()
-    # PyTorch first: imported after Numba's OpenMP threads have started, its MKL
-    # paths (float64 convolutions) ran 15-25x slower here (see fastconv.torch)
-    torch = catalogue.torch_module()
     try:
-        fastconv.set_num_threads(threads)
+        threads, _ = same_threads(args.threads)
     except ValueError as exc:
-        print(f"python -m fastconv bench: --threads: {exc}", file=sys.stderr)
+        print(f"python -m fastconv bench: {exc}", file=sys.stderr)
         return 2
-    if torch is not None:
-        torch.set_num_threads(threads)
     cases = cases or catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else [])
     if args.filter:
         wanted = [w.strip() for w in args.filter.split(",") if w.strip()]

@@ -39,14 +39,16 @@ class Case:
     d: int = 1
     g: int = 1
 
+    def geometry(self):
+        """The convolution's geometry (for 'convT', of the convolution it is the
+        adjoint of, as fastconv's dispatch sees it)."""
+        if self.op == "conv":
+            return conv2d_geometry((self.N, self.C, self.H, self.W), (self.K, self.C // self.g, self.k, self.k), self.s, self.p, self.d, self.g)
+        return conv_transpose2d_geometry((self.N, self.C, self.H, self.W), (self.C, self.K // self.g, self.k, self.k), self.s, self.p, 0, self.g, self.d)
+
     def flops(self) -> float:
         """Forward flops (2 per multiply-add); fwd+bwd is three times this for convs."""
-        if self.op == "conv":
-            return float(conv2d_geometry((self.N, self.C, self.H, self.W), (self.K, self.C // self.g, self.k, self.k), self.s, self.p, self.d, self.g).flops)
-        if self.op == "convT":
-            geo = conv_transpose2d_geometry((self.N, self.C, self.H, self.W), (self.C, self.K // self.g, self.k, self.k), self.s, self.p, 0, self.g, self.d)
-            return float(geo.flops)
-        return 0.0
+        return float(self.geometry().flops) if self.op in ("conv", "convT") else 0.0
 
     def bytes_moved(self, itemsize: int) -> float:
         """Pooling forward traffic: the input read once and the output written once."""

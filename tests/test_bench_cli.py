@@ -120,17 +120,6 @@ def test_command_line_names_an_unknown_command(capsys):
     assert "unknown command" not in capsys.readouterr().err
 
 
-def _scaling_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "bench" / "scaling.py"
-    spec = importlib.util.spec_from_file_location("scaling", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_scaling_script_times_each_thread_count(tmp_path, capsys):
     import pytest
 
@@ -138,7 +127,7 @@ def test_scaling_script_times_each_thread_count(tmp_path, capsys):
 
     if catalogue.torch_module() is None:
         pytest.skip("bench/scaling.py compares with PyTorch")
-    scaling = _scaling_script()
+    scaling = _bench_script("scaling")
     out = tmp_path / "scaling.json"
     before = fastconv.get_num_threads()
     try:
@@ -154,3 +143,31 @@ def test_scaling_script_times_each_thread_count(tmp_path, capsys):
     assert table[0].startswith("| case | 1 thr") and table[2].startswith("| batch1 |") and len(table) == 3
     assert scaling.main(["--threads", "1,100000", "--out", str(out)]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def _bench_script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_passes_script_times_every_pass_and_path(tmp_path, capsys):
+    passes = _bench_script("passes")
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([{"name": "tiny_up", "op": "convT", "N": 2, "C": 4, "H": 5, "W": 5, "K": 6, "k": 3, "s": 2, "p": 1}]))
+    before = fastconv.get_num_threads()
+    try:
+        assert passes.main(["--cases", str(cases), "--threads", "1", "--paths", "gemm,direct"]) == 0
+    finally:
+        fastconv.set_num_threads(before)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny_up")]
+    assert [line.split()[1] for line in lines] == ["forward", "input", "weight"]
+    assert all("chosen [" in line and " gemm " in line and " direct " in line for line in lines)
+    assert passes.main(["--paths", "blas"]) == 2
+    assert passes.main(["--filter", "no_such_case"]) == 2
+    assert "no_such_case" in capsys.readouterr().err
