@@ -16,6 +16,7 @@ import numpy as np
 from fastconv import reference
 from fastconv.kernels import conv as K
 from fastconv.kernels import direct as D
+from fastconv.kernels import gemm
 from fastconv.kernels import winograd as W
 from fastconv.params import ConvGeometry
 from fastconv.threads import get_num_threads
@@ -58,18 +59,11 @@ GEMM_OUTPUTS = 64
 GEMM_WEIGHTS = 1 << 16
 GEMM_POSITIONS = 1024
 GEMM_WEIGHT_ROWS = 96
-# On 16 cores the GEMM path stopped scaling past 4-8 threads (its chunks run on
-# Python threads, each product call spending 15-20 us in Python, under the GIL),
-# while the direct loops scaled 7-13x: dcgan_up forward + backward took 16.5 ms on
-# 16 threads by GEMM against 4.8 ms direct, res3x3_s2 19.4 against 8.1
-# (bench/scaling.py, two runs). On 4 threads GEMM still won (res3x3_s2 19.7 against
-# 26.6 ms, decoder_up 19.2 against 25.3).
-GEMM_MOST_THREADS = 4
 
 
 def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
     depth, positions = g.c_in * g.kh * g.kw, g.n * g.oh * g.ow
-    if threads > GEMM_MOST_THREADS or g.groups > 1 or depth < GEMM_DEPTH or g.c_out < GEMM_OUTPUTS:
+    if threads > gemm.MOST_THREADS or g.groups > 1 or depth < GEMM_DEPTH or g.c_out < GEMM_OUTPUTS:
         return False
     if computation == "weight":
         return g.c_out >= GEMM_WEIGHT_ROWS and positions >= GEMM_POSITIONS
@@ -84,7 +78,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide convolutions of
-      one group on up to GEMM_MOST_THREADS threads (_gemm_pays): 3-4x faster than
+      one group on up to gemm.MOST_THREADS threads (_gemm_pays): 3-4x faster than
       the direct loops on batch-1 layers of 256 channels and 8x8 planes, 1.1-2x on
       strided, dilated and transposed layers of 64-256 channels;
     - 'winograd' for stride-1 3x3 convolutions of one group where it pays

@@ -17,8 +17,8 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
     seconds it took."""
     import fastconv
     from fastconv import dispatch, grad
-    from fastconv.kernels import activation
-    from fastconv.params import FLOAT_DTYPES
+    from fastconv.kernels import activation, winograd
+    from fastconv.params import FLOAT_DTYPES, conv2d_geometry
 
     if isinstance(dtypes, (str, type, np.dtype)):
         dtypes = (dtypes,)
@@ -41,6 +41,10 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
                 fastconv.conv2d(x, w[:, :, :1, :1])
                 grad.conv2d_input(x.shape, w[:, :, :1, :1], gy)
                 grad.conv2d_weight(x, (2, 2, 1, 1), gy)
+        # Winograd's forward both ways: by BLAS on the GEMM threads (up to
+        # winograd.MOST_THREADS threads) and in Numba's loops (past them)
+        for blas in (True, False):
+            winograd.forward(x, w, conv2d_geometry(x.shape, w.shape, padding=1), 2, blas=blas)
         grad.conv2d_bias(gy)
         y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
         fastconv.max_pool2d(x, 2)

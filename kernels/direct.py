@@ -265,6 +265,24 @@ def dot_nine(out, g, src, starts, u, length, zero):
     out[8] += d8
 
 
+@serial(inline=True)
+def split_plane(x, phased, n, c, scratch, top, left, sh, sw, hq, wq):
+    """phased[n, c] = the phases of x[n, c] (to_phases), zeros after the last phase."""
+    dst = phased[n, c]
+    to_phases(x[n, c], dst[: sh * sw * hq * wq], scratch, top, left, sh, sw, hq, wq)
+    dst[sh * sw * hq * wq :] = 0.0
+
+
+@serial
+def split_samples(x, phased, first, end, top, left, sh, sw, hq, wq):
+    """split_planes for runs of one sample, serially, samples first..end-1 only: for
+    callers that split on threads of their own."""
+    scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
+    for n in range(first, end):
+        for c in range(x.shape[1]):
+            split_plane(x, phased, n, c, scratch, top, left, sh, sw, hq, wq)
+
+
 @parallel
 def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     """phased[r, c] = the phases of the planes x[n, c] of run r, samples
@@ -280,8 +298,7 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
         dst = phased[r, c]
         scratch = np.empty(0 if sw == 1 else sh * sw * size, dtype=x.dtype)
         if runs_of == 1:  # nothing to interleave: split in place
-            to_phases(x[r, c], dst[: sh * sw * size], scratch, top, left, sh, sw, hq, wq)
-            dst[sh * sw * size :] = 0.0
+            split_plane(x, phased, r, c, scratch, top, left, sh, sw, hq, wq)
             continue
         one = np.empty(sh * sw * size, dtype=x.dtype)
         for j in range(runs_of):

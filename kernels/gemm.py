@@ -22,6 +22,13 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 MIN_ROWS = 16  # rows per block at least: a thinner GEMM runs far below BLAS's peak
+# Threads worth dealing work to here, at most. On 16 cores (bench/scaling.py, two
+# runs) the GEMM path stopped scaling past 4-8 threads, where Numba's parallel loops
+# kept going: dcgan_up forward + backward took 16.5 ms on 16 threads by GEMM against
+# 4.8 ms direct, res3x3_s2 19.4 against 8.1; on 4 threads GEMM still won (res3x3_s2
+# 19.7 against 26.6 ms, decoder_up 19.2 against 25.3). Each product call spends
+# 15-20 us in Python, under the GIL; what stops the scaling was not measured.
+MOST_THREADS = 4
 # Work per thread at least, in flops: handing a product to a worker costs about 80 us
 # here (submitting it, waking the thread, waiting for it), the time of 10-15 MFLOP;
 # a LeNet layer's 64x84x10 product took 17 us on the caller, 97 us split in two.

@@ -5,10 +5,13 @@ For a 4x4 input tile d and a 3x3 kernel w, the tile's 2x2 outputs are
 At [(G w Gt) * (Bt d B)] A (elementwise product; the matrices below). Summed over the
 input channels, the elementwise products become 16 matrix products, one per tile
 cell p: U[p] (K, C) @ V[p] (C, tiles). The forward (and so the input gradient, its
-adjoint's forward) runs transforms and products alike as Numba loops, each thread
-on its own run of units of work (`forward_units`). The weight gradient runs the
-products the other way, Gt [sum over tiles of (At^T dy At) * (Bt d B)] G
-(`weight_units`).
+adjoint's forward) runs the transforms as Numba loops, each thread on its own run
+of units of work; the weight gradient runs the products the other way, Gt [sum over
+tiles of (At^T dy At) * (Bt d B)] G (`weight_units`). On up to MOST_THREADS threads
+the forward runs on fastconv's GEMM threads (fastconv.kernels.gemm), its products by
+single-threaded BLAS (`forward`); on more, in Numba's parallel loops with
+the products as Numba loops (`forward_units`), which kept scaling where the GEMM
+threads stopped.
 
 Layout. With dilation d, the outputs y = ry (mod d) form an undilated convolution
 of their own (dilation phase ry), whose 2x2 tiles step 2d rows. The padded input is
@@ -34,8 +37,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .direct import _unaliased, dots_three, split_planes
-from .gemm import matmul
+from .direct import _unaliased, dots_three, split_planes, split_samples
+from .gemm import MOST_THREADS, in_parallel, matmul
 
 M, R = 2, 3  # outputs per tile side, kernel side
 ALPHA = M + R - 1  # input tile side
@@ -204,12 +207,9 @@ def products(u, v, out):
     float32 and four in float64: one load of those rows of v feeds twelve or
     sixteen multiply-adds, as in the direct kernels (written out here: their
     add_taps, on these views of out and u, made the forward 35-45% slower). On one
-    core, on these shapes, the float32 products ran at 87-97 GFLOP/s in threes
-    against 70-80 in fours or fives, the float64 ones at 44-51 in fours against
-    39-42 in threes. BLAS would be faster alone, but on Numba's threads: BLAS on
-    fastconv's own threads ran a third slower in a sequence of kernels, sharing the
-    cores with OpenMP workers that spin after each parallel kernel (PyTorch's
-    libgomp, with its default spin, once PyTorch is imported)."""
+    core of an AVX-512 Xeon, a res3x3 unit's products took 0.35 ms here and 0.16 ms
+    by single-threaded OpenBLAS (62 against 144 GFLOP/s), hence BLAS on up to
+    MOST_THREADS threads (`forward`)."""
     length = v.shape[2]
     for p in range(u.shape[0]):
         for k0 in range(0, u.shape[1], 4):
@@ -396,12 +396,20 @@ class _Plan:
         table, coefs = self.tables[name]
         return table, coefs.astype(dtype)
 
-    def split(self, x):
+    def split(self, x, gemm_threads=0):
         """The (fh, fw) phases of every plane of x zero-padded at (pt, pl), the cells
-        after them (read by dropped tiles) zero: (N, C, cells)."""
+        after them (read by dropped tiles) zero: (N, C, cells). On `gemm_threads` of
+        fastconv's GEMM threads when the units run there, else in Numba's parallel
+        loop: an OpenMP region just before the GEMM threads' work leaves its workers
+        spinning on the cores they need (with PyTorch imported first, Numba's OpenMP
+        is PyTorch's libgomp, whose default spin is long)."""
         g = self.g
         phases = np.empty((g.n, x.shape[1], self.cells), dtype=x.dtype)
-        split_planes(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq, 1)  # runs of one sample
+        layout = (g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
+        if gemm_threads:
+            in_parallel(list(range(g.n)), gemm_threads, lambda samples: split_samples(x, phases, samples[0], samples[-1] + 1, *layout))
+        else:
+            split_planes(x, phases, *layout, 1)  # runs of one sample
         return phases
 
 
@@ -433,31 +441,55 @@ def _weight_from_transformed(hat, k_, c_):
 # ------------------------------------------------------------------ drivers
 
 
-def forward(x, weight, g, threads):
+def forward(x, weight, g, threads, blas=None):
     """conv2d of x (N, C, H, W) with weight (K, C, 3, 3), geometry g (applicable);
-    None if an output is not finite."""
+    None if an output is not finite. `blas`: whether the products run by BLAS on the
+    GEMM threads (default: on up to MOST_THREADS threads), else in Numba's loops."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
     inputs = product_inputs(x.itemsize)
     u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, inputs) * inputs), dtype=dt)  # products' blocks
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
         u[:, : g.c_out, : g.c_in] = _transformed_weight(weight)
-    phases = plan.split(x)
+    blas = threads <= MOST_THREADS if blas is None else blas
+    threads = min(threads, len(plan.units))
+    phases = plan.split(x, threads if blas else 0)
     out = np.empty(g.output_shape, dtype=dt)
     input_tables = (*plan.table("input_rows", dt), *plan.table("input_cols", dt))
     output_tables = (*plan.table("output_rows", dt), *plan.table("output_cols", dt))
-    threads = min(threads, len(plan.units))
-    bad = forward_units(phases, u, out, plan.segments, plan.first, threads, plan.pitch, plan.wq, VECTOR_BYTES // x.itemsize, input_tables, output_tables, plan.dilation_phases, g.dh, g.dw)
-    return out if bad == 0 else None
+    round_to = VECTOR_BYTES // x.itemsize
+    if not blas:
+        bad = forward_units(phases, u, out, plan.segments, plan.first, threads, plan.pitch, plan.wq, round_to, input_tables, output_tables, plan.dilation_phases, g.dh, g.dw)
+        return out if bad == 0 else None
+
+    def run(units):
+        """forward_units' loop for a run of units on one GEMM thread, the products by
+        BLAS (in_parallel keeps NumPy's BLAS single-threaded meanwhile)."""
+        v = np.zeros((u.shape[0], u.shape[2], plan.pitch), dtype=dt)  # rows past C stay zero
+        product = np.empty((u.shape[0], u.shape[1], plan.pitch), dtype=dt)
+        rows_in = np.empty((ALPHA * M, 1, g.c_in * plan.pitch + round_to), dtype=dt)
+        rows_out = np.empty((ALPHA * M + M * M, 1, u.shape[1] * plan.pitch), dtype=dt)
+        bad = 0
+        with np.errstate(invalid="ignore", over="ignore"):  # a non-finite output: recomputed
+            for i in units:
+                unit = plan.segments[plan.first[i] : plan.first[i + 1]]
+                transform_input(phases, v, unit, plan.wq, round_to, *input_tables, rows_in)
+                np.matmul(u, v, out=product)
+                bad += transform_output(product, out, unit, plan.dilation_phases, g.dh, g.dw, plan.wq, *output_tables, rows_out)
+        return bad
+
+    return out if sum(in_parallel(list(range(len(plan.units))), threads, run)) == 0 else None
 
 
 def weight_grad(x, grad_output, g, threads):
     """conv2d_weight: the gradient (K, C, 3, 3) for input x and grad_output, geometry
-    g (applicable); None if a sum is not finite."""
+    g (applicable); None if a sum is not finite. Always in Numba's parallel loops: its
+    sums by BLAS on the GEMM threads (hat @ v^T, the tiles the short inner dimension)
+    took res3x3's pass from 12.2 to 14.5 ms."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
-    phases = plan.split(x)
     threads = min(threads, len(plan.units))
+    phases = plan.split(x)
     sums = np.empty((threads, ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, 3) * 3), dtype=dt)
     input_tables = (*plan.table("input_rows", dt), *plan.table("input_cols", dt))
     grad_tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))

@@ -1,7 +1,10 @@
 """The Winograd path (stride-1 3x3 convolutions of one group) against fastconv.reference
 over a grid and random shapes: forward, input gradient (its adjoint forward) and
-weight gradient, both dtypes, 1 and 2 threads; its fallback to the direct kernels
-where an output is not finite."""
+weight gradient, both dtypes, 1 and 2 threads, on the GEMM threads and in Numba's
+parallel loops (which run past winograd.MOST_THREADS threads); its fallback to the
+direct kernels where an output is not finite."""
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -33,7 +36,19 @@ GRID = [
 ]
 
 
-def _check(case, dtype, threads, rng, scale=1.0):
+@contextlib.contextmanager
+def numba_loops(on=True):
+    """Run Winograd in Numba's parallel loops at every thread count (else as fastconv
+    runs it: on the GEMM threads up to winograd.MOST_THREADS threads)."""
+    before = winograd.MOST_THREADS
+    winograd.MOST_THREADS = 0 if on else before
+    try:
+        yield
+    finally:
+        winograd.MOST_THREADS = before
+
+
+def _check(case, dtype, threads, rng, scale=1.0, loops=False):
     n, c, k, h, w, padding, dilation = case
     x = (scale * rng.standard_normal((n, c, h, w))).astype(dtype)
     wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
@@ -41,17 +56,18 @@ def _check(case, dtype, threads, rng, scale=1.0):
     y = reference.conv2d(x, wt, **kw)
     gy = rng.standard_normal(y.shape).astype(dtype)
     assert dispatch.conv_path(conv2d_geometry(x.shape, wt.shape, **kw)) in ("direct", "winograd")
-    with fastconv.num_threads(threads), dispatch.force_path("winograd"):
+    with fastconv.num_threads(threads), dispatch.force_path("winograd"), numba_loops(loops):
         assert_close(fastconv.conv2d(x, wt, **kw), y, dtype)
         assert_close(grad.conv2d_input(x.shape, wt, gy, **kw), reference.conv2d_input(x.shape, wt, gy, **kw), dtype)
         assert_close(grad.conv2d_weight(x, wt.shape, gy, **kw), reference.conv2d_weight(x, wt.shape, gy, **kw), dtype)
 
 
+@pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
-def test_winograd_grid(case, dtype, threads, rng):
-    _check(case, dtype, threads, rng)
+def test_winograd_grid(case, dtype, threads, loops, rng):
+    _check(case, dtype, threads, rng, loops=loops)
 
 
 @st.composite
@@ -65,20 +81,20 @@ def random_case(draw):
             (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
         ),
         draw(st.sampled_from(DTYPES)), draw(st.integers(1, 2)), draw(st.integers(0, 2**16)),
-        draw(st.sampled_from([1e-3, 1.0, 1e3])),
+        draw(st.sampled_from([1e-3, 1.0, 1e3])), draw(st.booleans()),
     )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_case())
 def test_winograd_random_against_reference(drawn):
-    case, dtype, threads, seed, scale = drawn
+    case, dtype, threads, seed, scale, loops = drawn
     n, c, k, h, w, padding, dilation = case
     try:
         reference.conv2d(np.zeros((n, c, h, w)), np.zeros((k, c, 3, 3)), padding=padding, dilation=dilation)
     except ValueError:
         return  # no output: refused on every path (tests/test_validation.py)
-    _check(case, dtype, threads, np.random.default_rng(seed), scale)
+    _check(case, dtype, threads, np.random.default_rng(seed), scale, loops)
 
 
 def test_default_dispatch_takes_winograd_for_wide_layers():
@@ -97,8 +113,9 @@ def test_default_dispatch_takes_winograd_for_wide_layers():
         assert dispatch.conv_path(narrow) != "winograd", narrow
 
 
+@pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_non_finite_outputs_come_from_the_direct_kernels(dtype, rng):
+def test_non_finite_outputs_come_from_the_direct_kernels(dtype, loops, rng):
     # The transforms would mix an infinity into NaN (inf - inf); PyTorch's sums give
     # infinities, and so do the direct kernels that recompute such results.
     torch = pytest.importorskip("torch")
@@ -108,20 +125,21 @@ def test_non_finite_outputs_come_from_the_direct_kernels(dtype, rng):
     gy = rng.standard_normal((2, 32, 9, 8)).astype(dtype)
     gy[1, 5, 2, 2] = np.inf
     tx, tw, tg = map(torch.from_numpy, (x, w, gy))
-    with dispatch.force_path("winograd"):
+    with dispatch.force_path("winograd"), numba_loops(loops):
         assert_close(fastconv.conv2d(x, w, padding=1), torch.nn.functional.conv2d(tx, tw, padding=1).numpy(), dtype)
         assert_close(grad.conv2d_input(x.shape, w, gy, padding=1), torch.nn.grad.conv2d_input(x.shape, tw, tg, padding=1).numpy(), dtype)
         assert_close(grad.conv2d_weight(x, w.shape, gy, padding=1), torch.nn.grad.conv2d_weight(tx, w.shape, tg, padding=1).numpy(), dtype)
     big = np.full((1, 32, 4, 4), np.finfo(dtype).max / 4, dtype=dtype)  # finite, but the transforms overflow
-    with dispatch.force_path("winograd"):
+    with dispatch.force_path("winograd"), numba_loops(loops):
         assert_close(fastconv.conv2d(big, np.ones_like(w) / 512, padding=1), reference.conv2d(big, np.ones_like(w) / 512, padding=1), dtype)
 
 
-def test_bitwise_identical_reruns(rng):
+@pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
+def test_bitwise_identical_reruns(loops, rng):
     x = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     gy = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
-    with dispatch.force_path("winograd"):
+    with dispatch.force_path("winograd"), numba_loops(loops):
         runs = [(fastconv.conv2d(x, w, padding=1), grad.conv2d_input(x.shape, w, gy, padding=1), grad.conv2d_weight(x, w.shape, gy, padding=1)) for _ in range(3)]
     for run in runs[1:]:
         for a, b in zip(run, runs[0]):
@@ -131,8 +149,10 @@ def test_bitwise_identical_reruns(rng):
 def test_each_kernel_compiles_once_per_dtype(rng):
     for dtype in DTYPES:
         for case in GRID[:3]:
-            _check(case, dtype, 2, rng)
-    for kernel in (winograd.forward_units, winograd.weight_units):
+            for loops in (False, True):
+                _check(case, dtype, 2, rng, loops=loops)
+    kernels = (winograd.forward_units, winograd.weight_units, winograd.transform_input, winograd.transform_output, winograd.transform_grad_output)
+    for kernel in kernels:
         assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
 
 
