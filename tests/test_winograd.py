@@ -151,7 +151,9 @@ def test_each_kernel_compiles_once_per_dtype(rng):
         for case in GRID[:3]:
             for loops in (False, True):
                 _check(case, dtype, 2, rng, loops=loops)
-    kernels = (winograd.forward_units, winograd.weight_units, winograd.transform_input, winograd.transform_output, winograd.transform_grad_output)
+    # the kernels called from Python (a kernel called only from compiled code lists no
+    # signature of its own once its caller comes from the cache)
+    kernels = (winograd.forward_units, winograd.weight_units, winograd.transform_input, winograd.transform_output)
     for kernel in kernels:
         assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
 
