@@ -375,7 +375,7 @@ def test_gemm_dispatch():
     # the same weights over 8192 positions
     upsampling = conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
     assert [dispatch.conv_path(upsampling, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
-    # past GEMM_MOST_THREADS threads the direct loops scale further
+    # past gemm.MOST_THREADS threads the direct loops scale further
     assert [dispatch.conv_path(strided, c, 16) for c in dispatch.PASSES] == ["direct"] * 3
     # stride-1 3x3 where Winograd pays stays on Winograd
     winograd = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
