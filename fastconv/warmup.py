@@ -42,7 +42,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
                 grad.conv2d_input(x.shape, w[:, :, :1, :1], gy)
                 grad.conv2d_weight(x, (2, 2, 1, 1), gy)
         # Winograd's forward both ways: by BLAS on the GEMM threads (up to
-        # winograd.MOST_THREADS threads) and in Numba's loops (past them)
+        # gemm.MOST_THREADS threads) and in Numba's loops (past them)
         for blas in (True, False):
             winograd.forward(x, w, conv2d_geometry(x.shape, w.shape, padding=1), 2, blas=blas)
         grad.conv2d_bias(gy)

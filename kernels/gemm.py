@@ -53,12 +53,27 @@ def _package_folder(name):
 
 @functools.cache
 def numpy_blas():
-    """NumPy's BLAS libraries: the BLAS libraries loaded, but those inside PyTorch's
-    package folder (its own BLAS; a path that merely contains 'torch', such as an
-    environment in /opt/torch, is NumPy's)."""
+    """NumPy's BLAS libraries: the BLAS libraries loaded (NumPy's, and SciPy's if
+    loaded by then), but those inside PyTorch's package folder (its own BLAS; a path
+    that merely contains 'torch', such as an environment in /opt/torch, is NumPy's)."""
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
     torch = _package_folder("torch")
     return [lib for lib in libs if not _inside(lib.filepath, torch)]
+
+
+def _set_threads(lib, count):
+    """lib.set_num_threads(count), from whichever Python thread calls it (under
+    _state). threadpoolctl (3.6 and later) lets only one Python thread set a
+    pthreads OpenBLAS's process-wide count and silently ignores the others: a
+    product started from any thread but the first ran on OpenBLAS's own pool, with
+    other results. So the caller takes that control for the moment and gives it
+    up after, as threadpoolctl's own limits do."""
+    release = getattr(type(lib), "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+    lib.set_num_threads(count)
+    if release is not None:
+        release(force=True)
 
 
 def _enter():
@@ -67,7 +82,7 @@ def _enter():
         if _users == 0:
             _restore = [(lib, lib.num_threads) for lib in numpy_blas()]
             for lib, _ in _restore:
-                lib.set_num_threads(1)
+                _set_threads(lib, 1)
         _users += 1
 
 
@@ -77,7 +92,7 @@ def _leave():
         _users -= 1
         if _users == 0:
             for lib, count in _restore:
-                lib.set_num_threads(count)
+                _set_threads(lib, count)
 
 
 def _forget_pool():
@@ -87,7 +102,7 @@ def _forget_pool():
     global _state, _users, _executor, _workers
     if _users:
         for lib, count in _restore:
-            lib.set_num_threads(count)
+            _set_threads(lib, count)
     _state, _users, _executor, _workers = threading.Lock(), 0, None, 0
 
 

@@ -7,7 +7,7 @@ input channels, the elementwise products become 16 matrix products, one per tile
 cell p: U[p] (K, C) @ V[p] (C, tiles). The forward (and so the input gradient, its
 adjoint's forward) runs the transforms as Numba loops, each thread on its own run
 of units of work; the weight gradient runs the products the other way, Gt [sum over
-tiles of (At^T dy At) * (Bt d B)] G (`weight_units`). On up to MOST_THREADS threads
+tiles of (At^T dy At) * (Bt d B)] G (`weight_units`). On up to gemm.MOST_THREADS threads
 the forward runs on fastconv's GEMM threads (fastconv.kernels.gemm), its products by
 single-threaded BLAS (`forward`); on more, in Numba's parallel loops with
 the products as Numba loops (`forward_units`), which kept scaling where the GEMM
@@ -36,9 +36,10 @@ import functools
 import numpy as np
 from numba import prange
 
+from . import gemm
 from ._jit import parallel, serial
 from .direct import _unaliased, dots_three, split_planes, split_samples
-from .gemm import MOST_THREADS, in_parallel, matmul
+from .gemm import in_parallel, matmul
 
 M, R = 2, 3  # outputs per tile side, kernel side
 ALPHA = M + R - 1  # input tile side
@@ -209,7 +210,7 @@ def products(u, v, out):
     add_taps, on these views of out and u, made the forward 35-45% slower). On one
     core of an AVX-512 Xeon, a res3x3 unit's products took 0.35 ms here and 0.16 ms
     by single-threaded OpenBLAS (62 against 144 GFLOP/s), hence BLAS on up to
-    MOST_THREADS threads (`forward`)."""
+    gemm.MOST_THREADS threads (`forward`)."""
     length = v.shape[2]
     for p in range(u.shape[0]):
         for k0 in range(0, u.shape[1], 4):
@@ -444,14 +445,14 @@ def _weight_from_transformed(hat, k_, c_):
 def forward(x, weight, g, threads, blas=None):
     """conv2d of x (N, C, H, W) with weight (K, C, 3, 3), geometry g (applicable);
     None if an output is not finite. `blas`: whether the products run by BLAS on the
-    GEMM threads (default: on up to MOST_THREADS threads), else in Numba's loops."""
+    GEMM threads (default: on up to gemm.MOST_THREADS threads), else in Numba's loops."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
     inputs = product_inputs(x.itemsize)
     u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, inputs) * inputs), dtype=dt)  # products' blocks
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
         u[:, : g.c_out, : g.c_in] = _transformed_weight(weight)
-    blas = threads <= MOST_THREADS if blas is None else blas
+    blas = threads <= gemm.MOST_THREADS if blas is None else blas
     threads = min(threads, len(plan.units))
     phases = plan.split(x, threads if blas else 0)
     out = np.empty(g.output_shape, dtype=dt)

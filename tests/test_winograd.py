@@ -1,14 +1,14 @@
 """The Winograd path (stride-1 3x3 convolutions of one group) against fastconv.reference
 over a grid and random shapes: forward, input gradient (its adjoint forward) and
 weight gradient, both dtypes, 1 and 2 threads, on the GEMM threads and in Numba's
-parallel loops (which run past winograd.MOST_THREADS threads); its fallback to the
+parallel loops (which run past gemm.MOST_THREADS threads); its fallback to the
 direct kernels where an output is not finite."""
 
 import contextlib
 
 import numpy as np
 import pytest
-from fastconv.kernels import winograd
+from fastconv.kernels import gemm, winograd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,13 +39,13 @@ GRID = [
 @contextlib.contextmanager
 def numba_loops(on=True):
     """Run Winograd in Numba's parallel loops at every thread count (else as fastconv
-    runs it: on the GEMM threads up to winograd.MOST_THREADS threads)."""
-    before = winograd.MOST_THREADS
-    winograd.MOST_THREADS = 0 if on else before
+    runs it: on the GEMM threads up to gemm.MOST_THREADS threads)."""
+    before = gemm.MOST_THREADS
+    gemm.MOST_THREADS = 0 if on else before
     try:
         yield
     finally:
-        winograd.MOST_THREADS = before
+        gemm.MOST_THREADS = before
 
 
 def _check(case, dtype, threads, rng, scale=1.0, loops=False):
