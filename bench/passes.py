@@ -99,9 +99,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"bench/passes.py: {exc}", file=sys.stderr)
         return 2
-    cases = [c for c in cases if c.op in ("conv", "convT")]
-    wanted = [w.strip() for w in args.filter.split(",") if w.strip()]
-    cases = [c for c in cases if not wanted or any(w in c.name for w in wanted)]
+    cases = catalogue.matching([c for c in cases if c.op in ("conv", "convT")], args.filter)
     if not cases:
         print(f"bench/passes.py: --filter {args.filter!r} matches no convolution", file=sys.stderr)
         return 2

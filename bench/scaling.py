@@ -42,12 +42,6 @@ def parse_args(argv):
     return args
 
 
-def chosen_cases(args):
-    cases = catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else [])
-    wanted = [w.strip() for w in args.filter.split(",") if w.strip()]
-    return [c for c in cases if not wanted or any(w in c.name or w == c.op for w in wanted)]
-
-
 def markdown(report) -> str:
     """An earlier run as a Markdown table: per case, each thread count's fastconv
     time, its speed relative to PyTorch, and both libraries' scaling over one thread."""
@@ -91,7 +85,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"bench/scaling.py: --threads: {exc}", file=sys.stderr)
         return 2
-    cases = chosen_cases(args)
+    cases = catalogue.matching(catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else []), args.filter, ops=True)
     if not cases:
         print(f"bench/scaling.py: --filter {args.filter!r} matches no case", file=sys.stderr)
         return 2

@@ -319,13 +319,10 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"python -m fastconv bench: {exc}", file=sys.stderr)
         return 2
-    cases = cases or catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else [])
-    if args.filter:
-        wanted = [w.strip() for w in args.filter.split(",") if w.strip()]
-        cases = [c for c in cases if any(w in c.name for w in wanted)]
-        if not cases:
-            print(f"python -m fastconv bench: --filter {args.filter!r} matches no case", file=sys.stderr)
-            return 2
+    cases = catalogue.matching(cases or catalogue.CATALOGUE + (catalogue.EXTRA if args.extra else []), args.filter)
+    if not cases:
+        print(f"python -m fastconv bench: --filter {args.filter!r} matches no case", file=sys.stderr)
+        return 2
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     compile_time = None if args.no_compile_time or args.quick else compile_times()
     try:

@@ -114,6 +114,13 @@ def checked_case(entry) -> Case:
     return case
 
 
+def matching(cases, text: str, ops: bool = False) -> list[Case]:
+    """The cases whose name contains one of the comma-separated substrings of `text`
+    (every case for an empty text); with `ops`, also those whose op is one of them."""
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    return [c for c in cases if not wanted or any(w in c.name or (ops and w == c.op) for w in wanted)]
+
+
 def load_cases(path: str) -> list[Case]:
     """A user's own shapes: a JSON list of objects with Case's fields, each checked
     (checked_case); ValueError naming the file and what is wrong."""
