@@ -355,31 +355,48 @@ def test_input_gradient_with_non_finite_weights(path, dtype, kernel, stride, pad
         assert_close(out, expected_t, dtype)
 
 
-def test_gemm_dispatch():
+def test_gemm_rule():
     from fastconv.params import conv2d_geometry
 
+    def gemm(g, threads=2):
+        return [dispatch._gemm_pays(g, c, threads) for c in dispatch.PASSES]
+
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
-    assert [dispatch.conv_path(strided, c, 2) for c in dispatch.PASSES] == ["gemm"] * 3
+    assert gemm(strided) == [True] * 3
     # 64 output channels: the weight gradient's product too thin for GEMM
-    fewer = conv2d_geometry((8, 64, 32, 32), (64, 64, 5, 5), padding=2)
-    assert [dispatch.conv_path(fewer, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
-    # batch 1 on small planes: the forward and input gradient by GEMM, the weight
-    # gradient's 64 positions too short a product
-    late = conv2d_geometry((1, 256, 8, 8), (256, 256, 3, 3), padding=1)
-    assert [dispatch.conv_path(late, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
+    assert gemm(conv2d_geometry((8, 64, 32, 32), (64, 64, 5, 5), padding=2)) == [True, True, False]
+    # batch 1 on small planes: the weight gradient's 64 positions too short a product
+    assert gemm(conv2d_geometry((1, 256, 8, 8), (256, 256, 3, 3), padding=1)) == [True, True, False]
     depthwise = conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)
     grouped = conv2d_geometry((8, 256, 32, 32), (256, 64, 3, 3), padding=1, groups=4)
     small = conv2d_geometry((8, 32, 32, 32), (64, 32, 4, 4), stride=4)  # 32,768 weights, 512 positions
     for g in (depthwise, grouped, small):
-        assert [dispatch.conv_path(g, c, 2) for c in dispatch.PASSES] == ["direct"] * 3, g
+        assert gemm(g) == [False] * 3, g
     # the same weights over 8192 positions
-    upsampling = conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)
-    assert [dispatch.conv_path(upsampling, c, 2) for c in dispatch.PASSES] == ["gemm", "gemm", "direct"]
-    # past gemm.MOST_THREADS threads the direct loops scale further
-    assert [dispatch.conv_path(strided, c, 16) for c in dispatch.PASSES] == ["direct"] * 3
-    # stride-1 3x3 where Winograd pays stays on Winograd
-    winograd = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert [dispatch.conv_path(winograd, c, 2) for c in dispatch.PASSES] == ["winograd"] * 3
+    assert gemm(conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)) == [True, True, False]
+    # past gemm.MOST_THREADS threads the other paths scale further
+    assert gemm(strided, 16) == [False] * 3
+
+
+def test_conv_path_order():
+    from fastconv.params import conv2d_geometry
+
+    def paths(g, threads=2):
+        return [dispatch.conv_path(g, c, threads) for c in dispatch.PASSES]
+
+    assert paths(conv2d_geometry((8, 64, 32, 32), (128, 64, 1, 1))) == ["gemm"] * 3
+    # stride-1 3x3: Winograd's adjoint forward for the input gradient
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["blocked", "winograd", "blocked"]
+    # 3x3 at stride 2: phases of 4, 2, 2 and 1 taps, GEMM's gradients where it pays
+    strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
+    assert paths(strided) == ["blocked", "gemm", "gemm"]
+    assert paths(strided, 16) == ["blocked"] * 3
+    # 4x4 at stride 2: four taps in every phase
+    assert paths(conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
+    # too few terms or channels for whole blocks: first layers, depthwise, 8 per group
+    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct"] * 3
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked", "direct", "direct"]
 
 
 @given(st.integers(1, 60), st.integers(0, 60))

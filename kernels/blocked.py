@@ -1,0 +1,446 @@
+"""Convolution by register-blocked sums: the forward, input gradient and weight
+gradient of any stride, padding, dilation and group count, each with a block of
+results held in vector registers while its whole sum runs.
+
+LLVM keeps a loop's accumulators in memory when they live in an array (it cannot
+prove the array apart from the inputs): the direct kernels' loops, which load and
+store their accumulators for every three or four products, ran at 65-75 GFLOP/s a
+core where the machine's sgemm runs at 178. The two inner loops here are written
+in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
+
+- `block_sums`, for the forward and the input gradient: ROWS output channels by
+  VECTORS vectors of output cells, each step one vector load per vector of cells and
+  one broadcast weight per channel for ROWS * VECTORS multiply-adds (on one core of
+  an AVX-512 Xeon, over cached data: 183 GFLOP/s in float32, 92 in float64);
+- `block_dots`, for the weight gradient: DOTS x DOTS dot products of rows of
+  grad_output with rows of input cells, 2 * DOTS vector loads a step for DOTS**2
+  multiply-adds.
+
+Layout (fastconv.kernels.phases): the input is split into the phases of its padded
+planes once (direct.split_planes); in the wide layout, output q = y*wq + x of tap u
+reads its plane's phases at starts[u] + q, so row r = c*taps + u of the sum is one
+contiguous run from offsets[r] = c*span + starts[u], at any stride and dilation. A
+block's cells past the last output read zeros (each plane's span runs past the
+phases, split_planes zeroes it) and are dropped with the wq - ow extra cells of
+every row. The input gradient sums the same way over grad_output, one phase of
+the input at a time (`_InputPlan`).
+
+The intrinsics' loads and stores are not bounds-checked, even under
+NUMBA_BOUNDSCHECK: the plans (`_Plan`, `_InputPlan`) lay the arrays out so that
+every one lies inside them, and check it before any kernel runs.
+"""
+
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._jit import parallel
+from .direct import split_planes, widen_planes
+from .phases import phase_shape, tap_starts
+
+VECTOR_BYTES = 64  # one AVX-512 vector
+# block_sums' (ROWS output channels, VECTORS vectors of cells): ROWS * VECTORS
+# accumulators, plus VECTORS loaded cells and a broadcast weight, within the 32
+# vector registers. The fastest of 4x3, 4x4, 6x2, 6x3, 8x2 and 12x1 on one core of
+# an AVX-512 Xeon.
+BLOCKS = {np.dtype(np.float32): (6, 3), np.dtype(np.float64): (4, 4)}
+DOTS = 4  # block_dots: DOTS x DOTS sums in registers, 2 * DOTS loads a step
+STEP_BYTES = 4096  # weight_blocks: grad_output cells per step, a row in L1
+PARTS = 4  # a parallel loop's iterations per thread, at least
+
+
+def block_shape(dtype):
+    """(ROWS, cells) of one block for dtype."""
+    rows, vectors = BLOCKS[np.dtype(dtype)]
+    return rows, vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+class _Emitter:
+    """LLVM IR for one intrinsic's call: vectors of VECTOR_BYTES of the arrays' dtype,
+    their loads and stores (any alignment: cells start anywhere), broadcasts and
+    fused multiply-adds."""
+
+    def __init__(self, context, builder, signature, args):
+        self.context, self.builder = context, builder
+        dtype = np.dtype(str(signature.args[0].dtype))
+        self.dtype = dtype
+        self.lanes = VECTOR_BYTES // dtype.itemsize
+        self.align = dtype.itemsize
+        self.vector = ir.VectorType(context.get_value_type(signature.args[0].dtype), self.lanes)
+        name = f"llvm.fma.v{self.lanes}{'f32' if dtype == np.float32 else 'f64'}"
+        self.fma_function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vector, [self.vector] * 3), name)
+        self.index = ir.IntType(64)
+
+    def data(self, arraytype, array):
+        return self.context.make_array(arraytype)(self.context, self.builder, array).data
+
+    def constant(self, value):
+        return ir.Constant(self.index, value)
+
+    def at(self, base, step, count):
+        """base + step * i for i < count."""
+        return [self.builder.add(base, self.builder.mul(step, self.constant(i))) for i in range(count)]
+
+    def load(self, data, at):
+        pointer = self.builder.bitcast(self.builder.gep(data, [at]), self.vector.as_pointer())
+        return self.builder.load(pointer, align=self.align)
+
+    def store(self, value, data, at):
+        pointer = self.builder.bitcast(self.builder.gep(data, [at]), self.vector.as_pointer())
+        self.builder.store(value, pointer, align=self.align)
+
+    def broadcast(self, data, at):
+        b = self.builder
+        one = b.insert_element(ir.Constant(self.vector, ir.Undefined), b.load(b.gep(data, [at])), ir.Constant(ir.IntType(32), 0))
+        return b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes))
+
+    def lane_sum(self, value):
+        """The sum of a vector's lanes, halves added pairwise."""
+        b, width = self.builder, self.lanes
+        while width > 1:
+            width //= 2
+            low = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width))))
+            high = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width))))
+            value = b.fadd(low, high)
+        return b.extract_element(value, ir.Constant(ir.IntType(32), 0))
+
+    def accumulators(self, data, starts):
+        """One register (an entry-block alloca, which LLVM promotes) per start, loaded
+        from data there."""
+        slots = [cgutils.alloca_once(self.builder, self.vector) for _ in starts]
+        for slot, at in zip(slots, starts):
+            self.builder.store(self.load(data, at), slot)
+        return slots
+
+    def fma(self, a, b, slot):
+        self.builder.store(self.builder.call(self.fma_function, [a, b, self.builder.load(slot)]), slot)
+
+    def store_all(self, slots, data, starts):
+        for slot, at in zip(slots, starts):
+            self.store(self.builder.load(slot), data, at)
+
+
+@intrinsic
+def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, x, x_at, offsets, rows):
+    """out[out_at + i*out_pitch + l] += the sum over r < rows of
+    w[w_at + i*w_pitch + r] * x[x_at + offsets[r] + l], for i < ROWS and l below
+    block_shape's cells; the arrays flat and contiguous, of one dtype, the integers
+    int64. The terms in order of r, each a fused multiply-add."""
+    sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, x, x_at, offsets, rows)
+
+    def codegen(context, builder, signature, args):
+        e = _Emitter(context, builder, signature, args)
+        out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, x_, x_at_, offsets_, rows_ = args
+        kinds = signature.args
+        out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[6], x_), e.data(kinds[8], offsets_)
+        block_rows, vectors = BLOCKS[e.dtype]
+        starts = [at for row in e.at(out_at_, out_pitch_, block_rows) for at in e.at(row, e.constant(e.lanes), vectors)]
+        acc = e.accumulators(out_data, starts)
+        weight_rows = e.at(w_at_, w_pitch_, block_rows)
+        with cgutils.for_range(builder, rows_) as loop:
+            r = loop.index
+            start = builder.add(x_at_, builder.load(builder.gep(offsets_data, [r])))
+            cells = [e.load(x_data, at) for at in e.at(start, e.constant(e.lanes), vectors)]
+            for i in range(block_rows):
+                weight = e.broadcast(w_data, builder.add(weight_rows[i], r))
+                for v in range(vectors):
+                    e.fma(weight, cells[v], acc[i * vectors + v])
+        e.store_all(acc, out_data, starts)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x_at, x_step, offsets, cells, samples):
+    """out[out_at + i*out_pitch + j] += the sum over s < samples and l < cells of
+    a[a_at + s*a_step + i*a_pitch + l] * x[x_at + s*x_step + offsets[j] + l], for
+    i, j < DOTS: DOTS x DOTS dot products, `cells` a multiple of a vector's lanes.
+    Each sum lane by lane in order, then its lanes added pairwise (a fixed order)."""
+    sig = types.void(out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x_at, x_step, offsets, cells, samples)
+
+    def codegen(context, builder, signature, args):
+        e = _Emitter(context, builder, signature, args)
+        out_, out_at_, out_pitch_, a_, a_at_, a_pitch_, a_step_, x_, x_at_, x_step_, offsets_, cells_, samples_ = args
+        kinds = signature.args
+        out_data, a_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], a_), e.data(kinds[7], x_), e.data(kinds[10], offsets_)
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(e.vector, [0.0] * e.lanes)) for _ in range(DOTS * DOTS)]
+        steps = builder.udiv(cells_, e.constant(e.lanes))
+        with cgutils.for_range(builder, samples_) as sample:
+            a_rows = e.at(builder.add(a_at_, builder.mul(sample.index, a_step_)), a_pitch_, DOTS)
+            x_sample = builder.add(x_at_, builder.mul(sample.index, x_step_))
+            x_rows = [builder.add(x_sample, builder.load(builder.gep(offsets_data, [e.constant(j)]))) for j in range(DOTS)]
+            with cgutils.for_range(builder, steps) as loop:
+                q = builder.mul(loop.index, e.constant(e.lanes))
+                left = [e.load(a_data, builder.add(row, q)) for row in a_rows]
+                right = [e.load(x_data, builder.add(row, q)) for row in x_rows]
+                for i in range(DOTS):
+                    for j in range(DOTS):
+                        e.fma(left[i], right[j], acc[i * DOTS + j])
+        for i, row in enumerate(e.at(out_at_, out_pitch_, DOTS)):
+            for j in range(DOTS):
+                at = builder.gep(out_data, [builder.add(row, e.constant(j))])
+                builder.store(builder.fadd(builder.load(at), e.lane_sum(builder.load(acc[i * DOTS + j]))), at)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@parallel
+def forward_blocks(phased, w, offsets, out, span, wq, block_rows, block_cells, blocks, parts):
+    """out (N, K, oh, ow) = the convolution of the split input phased (N, C, span)
+    with w (groups, Kp, R): group g's outputs (Kp rows, the channels past K/groups
+    zero) from its C/groups input channels, row r of its sum from offsets[r] (as in
+    the module's docstring). One iteration per (sample, group, run of cells, part
+    of the channel blocks), `parts` parts: the run's input cells stay in cache
+    across the part's blocks."""
+    n_, k_, oh, ow = out.shape
+    groups, kp, rows = w.shape
+    kg, cg = k_ // groups, phased.shape[1] // groups
+    flat_x = phased.reshape(phased.size)
+    flat_w = w.reshape(w.size)
+    kbs = kp // block_rows
+    for t in prange(n_ * groups * blocks * parts):
+        n, g, b, part = t // (groups * blocks * parts), t // (blocks * parts) % groups, t // parts % blocks, t % parts
+        tile = np.empty(block_rows * block_cells, dtype=out.dtype)
+        first = b * block_cells
+        x_at = (n * phased.shape[1] + g * cg) * span + first
+        for kb in range(kbs * part // parts, kbs * (part + 1) // parts):
+            k0 = kb * block_rows
+            # the whole sum at once: in chunks of 128 rows for every channel block (the
+            # chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
+            tile[:] = 0.0
+            block_sums(tile, 0, block_cells, flat_w, (g * kp + k0) * rows, rows, flat_x, x_at, offsets, rows)
+            # the block's cells, row by row of the output: a run of kept cells, then
+            # the row's wq - ow dropped ones
+            q, end = first, min(first + block_cells, oh * wq)
+            while q < end:
+                y, xo = q // wq, q % wq
+                run = min(wq - xo, end - q)
+                for i in range(min(block_rows, kg - k0)):
+                    kept = tile[i * block_cells + q - first :]
+                    row = out[n, g * kg + k0 + i, y]
+                    for j in range(min(run, ow - xo)):
+                        row[xo + j] = kept[j]
+                q += run
+
+
+@parallel
+def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, samples, parts):
+    """dots (groups, Kp, Rp) += block_dots of group g's output channels, DOTS at a
+    time, against its rows of the sum (offsets, padded to whole blocks) over every
+    sample: wide (N*K + DOTS, length) is grad_output in the wide layout (zero at the
+    dropped cells and rows), channels the output channels per group. Each iteration
+    owns a contiguous range of the blocks (`parts` of them) and sums in a fixed
+    order, `samples` samples of `cells` cells at a time: its grad_output rows stay in
+    L1 across the blocks of one channel block."""
+    groups, kp, rp = dots.shape
+    n_, c_ = phased.shape[0], phased.shape[1]
+    cg = c_ // groups
+    kbs, rbs = kp // DOTS, rp // DOTS
+    k_ = groups * channels
+    flat_x = phased.reshape(phased.size)
+    flat_wide = wide.reshape(wide.size)
+    flat_dots = dots.reshape(dots.size)
+    blocks = groups * kbs * rbs
+    for part in prange(parts):
+        for n0 in range(0, n_, samples):
+            for q0 in range(0, length, cells):
+                for blk in range(blocks * part // parts, blocks * (part + 1) // parts):
+                    g, kb, rb = blk // (kbs * rbs), blk // rbs % kbs, blk % rbs
+                    block_dots(
+                        flat_dots, (g * kp + kb * DOTS) * rp + rb * DOTS, rp,
+                        flat_wide, (n0 * k_ + g * channels + kb * DOTS) * length + q0, length, k_ * length,
+                        flat_x, (n0 * c_ + g * cg) * span + q0, c_ * span,
+                        offsets[rb * DOTS :], min(cells, length - q0), min(samples, n_ - n0),
+                    )  # fmt: skip
+
+
+class _Plan:
+    """Phase shape, the sum's row offsets, the block count per plane and each plane's
+    span of geometry g in dtype."""
+
+    def __init__(self, g, dtype):
+        self.hq, self.wq = phase_shape(g)
+        self.block_rows, self.block_cells = block_shape(dtype)
+        cg = g.c_in // g.groups
+        starts = tap_starts(g, [(i, j) for i in range(g.kh) for j in range(g.kw)], self.hq, self.wq)
+        length = (g.oh - 1) * self.wq + g.ow
+        self.blocks = -(-length // self.block_cells)
+        self.span = max(g.sh * g.sw * self.hq * self.wq, int(starts.max()) + self.blocks * self.block_cells)
+        self.offsets = (np.arange(cg, dtype=np.int64)[:, None] * self.span + starts[None, :]).reshape(-1)
+        lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+        self.wide_length = -(-length // lanes) * lanes
+        # weight_blocks' rows of the sum in whole blocks, the extra ones reading row 0
+        self.dot_offsets = np.concatenate([self.offsets, np.zeros(-len(self.offsets) % DOTS, dtype=np.int64)])
+        # the last block of a group reads at most its last channel's whole span
+        if int(self.offsets.max()) + self.blocks * self.block_cells > cg * self.span:
+            raise AssertionError("blocked convolution plan reads past its group's input")
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(g, dtype):
+    return _Plan(g, dtype)
+
+
+def _parts(tasks, blocks, threads):
+    """Parts to split each task's channel blocks into: as few as give PARTS tasks per
+    thread (a batch-1 layer of 8x8 planes makes two runs of cells)."""
+    return max(1, min(blocks, -(-PARTS * threads // tasks)))
+
+
+def _block_weights(weight, g, block_rows):
+    """(groups, Kp, C/groups * kh * kw): each group's kernels as rows of taps, Kp the
+    group's output channels rounded up to whole blocks, the extra rows zero."""
+    kg = g.c_out // g.groups
+    kp = -(-kg // block_rows) * block_rows
+    w = np.zeros((g.groups, kp, weight[0].size), dtype=weight.dtype)
+    w[:, :kg] = weight.reshape(g.groups, kg, -1)
+    return w
+
+
+def forward(x, weight, g, threads):
+    """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
+    output (N, K, oh, ow)."""
+    plan = _plan(g, x.dtype)
+    phased = np.empty((g.n, g.c_in, plan.span), dtype=x.dtype)
+    split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, 1)
+    out = np.empty(g.output_shape, dtype=x.dtype)
+    w = _block_weights(weight, g, plan.block_rows)
+    forward_blocks(phased, w, plan.offsets, out, plan.span, plan.wq, plan.block_rows, plan.block_cells, plan.blocks, _parts(g.n * g.groups * plan.blocks, w.shape[1] // plan.block_rows, threads))
+    return out
+
+
+def weight_grad(x, grad_output, g, threads):
+    """conv2d_weight: the gradient (K, C/groups, kh, kw) for input x (N, C, H, W) and
+    grad_output (N, K, oh, ow), geometry g. Each sum in a fixed order whatever the
+    thread count."""
+    plan = _plan(g, x.dtype)
+    phased = np.empty((g.n, g.c_in, plan.span), dtype=x.dtype)
+    split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, 1)
+    # DOTS rows more: the last block of channels reads past the last sample's
+    wide = np.empty((g.n * g.c_out + DOTS, plan.wide_length), dtype=x.dtype)
+    wide[g.n * g.c_out :] = 0.0
+    widen_planes(grad_output, wide[: g.n * g.c_out].reshape(g.n, g.c_out, plan.wide_length), 0, plan.wq, 1)
+    kg, rows = g.c_out // g.groups, len(plan.offsets)
+    dots = np.zeros((g.groups, -(-kg // DOTS) * DOTS, len(plan.dot_offsets)), dtype=x.dtype)
+    parts = max(1, min(dots.size // DOTS**2, threads))
+    cells = min(plan.wide_length, STEP_BYTES // x.itemsize)
+    weight_blocks(phased, wide, plan.dot_offsets, dots, plan.span, plan.wide_length, kg, cells, max(1, STEP_BYTES // x.itemsize // cells), parts)
+    return np.ascontiguousarray(dots[:, :kg, :rows]).reshape(g.weight_shape)
+
+
+@parallel
+def input_blocks(padded, w, w_first, offsets, first, gx, span, pitch, wq, top, left, sh, sw, kg, cgp, block_rows, block_cells, blocks, parts):
+    """gx (N, C, H, W), zeros on entry, += the input gradient, phase by phase of the
+    zero-padded input plane: phase (a, b)'s cell (Y, X), input cell
+    (a + sh*Y - top, b + sw*X - left), is the sum of rows first[p]:first[p + 1] of
+    offsets over padded (N, K, span), grad_output shifted into planes of `pitch`
+    columns (see `_InputPlan`), with the weights w[w_first[p]:] (groups, cgp, rows).
+    One iteration per (sample, group, phase, run of cells, part of the channel
+    blocks), as forward_blocks."""
+    n_, c_, h, w_ = gx.shape
+    k_ = padded.shape[1]
+    groups, phases = k_ // kg, sh * sw
+    cg = c_ // groups
+    cbs = cgp // block_rows
+    flat_pad = padded.reshape(padded.size)
+    for t in prange(n_ * groups * phases * blocks * parts):
+        n, g, p = t // (groups * phases * blocks * parts), t // (phases * blocks * parts) % groups, t // (blocks * parts) % phases
+        blk, part = t // parts % blocks, t % parts
+        rows = first[p + 1] - first[p]
+        if rows == 0:
+            continue
+        tile = np.empty(block_rows * block_cells, dtype=gx.dtype)
+        start = blk * block_cells
+        at = (n * k_ + g * kg) * span + start
+        a, b = p // sw, p % sw
+        # the input columns of this phase: X from lo_x to hi_x
+        lo_x = max(0, -(-(left - b) // sw))
+        hi_x = min(wq, (w_ - 1 + left - b) // sw + 1)
+        for cb in range(cbs * part // parts, cbs * (part + 1) // parts):
+            c0 = cb * block_rows
+            tile[:] = 0.0
+            block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, rows, flat_pad, at, offsets[first[p] :], rows)
+            q = start
+            while q < start + block_cells:
+                y, xo = q // pitch, q % pitch
+                run = min(pitch - xo, start + block_cells - q)
+                row = a + sh * y - top
+                if row >= h:
+                    break
+                if row >= 0:
+                    for c in range(min(block_rows, cg - c0)):
+                        cells = tile[c * block_cells + q - start :]
+                        plane_row = gx[n, g * cg + c0 + c, row]
+                        for xx in range(max(xo, lo_x), min(xo + run, hi_x)):
+                            plane_row[b + sw * xx - left] = cells[xx - xo]
+                q += run
+
+
+class _InputPlan:
+    """How input_grad runs geometry g in dtype. Phase (a, b) of the padded input takes
+    the taps (i, j) with i*dh = a (mod sh) and j*dw = b (mod sw), tap (i, j) reading
+    grad_output at (Y - i*dh//sh, X - j*dw//sw): grad_output shifted down by the
+    largest such row shift and right by the largest column shift, in planes of
+    `pitch` columns, makes each tap's row one contiguous run from its start."""
+
+    def __init__(self, g, dtype):
+        self.block_rows, self.block_cells = block_shape(dtype)
+        self.hq, self.wq = phase_shape(g)
+        taps = [[(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b] for a in range(g.sh) for b in range(g.sw)]
+        self.top = (g.kh - 1) * g.dh // g.sh
+        self.left = (g.kw - 1) * g.dw // g.sw
+        self.pitch = max(self.wq, g.ow) + self.left
+        self.rows = max(self.hq, g.oh) + self.top
+        self.taps = taps
+        length = (self.hq - 1) * self.pitch + self.wq
+        self.blocks = -(-length // self.block_cells)
+        starts = [[(self.top - i * g.dh // g.sh) * self.pitch + self.left - j * g.dw // g.sw for i, j in phase] for phase in taps]
+        widest = max((max(s) for s in starts if s), default=0)
+        self.span = max(self.rows * self.pitch, widest + self.blocks * self.block_cells)
+        kg = g.c_out // g.groups
+        self.offsets = np.array([k * self.span + s for phase in starts for k in range(kg) for s in phase], dtype=np.int64)
+        self.first = np.cumsum([0] + [kg * len(phase) for phase in taps]).astype(np.int64)
+        if int(self.offsets.max(initial=0)) + self.blocks * self.block_cells > kg * self.span:
+            raise AssertionError("blocked input gradient plan reads past its group's grad_output")
+
+
+@functools.lru_cache(maxsize=256)
+def _input_plan(g, dtype):
+    return _InputPlan(g, dtype)
+
+
+def _phase_weights(weight, g, plan):
+    """Each phase's weights, flat, one after the other: (groups, cgp, kg * taps), row c
+    the group's input channel c (cgp rounded up to whole blocks, the extra rows
+    zero), column k * taps + t weight[k, c, tap t]; and where each phase's start."""
+    kg, cg = g.c_out // g.groups, g.c_in // g.groups
+    cgp = -(-cg // plan.block_rows) * plan.block_rows
+    grouped = weight.reshape(g.groups, kg, cg, g.kh, g.kw)
+    parts = []
+    for phase in plan.taps:
+        w = np.zeros((g.groups, cgp, kg, len(phase)), dtype=weight.dtype)
+        for t, (i, j) in enumerate(phase):
+            w[:, :cg, :, t] = grouped[:, :, :, i, j].transpose(0, 2, 1)
+        parts.append(w.reshape(-1))
+    first = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    return np.concatenate(parts), first, cgp
+
+
+def input_grad(weight, grad_output, g, threads):
+    """conv2d_input: the gradient (N, C, H, W) for weight (K, C/groups, kh, kw) and
+    grad_output (N, K, oh, ow), geometry g."""
+    plan = _input_plan(g, grad_output.dtype)
+    padded = np.empty((g.n, g.c_out, plan.span), dtype=grad_output.dtype)
+    split_planes(grad_output, padded, plan.top, plan.left, 1, 1, plan.rows, plan.pitch, 1)
+    w, w_first, cgp = _phase_weights(weight, g, plan)
+    gx = np.zeros(g.input_shape, dtype=grad_output.dtype)
+    tasks = g.n * g.groups * g.sh * g.sw * plan.blocks
+    parts = _parts(tasks, cgp // plan.block_rows, threads)
+    input_blocks(padded, w, w_first, plan.offsets, plan.first, gx, plan.span, plan.pitch, plan.wq, g.pt, g.pl, g.sh, g.sw, g.c_out // g.groups, cgp, plan.block_rows, plan.block_cells, plan.blocks, parts)
+    return gx

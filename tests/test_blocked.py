@@ -1,0 +1,113 @@
+"""The register-blocked sums (fastconv.kernels.blocked): its two LLVM intrinsics
+against NumPy, and its plans' reach over random geometries (the intrinsics' loads
+and stores are not bounds-checked, so the plans must keep them inside their arrays).
+Its results against fastconv.reference are in test_conv_kernels, as a path."""
+
+import numba
+import numpy as np
+import pytest
+from fastconv.kernels import blocked
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import grad
+from fastconv.params import conv2d_geometry
+from tests.conftest import assert_close
+
+DTYPES = [np.float32, np.float64]
+
+
+@numba.njit
+def _sums(out, w, x, offsets, rows, x_at):
+    blocked.block_sums(out, 3, out.shape[0] // 8, w, 2, rows + 1, x, x_at, offsets, rows)
+
+
+@numba.njit
+def _dots(out, a, x, offsets, cells, samples, a_step, x_step):
+    blocked.block_dots(out, 1, blocked.DOTS + 2, a, 5, cells + 3, a_step, x, 4, x_step, offsets, cells, samples)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_sums_against_numpy(dtype, rng):
+    block_rows, cells = blocked.block_shape(dtype)
+    rows = 37
+    x = rng.standard_normal(500).astype(dtype)
+    offsets = rng.integers(0, 500 - cells - 11, rows).astype(np.int64)  # unaligned runs
+    w = rng.standard_normal(2 + block_rows * (rows + 1)).astype(dtype)
+    out = rng.standard_normal(8 * block_rows * cells).astype(dtype)
+    pitch = out.shape[0] // 8
+    expected = out.copy()
+    for i in range(block_rows):
+        for r in range(rows):
+            expected[3 + i * pitch : 3 + i * pitch + cells] += w[2 + i * (rows + 1) + r] * x[11 + offsets[r] : 11 + offsets[r] + cells]
+    _sums(out, w, x, offsets, rows, 11)
+    assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_dots_against_numpy(dtype, rng):
+    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    d, cells, samples = blocked.DOTS, 3 * lanes, 3
+    a_step, x_step = d * (cells + 3) + 7, 300
+    a = rng.standard_normal(5 + samples * a_step).astype(dtype)
+    x = rng.standard_normal(4 + samples * x_step).astype(dtype)
+    offsets = rng.integers(0, x_step - cells, d).astype(np.int64)
+    out = rng.standard_normal(1 + d * (d + 2)).astype(dtype)
+    expected = out.copy()
+    for i in range(d):
+        for j in range(d):
+            for s in range(samples):
+                left = a[5 + s * a_step + i * (cells + 3) :][:cells]
+                right = x[4 + s * x_step + offsets[j] :][:cells]
+                expected[1 + i * (d + 2) + j] += left @ right
+    _dots(out, a, x, offsets, cells, samples, a_step, x_step)
+    assert_close(out, expected, dtype)
+
+
+@st.composite
+def geometries(draw):
+    kh, kw, sh, sw, dh, dw = (draw(st.integers(1, 5)) for _ in range(6))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    c, k = groups * draw(st.integers(1, 9)), groups * draw(st.integers(1, 9))
+    h, w = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    pads = [draw(st.integers(0, 4)) for _ in range(4)]
+    if h + pads[0] + pads[1] < dh * (kh - 1) + 1 or w + pads[2] + pads[3] < dw * (kw - 1) + 1:
+        pads = [dh * (kh - 1), dh * (kh - 1), dw * (kw - 1), dw * (kw - 1)]
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    return conv2d_geometry((draw(st.integers(1, 3)), c, h, w), (k, c // groups, kh, kw), (sh, sw), padding, (dh, dw), groups)
+
+
+@settings(max_examples=300, deadline=None)
+@given(geometries(), st.sampled_from(DTYPES))
+def test_plans_keep_every_load_inside_the_arrays(g, dtype):
+    plan = blocked._plan(g, np.dtype(dtype))
+    cg, kg = g.c_in // g.groups, g.c_out // g.groups
+    runs = plan.blocks * plan.block_cells
+    # forward_blocks and weight_blocks: a group's last run of its last row ends in
+    # its input (the last sample's ends the array)
+    assert plan.offsets.max() + runs <= cg * plan.span
+    assert plan.dot_offsets.max() + plan.wide_length <= cg * plan.span
+    assert plan.wide_length <= runs and plan.wide_length % (blocked.VECTOR_BYTES // np.dtype(dtype).itemsize) == 0
+    # the split planes hold the phases, and every output cell is in a run
+    assert plan.span >= g.sh * g.sw * plan.hq * plan.wq and runs >= (g.oh - 1) * plan.wq + g.ow
+    inputs = blocked._input_plan(g, np.dtype(dtype))
+    runs = inputs.blocks * inputs.block_cells
+    assert inputs.offsets.max(initial=0) + runs <= kg * inputs.span
+    # grad_output fits its shifted planes, which hold every row a phase cell reads
+    assert inputs.rows * inputs.pitch <= inputs.span
+    assert inputs.top + g.oh <= inputs.rows and inputs.left + g.ow <= inputs.pitch
+    assert runs >= (inputs.hq - 1) * inputs.pitch + inputs.wq
+    assert inputs.first[-1] == len(inputs.offsets) == kg * g.kh * g.kw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_gradient_is_bitwise_the_same_on_any_thread_count(dtype, rng):
+    x = rng.standard_normal((3, 16, 11, 13)).astype(dtype)
+    gy = rng.standard_normal((3, 24, 6, 7)).astype(dtype)
+    kw = dict(stride=2, padding=1)
+    runs = []
+    for threads in (1, 2, 1):
+        with fastconv.num_threads(threads), fastconv.dispatch.force_path("blocked"):
+            runs.append(grad.conv2d_weight(x, (24, 16, 3, 3), gy, **kw))
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
