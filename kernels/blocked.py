@@ -35,19 +35,27 @@ import functools
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
+from numba.core import cgutils, codegen, config
 from numba.extending import intrinsic
 
 from ._jit import parallel
 from .direct import split_planes, widen_planes
 from .phases import phase_shape, tap_starts
 
-VECTOR_BYTES = 64  # one AVX-512 vector
+
+def _vector_bytes():
+    """The width of the vectors Numba compiles for: 64 bytes with AVX-512 (32
+    registers), else 32 (AVX2's 16 registers; wider vectors would be split in two)."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
 # block_sums' (ROWS output channels, VECTORS vectors of cells): ROWS * VECTORS
-# accumulators, plus VECTORS loaded cells and a broadcast weight, within the 32
-# vector registers. The fastest of 4x3, 4x4, 6x2, 6x3, 8x2 and 12x1 on one core of
-# an AVX-512 Xeon.
-BLOCKS = {np.dtype(np.float32): (6, 3), np.dtype(np.float64): (4, 4)}
+# accumulators, plus VECTORS loaded cells and a broadcast weight, within the vector
+# registers. With AVX-512 the fastest of 4x3, 4x4, 6x2, 6x3, 8x2 and 12x1 on one
+# core of a Xeon; with AVX2 the usual 6x2 of a 16-register GEMM kernel.
+BLOCKS = {np.dtype(np.float32): (6, 3), np.dtype(np.float64): (4, 4)} if VECTOR_BYTES == 64 else {np.dtype(np.float32): (6, 2), np.dtype(np.float64): (6, 2)}
 DOTS = 4  # block_dots: DOTS x DOTS sums in registers, 2 * DOTS loads a step
 STEP_BYTES = 4096  # weight_blocks: grad_output cells per step, a row in L1
 PARTS = 4  # a parallel loop's iterations per thread, at least

@@ -3,6 +3,10 @@ against NumPy, and its plans' reach over random geometries (the intrinsics' load
 and stores are not bounds-checked, so the plans must keep them inside their arrays).
 Its results against fastconv.reference are in test_conv_kernels, as a path."""
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -111,3 +115,19 @@ def test_weight_gradient_is_bitwise_the_same_on_any_thread_count(dtype, rng):
         with fastconv.num_threads(threads), fastconv.dispatch.force_path("blocked"):
             runs.append(grad.conv2d_weight(x, (24, 16, 3, 3), gy, **kw))
     assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+def test_avx2_blocks(tmp_path):
+    # Without AVX-512 the blocks are of 32-byte vectors (VECTOR_BYTES): the blocked
+    # grid, property and intrinsic tests again, compiled for an AVX2 machine.
+    if os.environ.get("NUMBA_CPU_NAME"):
+        pytest.skip("already run for another CPU")
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=",".join(HASWELL), NUMBA_CACHE_DIR=str(tmp_path))
+    check = "from fastconv.kernels import blocked; assert blocked.VECTOR_BYTES == 32, blocked.VECTOR_BYTES"
+    subprocess.run([sys.executable, "-c", check], env=env, check=True)
+    tests = ["tests/test_blocked.py", "tests/test_conv_kernels.py", "-k", "blocked and (paths or random or blocked)"]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+HASWELL = ["+avx", "+avx2", "+fma", "+f16c", "+bmi", "+bmi2", "+lzcnt", "+movbe", "+popcnt", "+sse4.2"]
