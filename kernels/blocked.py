@@ -295,6 +295,16 @@ def _plan(g, dtype):
     return _Plan(g, dtype)
 
 
+def _aligned_empty(shape, dtype):
+    """np.empty(shape, dtype) starting on a VECTOR_BYTES boundary: rows of whole
+    vectors are then loaded without a load split across two cache lines (NumPy
+    aligns to 16 bytes)."""
+    itemsize = np.dtype(dtype).itemsize
+    flat = np.empty(int(np.prod(shape)) + VECTOR_BYTES // itemsize, dtype=dtype)
+    skip = (-flat.ctypes.data % VECTOR_BYTES) // itemsize
+    return flat[skip : skip + int(np.prod(shape))].reshape(shape)
+
+
 def _parts(tasks, blocks, threads):
     """Parts to split each task's channel blocks into: as few as give PARTS tasks per
     thread (a batch-1 layer of 8x8 planes makes two runs of cells)."""
@@ -331,13 +341,16 @@ def weight_grad(x, grad_output, g, threads):
     phased = np.empty((g.n, g.c_in, plan.span), dtype=x.dtype)
     split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, 1)
     # DOTS rows more: the last block of channels reads past the last sample's
-    wide = np.empty((g.n * g.c_out + DOTS, plan.wide_length), dtype=x.dtype)
+    wide = _aligned_empty((g.n * g.c_out + DOTS, plan.wide_length), x.dtype)
     wide[g.n * g.c_out :] = 0.0
     widen_planes(grad_output, wide[: g.n * g.c_out].reshape(g.n, g.c_out, plan.wide_length), 0, plan.wq, 1)
     kg, rows = g.c_out // g.groups, len(plan.offsets)
     dots = np.zeros((g.groups, -(-kg // DOTS) * DOTS, len(plan.dot_offsets)), dtype=x.dtype)
     parts = max(1, min(dots.size // DOTS**2, threads))
-    cells = min(plan.wide_length, STEP_BYTES // x.itemsize)
+    # runs of about STEP_BYTES, of samples or of equal parts of one (a short last part
+    # would pay the sums' loads, lane sums and stores for a few steps)
+    lanes, step = VECTOR_BYTES // x.itemsize, STEP_BYTES // x.itemsize
+    cells = -(-plan.wide_length // -(-plan.wide_length // step) // lanes) * lanes
     weight_blocks(phased, wide, plan.dot_offsets, dots, plan.span, plan.wide_length, kg, cells, max(1, STEP_BYTES // x.itemsize // cells), parts)
     return np.ascontiguousarray(dots[:, :kg, :rows]).reshape(g.weight_shape)
 
