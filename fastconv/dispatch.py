@@ -76,39 +76,33 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 
 # Where the register-blocked sums (fastconv.kernels.blocked) beat the other paths
 # (per-pass timings of every path on 20 shapes, both dtypes, 2 cores of an AVX-512
-# Xeon): a sum of BLOCKED_ROWS terms or more per output (channels times taps) over
-# a kernel of more than one tap, and BLOCKED_CHANNELS outputs per group or more
-# (they are computed a block of 6, or 4 in float64, at a time). Below them (first
-# layers of 1 or 3 channels, depthwise, 8 channels per group) the loops' padding
-# to whole blocks costs more than their speed saves.
+# Xeon): a sum of BLOCKED_ROWS terms or more per result (channels times taps) over
+# a kernel of more than one tap, with BLOCKED_CHANNELS results per group or more
+# for the forward (computed a block of 6, or 4 in float64, at a time) and
+# BLOCKED_GRADIENT_CHANNELS for the gradients. Below them (first layers of 1 or 3
+# channels, depthwise, 8 channels per group) the padding to whole blocks costs more
+# than their speed saves. GEMM and Winograd run on fastconv's GEMM threads (up to
+# gemm.MOST_THREADS), and a layer that goes from Numba's parallel loops to them
+# pays for the OpenMP workers still spinning (PyTorch's libgomp, when PyTorch is
+# imported first): so a layer whose every pass GEMM pays for goes all to GEMM
+# (res3x3_s2 forward + backward 20.9 ms, 23.4 all blocked, 26.1 mixed), and
+# otherwise the blocked sums take every pass they apply to, even where Winograd or
+# GEMM ran a pass faster on its own (res3x3's input gradient, 10.4 against 11.8 ms
+# by Winograd: the whole layer took 34.3 ms all blocked, 36.5 mixed).
 BLOCKED_ROWS = 64
 BLOCKED_CHANNELS = 8
 BLOCKED_GRADIENT_CHANNELS = 16
 
 
-def _even_phases(g: ConvGeometry) -> bool:
-    """Whether every phase of the input gradient (the input cells of one residue
-    modulo the stride) takes as many kernel taps as the others."""
-    rows = [sum(1 for i in range(g.kh) if i * g.dh % g.sh == a) for a in range(g.sh)]
-    cols = [sum(1 for j in range(g.kw) if j * g.dw % g.sw == b) for b in range(g.sw)]
-    return len(set(rows)) == 1 and len(set(cols)) == 1
-
-
-def _blocked_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
+def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
     taps, cg, kg = g.kh * g.kw, g.c_in // g.groups, g.c_out // g.groups
     if taps == 1:
         return False
     if computation == "forward":
         return cg * taps >= BLOCKED_ROWS and kg >= BLOCKED_CHANNELS
     if computation == "input":
-        # Winograd's adjoint forward beat it at stride 1 (res3x3 10.4 against 11.8
-        # ms); GEMM did on a 3x3 stride-2 gradient, whose phases of 4, 2, 2 and 1
-        # taps each pad their cells to whole blocks (res3x3_s2 6.4 against 7.5 ms)
-        if (W.applicable(g) and _winograd_pays(g)) or (_gemm_pays(g, computation, threads) and not _even_phases(g)):
-            return False
         return kg * taps >= BLOCKED_ROWS and cg >= BLOCKED_GRADIENT_CHANNELS
-    # the weight gradient: GEMM's products with 96 or more rows were faster
-    return cg >= BLOCKED_GRADIENT_CHANNELS and kg >= BLOCKED_GRADIENT_CHANNELS and not _gemm_pays(g, computation, threads)
+    return cg >= BLOCKED_GRADIENT_CHANNELS and kg >= BLOCKED_GRADIENT_CHANNELS
 
 
 def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None) -> str:
@@ -117,15 +111,16 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide convolutions of
-      one group on up to gemm.MOST_THREADS threads (_gemm_pays): 3-4x faster than
-      the direct loops on batch-1 layers of 256 channels and 8x8 planes, 1.1-2x on
-      strided, dilated and transposed layers of 64-256 channels;
+      one group on up to gemm.MOST_THREADS threads where it pays for every pass
+      (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers of 256
+      channels and 8x8 planes, 1.1-2x on strided, dilated and transposed layers of
+      64-256 channels; where it pays for some passes only, for those the blocked
+      sums leave;
     - 'blocked' for sums of many terms over many output channels (_blocked_pays),
-      checked before the others: 1.3-1.7x faster than the direct loops on most
-      layers of 6-128 channels and kernels of 3x3 to 7x7;
-    - 'winograd' for stride-1 3x3 convolutions of one group where it pays
-      (_winograd_pays): it beat GEMM on res3x3 by 0-25% a pass, and the blocked
-      input gradient by 10%;
+      checked next: 1.3-1.7x faster than the direct loops on most layers of 6-128
+      channels and kernels of 3x3 to 7x7;
+    - 'winograd' for the stride-1 3x3 convolutions of one group left, where it pays
+      (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
     """
     if _forced is not None:
@@ -133,7 +128,9 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
-    if _blocked_pays(g, computation, threads):
+    if all(_gemm_pays(g, c, threads) for c in PASSES):
+        return "gemm"
+    if _blocked_pays(g, computation):
         return "blocked"
     if W.applicable(g) and _winograd_pays(g):
         return "winograd"

@@ -378,21 +378,25 @@ def test_gemm_rule():
     assert gemm(strided, 16) == [False] * 3
 
 
-def test_conv_path_order():
+def test_conv_path_order(monkeypatch):
     from fastconv.params import conv2d_geometry
 
     def paths(g, threads=2):
         return [dispatch.conv_path(g, c, threads) for c in dispatch.PASSES]
 
     assert paths(conv2d_geometry((8, 64, 32, 32), (128, 64, 1, 1))) == ["gemm"] * 3
-    # stride-1 3x3: Winograd's adjoint forward for the input gradient
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["blocked", "winograd", "blocked"]
-    # 3x3 at stride 2: phases of 4, 2, 2 and 1 taps, GEMM's gradients where it pays
+    # GEMM pays for every pass: the whole layer by GEMM, on up to gemm.MOST_THREADS
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
-    assert paths(strided) == ["blocked", "gemm", "gemm"]
+    assert paths(strided) == ["gemm"] * 3
     assert paths(strided, 16) == ["blocked"] * 3
-    # 4x4 at stride 2: four taps in every phase
+    # GEMM pays for some passes only (64 outputs): the layer blocked, not mixed
     assert paths(conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
+    # Winograd only where the blocked sums do not apply
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["blocked"] * 3
+    monkeypatch.setattr(dispatch, "BLOCKED_ROWS", 10**6)
+    monkeypatch.setattr(dispatch, "BLOCKED_GRADIENT_CHANNELS", 10**6)
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd"] * 3
+    monkeypatch.undo()
     # too few terms or channels for whole blocks: first layers, depthwise, 8 per group
     assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3

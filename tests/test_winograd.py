@@ -97,20 +97,19 @@ def test_winograd_random_against_reference(drawn):
     _check(case, dtype, threads, np.random.default_rng(seed), scale, loops)
 
 
-def test_default_dispatch_takes_winograd_for_wide_input_gradients():
-    # the blocked sums beat Winograd on the forward and weight gradient, not on the
-    # input gradient
-    wide = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert dispatch.conv_path(wide, "input") == "winograd"
-    assert dispatch.conv_path(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=2, dilation=2), "input") == "winograd"
+def test_winograd_pays_for_wide_layers_only():
+    # (conv_path checks the blocked sums first: Winograd runs the wide stride-1 3x3
+    # layers they leave, see tests/test_conv_kernels.py)
+    assert dispatch._winograd_pays(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1))
+    assert dispatch._winograd_pays(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=2, dilation=2))
     for narrow in [
         conv2d_geometry((8, 32, 32, 32), (64, 32, 3, 3), padding=1),  # few channels
-        conv2d_geometry((8, 64, 32, 32), (64, 32, 3, 3), padding=1, groups=2),
         conv2d_geometry((8, 64, 8, 8), (64, 64, 3, 3), padding=1),  # small planes
         conv2d_geometry((8, 64, 30, 30), (64, 64, 3, 3), padding=3, dilation=3),  # 10x10 per phase
         conv2d_geometry((1, 64, 32, 32), (64, 64, 3, 3), padding=1),  # little work
     ]:
-        assert dispatch.conv_path(narrow, "input") != "winograd", narrow
+        assert not dispatch._winograd_pays(narrow), narrow
+    assert not winograd.applicable(conv2d_geometry((8, 64, 32, 32), (64, 32, 3, 3), padding=1, groups=2))
 
 
 @pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
