@@ -84,14 +84,25 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # than their speed saves. GEMM and Winograd run on fastconv's GEMM threads (up to
 # gemm.MOST_THREADS), and a layer that goes from Numba's parallel loops to them
 # pays for the OpenMP workers still spinning (PyTorch's libgomp, when PyTorch is
-# imported first): so a layer whose every pass GEMM pays for goes all to GEMM
-# (res3x3_s2 forward + backward 20.9 ms, 23.4 all blocked, 26.1 mixed), and
-# otherwise the blocked sums take every pass they apply to, even where Winograd or
-# GEMM ran a pass faster on its own (res3x3's input gradient, 10.4 against 11.8 ms
-# by Winograd: the whole layer took 34.3 ms all blocked, 36.5 mixed).
+# imported first). So the blocked sums take every pass they apply to, even where
+# Winograd ran a pass faster on its own (res3x3's input gradient, 10.4 against 11.8
+# ms: the whole layer took 34.3 ms all blocked, 36.5 mixed), except in a layer whose
+# every pass GEMM pays for and whose input gradient's phases are uneven (a 3x3
+# kernel at stride 2: phases of 4, 2, 2 and 1 taps, each padded to whole blocks),
+# which goes all to GEMM (res3x3_s2 forward + backward 20.9 ms, 23.4 all blocked,
+# 26.1 mixed; decoder_up's 4x4 stride-2 kernel, four taps a phase, ran each pass
+# 1-9% faster blocked).
 BLOCKED_ROWS = 64
 BLOCKED_CHANNELS = 8
 BLOCKED_GRADIENT_CHANNELS = 16
+
+
+def _even_phases(g: ConvGeometry) -> bool:
+    """Whether every phase of the input gradient (the input cells of one residue
+    modulo the stride) takes as many kernel taps as the others."""
+    rows = [sum(1 for i in range(g.kh) if i * g.dh % g.sh == a) for a in range(g.sh)]
+    cols = [sum(1 for j in range(g.kw) if j * g.dw % g.sw == b) for b in range(g.sw)]
+    return len(set(rows)) == 1 and len(set(cols)) == 1
 
 
 def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
@@ -112,10 +123,10 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for wide convolutions of
       one group on up to gemm.MOST_THREADS threads where it pays for every pass
-      (_gemm_pays): 3-4x faster than the direct loops on batch-1 layers of 256
-      channels and 8x8 planes, 1.1-2x on strided, dilated and transposed layers of
-      64-256 channels; where it pays for some passes only, for those the blocked
-      sums leave;
+      (_gemm_pays) and the input gradient's phases are uneven (_even_phases), and
+      for the passes of other layers that it pays for and the blocked sums leave:
+      3-4x faster than the direct loops on batch-1 layers of 256 channels and 8x8
+      planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
     - 'blocked' for sums of many terms over many output channels (_blocked_pays),
       checked next: 1.3-1.7x faster than the direct loops on most layers of 6-128
       channels and kernels of 3x3 to 7x7;
@@ -128,7 +139,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
-    if all(_gemm_pays(g, c, threads) for c in PASSES):
+    if not _even_phases(g) and all(_gemm_pays(g, c, threads) for c in PASSES):
         return "gemm"
     if _blocked_pays(g, computation):
         return "blocked"

@@ -385,10 +385,13 @@ def test_conv_path_order(monkeypatch):
         return [dispatch.conv_path(g, c, threads) for c in dispatch.PASSES]
 
     assert paths(conv2d_geometry((8, 64, 32, 32), (128, 64, 1, 1))) == ["gemm"] * 3
-    # GEMM pays for every pass: the whole layer by GEMM, on up to gemm.MOST_THREADS
+    # GEMM pays for every pass, uneven phases (4, 2, 2 and 1 taps): the whole layer
+    # by GEMM, on up to gemm.MOST_THREADS
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
     assert paths(strided) == ["gemm"] * 3
     assert paths(strided, 16) == ["blocked"] * 3
+    # four taps in every phase
+    assert paths(conv2d_geometry((64, 64, 16, 16), (128, 64, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
     # GEMM pays for some passes only (64 outputs): the layer blocked, not mixed
     assert paths(conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
     # Winograd only where the blocked sums do not apply
