@@ -291,6 +291,12 @@ class _Plan:
         if int(self.offsets.max()) + self.blocks * self.block_cells > cg * self.span:
             raise AssertionError("blocked convolution plan reads past its group's input")
 
+    def split(self, x, g):
+        """x's planes split into their padded phases, each in a span: (N, C, span)."""
+        phased = np.empty((g.n, g.c_in, self.span), dtype=x.dtype)
+        split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, self.hq, self.wq, 1)
+        return phased
+
 
 @functools.lru_cache(maxsize=256)
 def _plan(g, dtype):
@@ -327,8 +333,7 @@ def forward(x, weight, g, threads):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
     output (N, K, oh, ow)."""
     plan = _plan(g, x.dtype)
-    phased = np.empty((g.n, g.c_in, plan.span), dtype=x.dtype)
-    split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, 1)
+    phased = plan.split(x, g)
     out = np.empty(g.output_shape, dtype=x.dtype)
     w = _block_weights(weight, g, plan.block_rows)
     forward_blocks(phased, w, plan.offsets, out, plan.span, plan.wq, plan.block_rows, plan.block_cells, plan.blocks, _parts(g.n * g.groups * plan.blocks, w.shape[1] // plan.block_rows, threads))
@@ -340,8 +345,7 @@ def weight_grad(x, grad_output, g, threads):
     grad_output (N, K, oh, ow), geometry g. Each sum in a fixed order whatever the
     thread count."""
     plan = _plan(g, x.dtype)
-    phased = np.empty((g.n, g.c_in, plan.span), dtype=x.dtype)
-    split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, 1)
+    phased = plan.split(x, g)
     # DOTS rows more: the last block of channels reads past the last sample's
     wide = _aligned_empty((g.n * g.c_out + DOTS, plan.wide_length), x.dtype)
     wide[g.n * g.c_out :] = 0.0
