@@ -12,8 +12,8 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
   VECTORS vectors of output cells, each step one vector load per vector of cells and
   one broadcast weight per channel for ROWS * VECTORS multiply-adds (on one core of
   an AVX-512 Xeon, over cached data: 194 GFLOP/s in float32, 101 in float64);
-- `block_dots`, for the weight gradient: DOTS x DOTS dot products of rows of
-  grad_output with rows of input cells, 2 * DOTS vector loads a step for DOTS**2
+- `block_dots`, for the weight gradient: 4 x 6 dot products of rows of
+  grad_output with rows of input cells, 10 vector loads a step for 24
   multiply-adds.
 
 Layout (fastconv.kernels.phases): the input is split into the phases of its padded
@@ -58,8 +58,17 @@ VECTOR_BYTES = _vector_bytes()
 # 61-98; on whole layers 5-15% faster than 6x3 (and output channels come in eights
 # more often than in sixes). With AVX2 the usual 6x2 of a 16-register GEMM kernel.
 BLOCKS = {np.dtype(np.float32): (8, 3), np.dtype(np.float64): (8, 3)} if VECTOR_BYTES == 64 else {np.dtype(np.float32): (6, 2), np.dtype(np.float64): (6, 2)}
-DOTS = 4  # block_dots: DOTS x DOTS sums in registers, 2 * DOTS loads a step
-STEP_BYTES = 4096  # weight_blocks: grad_output cells per step, a row in L1
+# block_dots' (rows of grad_output, rows of the sum): their products in registers,
+# with the grad_output rows' vectors and one row's of the sum. With AVX-512 4x6: over
+# cached data 8-10% faster than 4x4 and 6x4 in both dtypes, 8x3 spills. With AVX2
+# 3x4, where 4x4 spills (70% faster).
+DOTS = (4, 6) if VECTOR_BYTES == 64 else (3, 4)
+# weight_blocks' runs: at most STEP_CELLS cells of a sample (a 32x32 plane's in
+# one run, res3x3's weight gradient 11% faster than at 1024 in float32), or samples
+# of up to SAMPLE_BYTES together (more, and the input rows of stride-2 layers fall
+# out of L1)
+STEP_CELLS = 2048
+SAMPLE_BYTES = 4096
 PARTS = 4  # a parallel loop's iterations per thread, at least
 
 
@@ -169,7 +178,7 @@ def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, x, x_at, off
 def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x_at, x_step, offsets, cells, samples):
     """out[out_at + i*out_pitch + j] += the sum over s < samples and l < cells of
     a[a_at + s*a_step + i*a_pitch + l] * x[x_at + s*x_step + offsets[j] + l], for
-    i, j < DOTS: DOTS x DOTS dot products, `cells` a multiple of a vector's lanes.
+    (i, j) < DOTS: DOTS[0] x DOTS[1] dot products, `cells` a multiple of a vector's lanes.
     Each sum lane by lane in order, then its lanes added pairwise (a fixed order)."""
     sig = types.void(out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x_at, x_step, offsets, cells, samples)
 
@@ -178,23 +187,24 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
         out_, out_at_, out_pitch_, a_, a_at_, a_pitch_, a_step_, x_, x_at_, x_step_, offsets_, cells_, samples_ = args
         kinds = signature.args
         out_data, a_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], a_), e.data(kinds[7], x_), e.data(kinds[10], offsets_)
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(e.vector, [0.0] * e.lanes)) for _ in range(DOTS * DOTS)]
+        a_rows_, x_rows_ = DOTS
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(e.vector, [0.0] * e.lanes)) for _ in range(a_rows_ * x_rows_)]
         steps = builder.udiv(cells_, e.constant(e.lanes))
         with cgutils.for_range(builder, samples_) as sample:
-            a_rows = e.at(builder.add(a_at_, builder.mul(sample.index, a_step_)), a_pitch_, DOTS)
+            a_rows = e.at(builder.add(a_at_, builder.mul(sample.index, a_step_)), a_pitch_, a_rows_)
             x_sample = builder.add(x_at_, builder.mul(sample.index, x_step_))
-            x_rows = [builder.add(x_sample, builder.load(builder.gep(offsets_data, [e.constant(j)]))) for j in range(DOTS)]
+            x_rows = [builder.add(x_sample, builder.load(builder.gep(offsets_data, [e.constant(j)]))) for j in range(x_rows_)]
             with cgutils.for_range(builder, steps) as loop:
                 q = builder.mul(loop.index, e.constant(e.lanes))
                 left = [e.load(a_data, builder.add(row, q)) for row in a_rows]
-                right = [e.load(x_data, builder.add(row, q)) for row in x_rows]
-                for i in range(DOTS):
-                    for j in range(DOTS):
-                        e.fma(left[i], right[j], acc[i * DOTS + j])
-        for i, row in enumerate(e.at(out_at_, out_pitch_, DOTS)):
-            for j in range(DOTS):
+                for j, row in enumerate(x_rows):
+                    right = e.load(x_data, builder.add(row, q))
+                    for i in range(a_rows_):
+                        e.fma(left[i], right, acc[i * x_rows_ + j])
+        for i, row in enumerate(e.at(out_at_, out_pitch_, a_rows_)):
+            for j in range(x_rows_):
                 at = builder.gep(out_data, [builder.add(row, e.constant(j))])
-                builder.store(builder.fadd(builder.load(at), e.lane_sum(builder.load(acc[i * DOTS + j]))), at)
+                builder.store(builder.fadd(builder.load(at), e.lane_sum(builder.load(acc[i * x_rows_ + j]))), at)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -241,9 +251,9 @@ def forward_blocks(phased, w, offsets, out, span, wq, block_rows, block_cells, b
 
 @parallel
 def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, samples, parts):
-    """dots (groups, Kp, Rp) += block_dots of group g's output channels, DOTS at a
-    time, against its rows of the sum (offsets, padded to whole blocks) over every
-    sample: wide (N*K + DOTS, length) is grad_output in the wide layout (zero at the
+    """dots (groups, Kp, Rp) += block_dots of group g's output channels, DOTS[0] at
+    a time, against its rows of the sum (offsets, padded to whole blocks of DOTS[1])
+    over every sample: wide (N*K + DOTS[0], length) is grad_output in the wide layout (zero at the
     dropped cells and rows), channels the output channels per group. Each iteration
     owns a contiguous range of the blocks (`parts` of them) and sums in a fixed
     order, `samples` samples of `cells` cells at a time: its grad_output rows stay in
@@ -251,7 +261,8 @@ def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, sa
     groups, kp, rp = dots.shape
     n_, c_ = phased.shape[0], phased.shape[1]
     cg = c_ // groups
-    kbs, rbs = kp // DOTS, rp // DOTS
+    kd, rd = DOTS
+    kbs, rbs = kp // kd, rp // rd
     k_ = groups * channels
     flat_x = phased.reshape(phased.size)
     flat_wide = wide.reshape(wide.size)
@@ -263,10 +274,10 @@ def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, sa
                 for blk in range(blocks * part // parts, blocks * (part + 1) // parts):
                     g, kb, rb = blk // (kbs * rbs), blk // rbs % kbs, blk % rbs
                     block_dots(
-                        flat_dots, (g * kp + kb * DOTS) * rp + rb * DOTS, rp,
-                        flat_wide, (n0 * k_ + g * channels + kb * DOTS) * length + q0, length, k_ * length,
+                        flat_dots, (g * kp + kb * kd) * rp + rb * rd, rp,
+                        flat_wide, (n0 * k_ + g * channels + kb * kd) * length + q0, length, k_ * length,
                         flat_x, (n0 * c_ + g * cg) * span + q0, c_ * span,
-                        offsets[rb * DOTS :], min(cells, length - q0), min(samples, n_ - n0),
+                        offsets[rb * rd :], min(cells, length - q0), min(samples, n_ - n0),
                     )  # fmt: skip
 
 
@@ -286,7 +297,7 @@ class _Plan:
         lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
         self.wide_length = -(-length // lanes) * lanes
         # weight_blocks' rows of the sum in whole blocks, the extra ones reading row 0
-        self.dot_offsets = np.concatenate([self.offsets, np.zeros(-len(self.offsets) % DOTS, dtype=np.int64)])
+        self.dot_offsets = np.concatenate([self.offsets, np.zeros(-len(self.offsets) % DOTS[1], dtype=np.int64)])
         # the last block of a group reads at most its last channel's whole span
         if int(self.offsets.max()) + self.blocks * self.block_cells > cg * self.span:
             raise AssertionError("blocked convolution plan reads past its group's input")
@@ -347,17 +358,17 @@ def weight_grad(x, grad_output, g, threads):
     plan = _plan(g, x.dtype)
     phased = plan.split(x, g)
     # DOTS rows more: the last block of channels reads past the last sample's
-    wide = _aligned_empty((g.n * g.c_out + DOTS, plan.wide_length), x.dtype)
+    wide = _aligned_empty((g.n * g.c_out + DOTS[0], plan.wide_length), x.dtype)
     wide[g.n * g.c_out :] = 0.0
     widen_planes(grad_output, wide[: g.n * g.c_out].reshape(g.n, g.c_out, plan.wide_length), 0, plan.wq, 1)
     kg, rows = g.c_out // g.groups, len(plan.offsets)
-    dots = np.zeros((g.groups, -(-kg // DOTS) * DOTS, len(plan.dot_offsets)), dtype=x.dtype)
-    parts = max(1, min(dots.size // DOTS**2, threads))
-    # runs of about STEP_BYTES, of samples or of equal parts of one (a short last part
-    # would pay the sums' loads, lane sums and stores for a few steps)
-    lanes, step = VECTOR_BYTES // x.itemsize, STEP_BYTES // x.itemsize
-    cells = -(-plan.wide_length // -(-plan.wide_length // step) // lanes) * lanes
-    weight_blocks(phased, wide, plan.dot_offsets, dots, plan.span, plan.wide_length, kg, cells, max(1, STEP_BYTES // x.itemsize // cells), parts)
+    dots = np.zeros((g.groups, -(-kg // DOTS[0]) * DOTS[0], len(plan.dot_offsets)), dtype=x.dtype)
+    parts = max(1, min(dots.size // (DOTS[0] * DOTS[1]), threads))
+    # runs of equal parts of a sample (a short last part would pay the sums' loads,
+    # lane sums and stores for a few steps), or of samples
+    lanes = VECTOR_BYTES // x.itemsize
+    cells = -(-plan.wide_length // -(-plan.wide_length // STEP_CELLS) // lanes) * lanes
+    weight_blocks(phased, wide, plan.dot_offsets, dots, plan.span, plan.wide_length, kg, cells, max(1, SAMPLE_BYTES // x.itemsize // cells), parts)
     return np.ascontiguousarray(dots[:, :kg, :rows]).reshape(g.weight_shape)
 
 

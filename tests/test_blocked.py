@@ -29,7 +29,7 @@ def _sums(out, w, x, offsets, rows, x_at):
 
 @numba.njit
 def _dots(out, a, x, offsets, cells, samples, a_step, x_step):
-    blocked.block_dots(out, 1, blocked.DOTS + 2, a, 5, cells + 3, a_step, x, 4, x_step, offsets, cells, samples)
+    blocked.block_dots(out, 1, blocked.DOTS[1] + 2, a, 5, cells + 3, a_step, x, 4, x_step, offsets, cells, samples)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -52,19 +52,19 @@ def test_block_sums_against_numpy(dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_block_dots_against_numpy(dtype, rng):
     lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
-    d, cells, samples = blocked.DOTS, 3 * lanes, 3
-    a_step, x_step = d * (cells + 3) + 7, 300
+    (da, dx), cells, samples = blocked.DOTS, 3 * lanes, 3
+    a_step, x_step = da * (cells + 3) + 7, 300
     a = rng.standard_normal(5 + samples * a_step).astype(dtype)
     x = rng.standard_normal(4 + samples * x_step).astype(dtype)
-    offsets = rng.integers(0, x_step - cells, d).astype(np.int64)
-    out = rng.standard_normal(1 + d * (d + 2)).astype(dtype)
+    offsets = rng.integers(0, x_step - cells, dx).astype(np.int64)
+    out = rng.standard_normal(1 + da * (dx + 2)).astype(dtype)
     expected = out.copy()
-    for i in range(d):
-        for j in range(d):
+    for i in range(da):
+        for j in range(dx):
             for s in range(samples):
                 left = a[5 + s * a_step + i * (cells + 3) :][:cells]
                 right = x[4 + s * x_step + offsets[j] :][:cells]
-                expected[1 + i * (d + 2) + j] += left @ right
+                expected[1 + i * (dx + 2) + j] += left @ right
     _dots(out, a, x, offsets, cells, samples, a_step, x_step)
     assert_close(out, expected, dtype)
 
