@@ -144,18 +144,18 @@ class _Emitter:
 
 
 @intrinsic
-def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, x, x_at, offsets, rows):
+def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
     """out[out_at + i*out_pitch + l] += the sum over r < rows of
-    w[w_at + i*w_pitch + r] * x[x_at + offsets[r] + l], for i < ROWS and l below
+    w[w_at + i*w_pitch + r*w_step] * x[x_at + offsets[r] + l], for i < ROWS and l below
     block_shape's cells; the arrays flat and contiguous, of one dtype, the integers
     int64. The terms in order of r, each a fused multiply-add."""
-    sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, x, x_at, offsets, rows)
+    sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
     def codegen(context, builder, signature, args):
         e = _Emitter(context, builder, signature, args)
-        out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, x_, x_at_, offsets_, rows_ = args
+        out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
         kinds = signature.args
-        out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[6], x_), e.data(kinds[8], offsets_)
+        out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[7], x_), e.data(kinds[9], offsets_)
         block_rows, vectors = BLOCKS[e.dtype]
         starts = [at for row in e.at(out_at_, out_pitch_, block_rows) for at in e.at(row, e.constant(e.lanes), vectors)]
         acc = e.accumulators(out_data, starts)
@@ -164,8 +164,9 @@ def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, x, x_at, off
             r = loop.index
             start = builder.add(x_at_, builder.load(builder.gep(offsets_data, [r])))
             cells = [e.load(x_data, at) for at in e.at(start, e.constant(e.lanes), vectors)]
+            w_r = builder.mul(r, w_step_)
             for i in range(block_rows):
-                weight = e.broadcast(w_data, builder.add(weight_rows[i], r))
+                weight = e.broadcast(w_data, builder.add(weight_rows[i], w_r))
                 for v in range(vectors):
                     e.fma(weight, cells[v], acc[i * vectors + v])
         e.store_all(acc, out_data, starts)
@@ -211,18 +212,18 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
 
 
 @parallel
-def forward_blocks(phased, w, offsets, out, span, wq, block_rows, block_cells, blocks, parts):
+def forward_blocks(phased, w, kp, offsets, out, span, wq, block_rows, block_cells, blocks, parts):
     """out (N, K, oh, ow) = the convolution of the split input phased (N, C, span)
-    with w (groups, Kp, R): group g's outputs (Kp rows, the channels past K/groups
-    zero) from its C/groups input channels, row r of its sum from offsets[r] (as in
+    with w (_block_weights: groups, Kp, R): group g's outputs (Kp rows, the channels
+    past K/groups zero) from its C/groups input channels, row r of its sum from offsets[r] (as in
     the module's docstring). One iteration per (sample, group, run of cells, part
     of the channel blocks), `parts` parts: the run's input cells stay in cache
     across the part's blocks."""
     n_, k_, oh, ow = out.shape
-    groups, kp, rows = w.shape
+    rows = offsets.shape[0]
+    groups = w.shape[0] // (kp * rows)
     kg, cg = k_ // groups, phased.shape[1] // groups
     flat_x = phased.reshape(phased.size)
-    flat_w = w.reshape(w.size)
     kbs = kp // block_rows
     for t in prange(n_ * groups * blocks * parts):
         n, g, b, part = t // (groups * blocks * parts), t // (blocks * parts) % groups, t // parts % blocks, t % parts
@@ -234,7 +235,7 @@ def forward_blocks(phased, w, offsets, out, span, wq, block_rows, block_cells, b
             # the whole sum at once: in chunks of 128 rows for every channel block (the
             # chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
             tile[:] = 0.0
-            block_sums(tile, 0, block_cells, flat_w, (g * kp + k0) * rows, rows, flat_x, x_at, offsets, rows)
+            block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
             # the block's cells, row by row of the output: a run of kept cells, then
             # the row's wq - ow dropped ones
             q, end = first, min(first + block_cells, oh * wq)
@@ -330,14 +331,24 @@ def _parts(tasks, blocks, threads):
     return max(1, min(blocks, -(-PARTS * threads // tasks)))
 
 
+def _interleaved(w, block_rows):
+    """w (groups, Kp, R) with each block of block_rows rows interleaved, flat: the
+    block's weights of row r of the sum side by side (one cache line for
+    block_sums' broadcasts, where rows R apart made as many streams as the block
+    has rows: forward 8% faster in float32)."""
+    groups, kp, rows = w.shape
+    return np.ascontiguousarray(w.reshape(groups, kp // block_rows, block_rows, rows).transpose(0, 1, 3, 2)).reshape(-1)
+
+
 def _block_weights(weight, g, block_rows):
     """(groups, Kp, C/groups * kh * kw): each group's kernels as rows of taps, Kp the
-    group's output channels rounded up to whole blocks, the extra rows zero."""
+    group's output channels rounded up to whole blocks, the extra rows zero; flat,
+    blocks _interleaved."""
     kg = g.c_out // g.groups
     kp = -(-kg // block_rows) * block_rows
     w = np.zeros((g.groups, kp, weight[0].size), dtype=weight.dtype)
     w[:, :kg] = weight.reshape(g.groups, kg, -1)
-    return w
+    return _interleaved(w, block_rows), kp
 
 
 def forward(x, weight, g, threads):
@@ -346,8 +357,8 @@ def forward(x, weight, g, threads):
     plan = _plan(g, x.dtype)
     phased = plan.split(x, g)
     out = np.empty(g.output_shape, dtype=x.dtype)
-    w = _block_weights(weight, g, plan.block_rows)
-    forward_blocks(phased, w, plan.offsets, out, plan.span, plan.wq, plan.block_rows, plan.block_cells, plan.blocks, _parts(g.n * g.groups * plan.blocks, w.shape[1] // plan.block_rows, threads))
+    w, kp = _block_weights(weight, g, plan.block_rows)
+    forward_blocks(phased, w, kp, plan.offsets, out, plan.span, plan.wq, plan.block_rows, plan.block_cells, plan.blocks, _parts(g.n * g.groups * plan.blocks, kp // plan.block_rows, threads))
     return out
 
 
@@ -403,7 +414,7 @@ def input_blocks(padded, w, w_first, offsets, first, gx, span, pitch, wq, top, l
         for cb in range(cbs * part // parts, cbs * (part + 1) // parts):
             c0 = cb * block_rows
             tile[:] = 0.0
-            block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, rows, flat_pad, at, offsets[first[p] :], rows)
+            block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
             q = start
             while q < start + block_cells:
                 y, xo = q // pitch, q % pitch
@@ -456,7 +467,8 @@ def _input_plan(g, dtype):
 def _phase_weights(weight, g, plan):
     """Each phase's weights, flat, one after the other: (groups, cgp, kg * taps), row c
     the group's input channel c (cgp rounded up to whole blocks, the extra rows
-    zero), column k * taps + t weight[k, c, tap t]; and where each phase's start."""
+    zero), column k * taps + t weight[k, c, tap t], blocks _interleaved; and where
+    each phase's start."""
     kg, cg = g.c_out // g.groups, g.c_in // g.groups
     cgp = -(-cg // plan.block_rows) * plan.block_rows
     grouped = weight.reshape(g.groups, kg, cg, g.kh, g.kw)
@@ -465,7 +477,7 @@ def _phase_weights(weight, g, plan):
         w = np.zeros((g.groups, cgp, kg, len(phase)), dtype=weight.dtype)
         for t, (i, j) in enumerate(phase):
             w[:, :cg, :, t] = grouped[:, :, :, i, j].transpose(0, 2, 1)
-        parts.append(w.reshape(-1))
+        parts.append(_interleaved(w.reshape(g.groups, cgp, -1), plan.block_rows))
     first = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
     return np.concatenate(parts), first, cgp
 

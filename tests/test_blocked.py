@@ -24,7 +24,7 @@ DTYPES = [np.float32, np.float64]
 
 @numba.njit
 def _sums(out, w, x, offsets, rows, x_at):
-    blocked.block_sums(out, 3, out.shape[0] // 8, w, 2, rows + 1, x, x_at, offsets, rows)
+    blocked.block_sums(out, 3, out.shape[0] // 8, w, 2, rows + 1, 1, x, x_at, offsets, rows)
 
 
 @numba.njit
