@@ -75,13 +75,16 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 
 
 # Where the register-blocked sums (fastconv.kernels.blocked) beat the other paths
-# (per-pass timings of every path on 20 shapes, both dtypes, 2 cores of an AVX-512
-# Xeon): a sum of BLOCKED_ROWS terms or more per result (channels times taps) over
-# a kernel of more than one tap, with BLOCKED_CHANNELS results per group or more
-# for the forward (computed a block of 6, or 4 in float64, at a time) and
-# BLOCKED_GRADIENT_CHANNELS for the gradients. Below them (first layers of 1 or 3
-# channels, depthwise, 8 channels per group) the padding to whole blocks costs more
-# than their speed saves. GEMM and Winograd run on fastconv's GEMM threads (up to
+# (per-pass timings of every path on 32 shapes, both dtypes, 2 cores of an AVX-512
+# Xeon): a sum of BLOCKED_ROWS terms or more per result (channels times taps; the
+# input gradient's, per phase of the stride) over a kernel of more than one tap, computed for blocks of channels (8, or 6 with
+# AVX2) that the channels per group fill to BLOCKED_FILL or more (the forward's
+# output channels, the input gradient's input channels: 6-8, 12-16, 18-24 and so
+# on; 1, 3 or 4 channels ran 5-60% slower than the direct loops, 6 and 8 channels
+# 15-35% faster). The weight gradient's dot products pay from BLOCKED_WEIGHT_ROWS
+# terms over inputs of BLOCKED_WEIGHT_INPUTS channels or more to BLOCKED_GRADIENT_CHANNELS outputs or
+# more (8 to 16 channels by 3x3 or 4x4 ran 10-35% slower than the direct loops, 12
+# to 24 by 5x5 10-15% faster). GEMM and Winograd run on fastconv's GEMM threads (up to
 # gemm.MOST_THREADS), and a layer that goes from Numba's parallel loops to them
 # pays for the OpenMP workers still spinning (PyTorch's libgomp, when PyTorch is
 # imported first). So the blocked sums take every pass they apply to, even where
@@ -93,7 +96,9 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # 26.1 mixed; decoder_up's 4x4 stride-2 kernel, four taps a phase, ran each pass
 # 1-9% faster blocked).
 BLOCKED_ROWS = 64
-BLOCKED_CHANNELS = 8
+BLOCKED_FILL = 0.75
+BLOCKED_WEIGHT_ROWS = 144
+BLOCKED_WEIGHT_INPUTS = 8
 BLOCKED_GRADIENT_CHANNELS = 16
 
 
@@ -105,15 +110,21 @@ def _even_phases(g: ConvGeometry) -> bool:
     return len(set(rows)) == 1 and len(set(cols)) == 1
 
 
+def _fills_blocks(channels: int) -> bool:
+    rows = B.BLOCKS[np.dtype(np.float32)][0]
+    return channels >= BLOCKED_FILL * -(-channels // rows) * rows
+
+
 def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
     taps, cg, kg = g.kh * g.kw, g.c_in // g.groups, g.c_out // g.groups
     if taps == 1:
         return False
     if computation == "forward":
-        return cg * taps >= BLOCKED_ROWS and kg >= BLOCKED_CHANNELS
+        return cg * taps >= BLOCKED_ROWS and _fills_blocks(kg)
     if computation == "input":
-        return kg * taps >= BLOCKED_ROWS and cg >= BLOCKED_GRADIENT_CHANNELS
-    return cg >= BLOCKED_GRADIENT_CHANNELS and kg >= BLOCKED_GRADIENT_CHANNELS
+        # summed phase by phase of the stride
+        return kg * taps >= BLOCKED_ROWS * g.sh * g.sw and _fills_blocks(cg)
+    return cg * taps >= BLOCKED_WEIGHT_ROWS and cg >= BLOCKED_WEIGHT_INPUTS and kg >= BLOCKED_GRADIENT_CHANNELS
 
 
 def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None) -> str:

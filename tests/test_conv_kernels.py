@@ -403,7 +403,12 @@ def test_conv_path_order(monkeypatch):
     # too few terms or channels for whole blocks: first layers, depthwise, 8 per group
     assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked", "direct", "direct"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["direct"] * 3
+    # 8 channels per group fill their blocks, but 72 terms are too few for the weight
+    # gradient's dot products
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked", "blocked", "direct"]
+    assert paths(conv2d_geometry((8, 12, 24, 24), (24, 12, 5, 5), padding=2)) == ["blocked"] * 3
+    assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["direct"] * 3
 
 
 @given(st.integers(1, 60), st.integers(0, 60))
