@@ -111,7 +111,7 @@ def _even_phases(g: ConvGeometry) -> bool:
 
 
 def _fills_blocks(channels: int) -> bool:
-    rows = B.BLOCKS[np.dtype(np.float32)][0]
+    rows = B.block_shape(np.float32, channels)[0]
     return channels >= BLOCKED_FILL * -(-channels // rows) * rows
 
 

@@ -11,7 +11,9 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
 - `block_sums`, for the forward and the input gradient: ROWS output channels by
   VECTORS vectors of output cells, each step one vector load per vector of cells and
   one broadcast weight per channel for ROWS * VECTORS multiply-adds (on one core of
-  an AVX-512 Xeon, over cached data: 194 GFLOP/s in float32, 101 in float64);
+  an AVX-512 Xeon, over cached data: 194 GFLOP/s in float32, 101 in float64),
+  and `narrow_block_sums` for up to 4 channels, in blocks half as tall and twice
+  as wide;
 - `block_dots`, for the weight gradient: 4 x 6 dot products of rows of
   grad_output with rows of input cells, 10 vector loads a step for 24
   multiply-adds.
@@ -57,7 +59,12 @@ VECTOR_BYTES = _vector_bytes()
 # in float32 and 101 in float64, where 4x3 to 6x4, 8x2 and 12x1 ran at 137-190 and
 # 61-98; on whole layers 5-15% faster than 6x3 (and output channels come in eights
 # more often than in sixes). With AVX2 the usual 6x2 of a 16-register GEMM kernel.
-BLOCKS = {np.dtype(np.float32): (8, 3), np.dtype(np.float64): (8, 3)} if VECTOR_BYTES == 64 else {np.dtype(np.float32): (6, 2), np.dtype(np.float64): (6, 2)}
+BLOCK = (8, 3) if VECTOR_BYTES == 64 else (6, 2)
+# For NARROW_ROWS channels or fewer (the input gradient of a first layer of 3
+# channels, an output layer of 3) a block of NARROW_ROWS by twice the vectors, as
+# many sums: 3 channels fill 3/4 of it where they filled 3/8 of BLOCK.
+NARROW_ROWS = 4
+NARROW_BLOCK = (NARROW_ROWS, 2 * BLOCK[1])
 # block_dots' (rows of grad_output, rows of the sum): their products in registers,
 # with the grad_output rows' vectors and one row's of the sum. With AVX-512 4x6: over
 # cached data 8-10% faster than 4x4 and 6x4 in both dtypes, 8x3 spills. With AVX2
@@ -72,9 +79,10 @@ SAMPLE_BYTES = 4096
 PARTS = 4  # a parallel loop's iterations per thread, at least
 
 
-def block_shape(dtype):
-    """(ROWS, cells) of one block for dtype."""
-    rows, vectors = BLOCKS[np.dtype(dtype)]
+def block_shape(dtype, channels):
+    """(ROWS, cells) of one block of block_sums (BLOCK), or of narrow_block_sums
+    (NARROW_BLOCK) for NARROW_ROWS channels or fewer, in dtype."""
+    rows, vectors = NARROW_BLOCK if channels <= NARROW_ROWS else BLOCK
     return rows, vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
@@ -143,36 +151,45 @@ class _Emitter:
             self.store(self.builder.load(slot), data, at)
 
 
-@intrinsic
-def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
-    """out[out_at + i*out_pitch + l] += the sum over r < rows of
-    w[w_at + i*w_pitch + r*w_step] * x[x_at + offsets[r] + l], for i < ROWS and l below
-    block_shape's cells; the arrays flat and contiguous, of one dtype, the integers
+def _block_sums(shape):
+    """The intrinsic block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x,
+    x_at, offsets, rows) for blocks of shape (ROWS, VECTORS):
+    out[out_at + i*out_pitch + l] += the sum over r < rows of
+    w[w_at + i*w_pitch + r*w_step] * x[x_at + offsets[r] + l], for i < ROWS and l
+    below VECTORS * lanes; the arrays flat and contiguous, of one dtype, the integers
     int64. The terms in order of r, each a fused multiply-add."""
-    sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+    block_rows, vectors = shape
 
-    def codegen(context, builder, signature, args):
-        e = _Emitter(context, builder, signature, args)
-        out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
-        kinds = signature.args
-        out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[7], x_), e.data(kinds[9], offsets_)
-        block_rows, vectors = BLOCKS[e.dtype]
-        starts = [at for row in e.at(out_at_, out_pitch_, block_rows) for at in e.at(row, e.constant(e.lanes), vectors)]
-        acc = e.accumulators(out_data, starts)
-        weight_rows = e.at(w_at_, w_pitch_, block_rows)
-        with cgutils.for_range(builder, rows_) as loop:
-            r = loop.index
-            start = builder.add(x_at_, builder.load(builder.gep(offsets_data, [r])))
-            cells = [e.load(x_data, at) for at in e.at(start, e.constant(e.lanes), vectors)]
-            w_r = builder.mul(r, w_step_)
-            for i in range(block_rows):
-                weight = e.broadcast(w_data, builder.add(weight_rows[i], w_r))
-                for v in range(vectors):
-                    e.fma(weight, cells[v], acc[i * vectors + v])
-        e.store_all(acc, out_data, starts)
-        return context.get_dummy_value()
+    def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
+        sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            e = _Emitter(context, builder, signature, args)
+            out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
+            kinds = signature.args
+            out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[7], x_), e.data(kinds[9], offsets_)
+            starts = [at for row in e.at(out_at_, out_pitch_, block_rows) for at in e.at(row, e.constant(e.lanes), vectors)]
+            acc = e.accumulators(out_data, starts)
+            weight_rows = e.at(w_at_, w_pitch_, block_rows)
+            with cgutils.for_range(builder, rows_) as loop:
+                r = loop.index
+                start = builder.add(x_at_, builder.load(builder.gep(offsets_data, [r])))
+                cells = [e.load(x_data, at) for at in e.at(start, e.constant(e.lanes), vectors)]
+                w_r = builder.mul(r, w_step_)
+                for i in range(block_rows):
+                    weight = e.broadcast(w_data, builder.add(weight_rows[i], w_r))
+                    for v in range(vectors):
+                        e.fma(weight, cells[v], acc[i * vectors + v])
+            e.store_all(acc, out_data, starts)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(block_sums)
+
+
+block_sums = _block_sums(BLOCK)
+narrow_block_sums = _block_sums(NARROW_BLOCK)
 
 
 @intrinsic
@@ -235,7 +252,10 @@ def forward_blocks(phased, w, kp, offsets, out, span, wq, block_rows, block_cell
             # the whole sum at once: in chunks of 128 rows for every channel block (the
             # chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
             tile[:] = 0.0
-            block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
+            if block_rows <= NARROW_ROWS:
+                narrow_block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
+            else:
+                block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
             # the block's cells, row by row of the output: a run of kept cells, then
             # the row's wq - ow dropped ones
             q, end = first, min(first + block_cells, oh * wq)
@@ -288,7 +308,7 @@ class _Plan:
 
     def __init__(self, g, dtype):
         self.hq, self.wq = phase_shape(g)
-        self.block_rows, self.block_cells = block_shape(dtype)
+        self.block_rows, self.block_cells = block_shape(dtype, g.c_out // g.groups)
         cg = g.c_in // g.groups
         starts = tap_starts(g, [(i, j) for i in range(g.kh) for j in range(g.kw)], self.hq, self.wq)
         length = (g.oh - 1) * self.wq + g.ow
@@ -414,7 +434,10 @@ def input_blocks(padded, w, w_first, offsets, first, gx, span, pitch, wq, top, l
         for cb in range(cbs * part // parts, cbs * (part + 1) // parts):
             c0 = cb * block_rows
             tile[:] = 0.0
-            block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
+            if block_rows <= NARROW_ROWS:
+                narrow_block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
+            else:
+                block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
             q = start
             while q < start + block_cells:
                 y, xo = q // pitch, q % pitch
@@ -439,7 +462,7 @@ class _InputPlan:
     `pitch` columns, makes each tap's row one contiguous run from its start."""
 
     def __init__(self, g, dtype):
-        self.block_rows, self.block_cells = block_shape(dtype)
+        self.block_rows, self.block_cells = block_shape(dtype, g.c_in // g.groups)
         self.hq, self.wq = phase_shape(g)
         taps = [[(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b] for a in range(g.sh) for b in range(g.sw)]
         self.top = (g.kh - 1) * g.dh // g.sh

@@ -23,8 +23,11 @@ DTYPES = [np.float32, np.float64]
 
 
 @numba.njit
-def _sums(out, w, x, offsets, rows, x_at):
-    blocked.block_sums(out, 3, out.shape[0] // 8, w, 2, rows + 1, 1, x, x_at, offsets, rows)
+def _sums(out, w, x, offsets, rows, x_at, w_step, narrow):
+    if narrow:
+        blocked.narrow_block_sums(out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
+    else:
+        blocked.block_sums(out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
 
 
 @numba.njit
@@ -33,19 +36,21 @@ def _dots(out, a, x, offsets, cells, samples, a_step, x_step):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_block_sums_against_numpy(dtype, rng):
-    block_rows, cells = blocked.block_shape(dtype)
-    rows = 37
+@pytest.mark.parametrize("narrow", [False, True])
+def test_block_sums_against_numpy(dtype, narrow, rng):
+    block_rows, cells = blocked.block_shape(dtype, blocked.NARROW_ROWS if narrow else blocked.NARROW_ROWS + 1)
+    assert block_rows == blocked.NARROW_ROWS or not narrow
+    rows, w_step = 37, block_rows + 1  # each row's weights side by side, a gap after
     x = rng.standard_normal(500).astype(dtype)
     offsets = rng.integers(0, 500 - cells - 11, rows).astype(np.int64)  # unaligned runs
-    w = rng.standard_normal(2 + block_rows * (rows + 1)).astype(dtype)
+    w = rng.standard_normal(2 + w_step * rows).astype(dtype)
     out = rng.standard_normal(8 * block_rows * cells).astype(dtype)
     pitch = out.shape[0] // 8
     expected = out.copy()
     for i in range(block_rows):
         for r in range(rows):
-            expected[3 + i * pitch : 3 + i * pitch + cells] += w[2 + i * (rows + 1) + r] * x[11 + offsets[r] : 11 + offsets[r] + cells]
-    _sums(out, w, x, offsets, rows, 11)
+            expected[3 + i * pitch : 3 + i * pitch + cells] += w[2 + i + r * w_step] * x[11 + offsets[r] : 11 + offsets[r] + cells]
+    _sums(out, w, x, offsets, rows, 11, w_step, narrow)
     assert_close(out, expected, dtype)
 
 

@@ -400,8 +400,10 @@ def test_conv_path_order(monkeypatch):
     monkeypatch.setattr(dispatch, "BLOCKED_GRADIENT_CHANNELS", 10**6)
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd"] * 3
     monkeypatch.undo()
-    # too few terms or channels for whole blocks: first layers, depthwise, 8 per group
-    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct"] * 3
+    # too few terms or channels for whole blocks: first layers (but the input
+    # gradient of 3 channels, in narrow blocks), depthwise, 4 per group
+    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct", "blocked", "direct"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["direct"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["direct"] * 3
     # 8 channels per group fill their blocks, but 72 terms are too few for the weight
