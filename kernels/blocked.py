@@ -77,6 +77,17 @@ DOTS = (4, 6) if VECTOR_BYTES == 64 else (3, 4)
 STEP_CELLS = 2048
 SAMPLE_BYTES = 4096
 PARTS = 4  # a parallel loop's iterations per thread, at least
+# Small planes are computed with the planes of a run of samples together, their
+# rows interleaved (the output rows of sample j of a run at y * runs_of + j), so
+# that a run of cells spans the samples: for the forward (and the stride-1 input
+# gradient) the fewest samples a run whose blocks leave at most FOLD_WASTE of their
+# cells empty; for the weight gradient, runs of FOLD_CELLS output cells or more.
+# 256 channels of 7x7 planes by 3x3, each pass 20-30% faster; of 4x4 planes,
+# 35-45%. (A block's input cells then reach further, past taps' rows of every
+# sample of the run: with more samples than it needs the forward ran up to 10%
+# slower.)
+FOLD_WASTE = 1 / 8
+FOLD_CELLS = 512
 
 
 def block_shape(dtype, channels):
@@ -229,24 +240,25 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
 
 
 @parallel
-def forward_blocks(phased, w, kp, offsets, out, span, wq, block_rows, block_cells, blocks, parts):
-    """out (N, K, oh, ow) = the convolution of the split input phased (N, C, span)
-    with w (_block_weights: groups, Kp, R): group g's outputs (Kp rows, the channels
-    past K/groups zero) from its C/groups input channels, row r of its sum from offsets[r] (as in
-    the module's docstring). One iteration per (sample, group, run of cells, part
-    of the channel blocks), `parts` parts: the run's input cells stay in cache
-    across the part's blocks."""
+def forward_blocks(phased, w, kp, offsets, out, span, wq, runs_of, block_rows, block_cells, blocks, parts):
+    """out (N, K, oh, ow) = the convolution of the split input phased (runs, C, span),
+    the planes of runs_of samples a run, with w (_block_weights: groups, Kp, R):
+    group g's outputs (Kp rows, the channels past K/groups zero) from its C/groups
+    input channels, row r of its sum from offsets[r] (as in the module's docstring).
+    One iteration per (run, group, block of cells, part of the channel blocks),
+    `parts` parts: the block's input cells stay in cache across the part's channel
+    blocks."""
     n_, k_, oh, ow = out.shape
     rows = offsets.shape[0]
     groups = w.shape[0] // (kp * rows)
     kg, cg = k_ // groups, phased.shape[1] // groups
     flat_x = phased.reshape(phased.size)
     kbs = kp // block_rows
-    for t in prange(n_ * groups * blocks * parts):
-        n, g, b, part = t // (groups * blocks * parts), t // (blocks * parts) % groups, t // parts % blocks, t % parts
+    for t in prange(phased.shape[0] * groups * blocks * parts):
+        run_, g, b, part = t // (groups * blocks * parts), t // (blocks * parts) % groups, t // parts % blocks, t % parts
         tile = np.empty(block_rows * block_cells, dtype=out.dtype)
         first = b * block_cells
-        x_at = (n * phased.shape[1] + g * cg) * span + first
+        x_at = (run_ * phased.shape[1] + g * cg) * span + first
         for kb in range(kbs * part // parts, kbs * (part + 1) // parts):
             k0 = kb * block_rows
             # the whole sum at once: in chunks of 128 rows for every channel block (the
@@ -258,15 +270,17 @@ def forward_blocks(phased, w, kp, offsets, out, span, wq, block_rows, block_cell
                 block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
             # the block's cells, row by row of the output: a run of kept cells, then
             # the row's wq - ow dropped ones
-            q, end = first, min(first + block_cells, oh * wq)
+            q, end = first, min(first + block_cells, oh * runs_of * wq)
             while q < end:
                 y, xo = q // wq, q % wq
                 run = min(wq - xo, end - q)
-                for i in range(min(block_rows, kg - k0)):
-                    kept = tile[i * block_cells + q - first :]
-                    row = out[n, g * kg + k0 + i, y]
-                    for j in range(min(run, ow - xo)):
-                        row[xo + j] = kept[j]
+                n = run_ * runs_of + y % runs_of
+                if n < n_:
+                    for i in range(min(block_rows, kg - k0)):
+                        kept = tile[i * block_cells + q - first :]
+                        row = out[n, g * kg + k0 + i, y // runs_of]
+                        for j in range(min(run, ow - xo)):
+                            row[xo + j] = kept[j]
                 q += run
 
 
@@ -274,11 +288,12 @@ def forward_blocks(phased, w, kp, offsets, out, span, wq, block_rows, block_cell
 def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, samples, parts):
     """dots (groups, Kp, Rp) += block_dots of group g's output channels, DOTS[0] at
     a time, against its rows of the sum (offsets, padded to whole blocks of DOTS[1])
-    over every sample: wide (N*K + DOTS[0], length) is grad_output in the wide layout (zero at the
-    dropped cells and rows), channels the output channels per group. Each iteration
-    owns a contiguous range of the blocks (`parts` of them) and sums in a fixed
-    order, `samples` samples of `cells` cells at a time: its grad_output rows stay in
-    L1 across the blocks of one channel block."""
+    over every run of samples (phased: runs, C, span): wide (runs*K + DOTS[0],
+    length) is grad_output in the wide layout of the runs (zero at the dropped cells
+    and rows), channels the output channels per group. Each iteration owns a
+    contiguous range of the blocks (`parts` of them) and sums in a fixed order,
+    `samples` runs of `cells` cells at a time: its grad_output rows stay in L1
+    across the blocks of one channel block."""
     groups, kp, rp = dots.shape
     n_, c_ = phased.shape[0], phased.shape[1]
     cg = c_ // groups
@@ -302,18 +317,46 @@ def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, sa
                     )  # fmt: skip
 
 
-class _Plan:
-    """Phase shape, the sum's row offsets, the block count per plane and each plane's
-    span of geometry g in dtype."""
+def _even_runs(n, want):
+    """Samples a run: `want` or fewer, the batch of n split into runs as even as can be."""
+    return -(-n // -(-n // want))
 
-    def __init__(self, g, dtype):
+
+@functools.lru_cache(maxsize=256)
+def forward_runs_of(g, dtype):
+    """Samples a run for the forward of geometry g (FOLD_WASTE)."""
+    hq, wq = phase_shape(g)
+    cells = block_shape(dtype, g.c_out // g.groups)[1]
+    for want in range(1, g.n + 1):
+        runs_of = _even_runs(g.n, want)
+        length = (g.oh * runs_of - 1) * wq + g.ow
+        if -length % cells <= FOLD_WASTE * (length + -length % cells):
+            return runs_of
+    return g.n
+
+
+@functools.lru_cache(maxsize=256)
+def weight_runs_of(g):
+    """Samples a run for the weight gradient of geometry g (FOLD_CELLS)."""
+    hq, wq = phase_shape(g)
+    return _even_runs(g.n, min(g.n, -(-FOLD_CELLS // (g.oh * wq))))
+
+
+class _Plan:
+    """Phase shape, samples a run (runs_of) and runs, the sum's row offsets, the
+    block count per run and each run's span of geometry g in dtype: phase p's row y
+    of a run's sample j from p*runs_of*hq*wq + (y*runs_of + j)*wq (split_planes)."""
+
+    def __init__(self, g, dtype, runs_of):
         self.hq, self.wq = phase_shape(g)
         self.block_rows, self.block_cells = block_shape(dtype, g.c_out // g.groups)
+        self.runs_of, self.runs = runs_of, -(-g.n // runs_of)
         cg = g.c_in // g.groups
-        starts = tap_starts(g, [(i, j) for i in range(g.kh) for j in range(g.kw)], self.hq, self.wq)
-        length = (g.oh - 1) * self.wq + g.ow
+        taps = [(i, j) for i in range(g.kh) for j in range(g.kw)]
+        starts = tap_starts(g, taps, self.hq, self.runs_of * self.wq, self.runs_of * self.hq * self.wq)
+        length = (g.oh * self.runs_of - 1) * self.wq + g.ow
         self.blocks = -(-length // self.block_cells)
-        self.span = max(g.sh * g.sw * self.hq * self.wq, int(starts.max()) + self.blocks * self.block_cells)
+        self.span = max(g.sh * g.sw * self.runs_of * self.hq * self.wq, int(starts.max()) + self.blocks * self.block_cells)
         self.offsets = (np.arange(cg, dtype=np.int64)[:, None] * self.span + starts[None, :]).reshape(-1)
         lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
         self.wide_length = -(-length // lanes) * lanes
@@ -324,15 +367,15 @@ class _Plan:
             raise AssertionError("blocked convolution plan reads past its group's input")
 
     def split(self, x, g):
-        """x's planes split into their padded phases, each in a span: (N, C, span)."""
-        phased = np.empty((g.n, g.c_in, self.span), dtype=x.dtype)
-        split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, self.hq, self.wq, 1)
+        """x's planes split into their padded phases, a run's in a span: (runs, C, span)."""
+        phased = np.empty((self.runs, g.c_in, self.span), dtype=x.dtype)
+        split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, self.hq, self.wq, self.runs_of)
         return phased
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(g, dtype):
-    return _Plan(g, dtype)
+def _plan(g, dtype, runs_of):
+    return _Plan(g, dtype, runs_of)
 
 
 def _aligned_empty(shape, dtype):
@@ -374,11 +417,12 @@ def _block_weights(weight, g, block_rows):
 def forward(x, weight, g, threads):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
     output (N, K, oh, ow)."""
-    plan = _plan(g, x.dtype)
+    plan = _plan(g, x.dtype, forward_runs_of(g, x.dtype))
     phased = plan.split(x, g)
     out = np.empty(g.output_shape, dtype=x.dtype)
     w, kp = _block_weights(weight, g, plan.block_rows)
-    forward_blocks(phased, w, kp, plan.offsets, out, plan.span, plan.wq, plan.block_rows, plan.block_cells, plan.blocks, _parts(g.n * g.groups * plan.blocks, kp // plan.block_rows, threads))
+    tasks = plan.runs * g.groups * plan.blocks
+    forward_blocks(phased, w, kp, plan.offsets, out, plan.span, plan.wq, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, _parts(tasks, kp // plan.block_rows, threads))
     return out
 
 
@@ -386,17 +430,18 @@ def weight_grad(x, grad_output, g, threads):
     """conv2d_weight: the gradient (K, C/groups, kh, kw) for input x (N, C, H, W) and
     grad_output (N, K, oh, ow), geometry g. Each sum in a fixed order whatever the
     thread count."""
-    plan = _plan(g, x.dtype)
+    plan = _plan(g, x.dtype, weight_runs_of(g))
     phased = plan.split(x, g)
-    # DOTS rows more: the last block of channels reads past the last sample's
-    wide = _aligned_empty((g.n * g.c_out + DOTS[0], plan.wide_length), x.dtype)
-    wide[g.n * g.c_out :] = 0.0
-    widen_planes(grad_output, wide[: g.n * g.c_out].reshape(g.n, g.c_out, plan.wide_length), 0, plan.wq, 1)
+    # DOTS[0] rows more: the last block of channels reads past the last run's
+    planes = plan.runs * g.c_out
+    wide = _aligned_empty((planes + DOTS[0], plan.wide_length), x.dtype)
+    wide[planes:] = 0.0
+    widen_planes(grad_output, wide[:planes].reshape(plan.runs, g.c_out, plan.wide_length), 0, plan.wq, plan.runs_of)
     kg, rows = g.c_out // g.groups, len(plan.offsets)
     dots = np.zeros((g.groups, -(-kg // DOTS[0]) * DOTS[0], len(plan.dot_offsets)), dtype=x.dtype)
     parts = max(1, min(dots.size // (DOTS[0] * DOTS[1]), threads))
-    # runs of equal parts of a sample (a short last part would pay the sums' loads,
-    # lane sums and stores for a few steps), or of samples
+    # steps of equal parts of a run (a short last part would pay the sums' loads,
+    # lane sums and stores for a few steps), or of runs
     lanes = VECTOR_BYTES // x.itemsize
     cells = -(-plan.wide_length // -(-plan.wide_length // STEP_CELLS) // lanes) * lanes
     weight_blocks(phased, wide, plan.dot_offsets, dots, plan.span, plan.wide_length, kg, cells, max(1, SAMPLE_BYTES // x.itemsize // cells), parts)

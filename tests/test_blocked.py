@@ -90,16 +90,19 @@ def geometries(draw):
 @settings(max_examples=300, deadline=None)
 @given(geometries(), st.sampled_from(DTYPES))
 def test_plans_keep_every_load_inside_the_arrays(g, dtype):
-    plan = blocked._plan(g, np.dtype(dtype))
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
-    runs = plan.blocks * plan.block_cells
-    # forward_blocks and weight_blocks: a group's last run of its last row ends in
-    # its input (the last sample's ends the array)
-    assert plan.offsets.max() + runs <= cg * plan.span
-    assert plan.dot_offsets.max() + plan.wide_length <= cg * plan.span
-    assert plan.wide_length <= runs and plan.wide_length % (blocked.VECTOR_BYTES // np.dtype(dtype).itemsize) == 0
-    # the split planes hold the phases, and every output cell is in a run
-    assert plan.span >= g.sh * g.sw * plan.hq * plan.wq and runs >= (g.oh - 1) * plan.wq + g.ow
+    for runs_of in {1, blocked.forward_runs_of(g, np.dtype(dtype)), blocked.weight_runs_of(g), g.n}:
+        plan = blocked._plan(g, np.dtype(dtype), runs_of)
+        runs = plan.blocks * plan.block_cells
+        # forward_blocks and weight_blocks: a group's last block of its last row ends
+        # in its input (the last run's ends the array)
+        assert plan.offsets.max() + runs <= cg * plan.span
+        assert plan.dot_offsets.max() + plan.wide_length <= cg * plan.span
+        assert plan.wide_length <= runs and plan.wide_length % (blocked.VECTOR_BYTES // np.dtype(dtype).itemsize) == 0
+        # the split planes hold the phases of a run's samples, every output cell is
+        # in a block, and the runs hold the batch
+        assert plan.span >= g.sh * g.sw * runs_of * plan.hq * plan.wq and runs >= (g.oh * runs_of - 1) * plan.wq + g.ow
+        assert plan.runs * runs_of >= g.n > (plan.runs - 1) * runs_of
     inputs = blocked._input_plan(g, np.dtype(dtype))
     runs = inputs.blocks * inputs.block_cells
     assert inputs.offsets.max(initial=0) + runs <= kg * inputs.span
