@@ -44,6 +44,7 @@ from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, 
 BLOCK = 4  # channels per iteration, at most
 LOOP_CELLS = 1024  # cells a loop should cover, at least (_blocking)
 PARTS = 4  # iterations of a parallel loop per thread (_parts)
+SPLIT_PARTS = 64  # split_planes' iterations: PARTS a thread on 16 threads
 PARTIAL_BYTES = 1 << 21  # the weight gradient's per-chunk sums, at most
 
 
@@ -293,27 +294,32 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     size = hq * wq
     stride = runs_of * size
     pitch = runs_of * wq
-    for t in prange(phased.shape[0] * c_):
-        r, c = t // c_, t % c_
-        dst = phased[r, c]
+    planes = phased.shape[0] * c_
+    # parts of many planes each, their scratch allocated once: one allocation a
+    # plane cost more than splitting a small plane
+    parts = min(planes, SPLIT_PARTS)
+    for part in prange(parts):
         scratch = np.empty(0 if sw == 1 else sh * sw * size, dtype=x.dtype)
-        if runs_of == 1:  # nothing to interleave: split in place
-            split_plane(x, phased, r, c, scratch, top, left, sh, sw, hq, wq)
-            continue
-        one = np.empty(sh * sw * size, dtype=x.dtype)
-        for j in range(runs_of):
-            n = r * runs_of + j
-            if n < n_:
-                to_phases(x[n, c], one, scratch, top, left, sh, sw, hq, wq)
-            else:
-                one[:] = 0.0
-            for p in range(sh * sw):
-                for y in range(hq):
-                    row = dst[p * stride + y * pitch + j * wq :]
-                    cells = one[p * size + y * wq :]
-                    for q in range(wq):
-                        row[q] = cells[q]
-        dst[sh * sw * stride :] = 0.0
+        one = np.empty(0 if runs_of == 1 else sh * sw * size, dtype=x.dtype)
+        for t in range(planes * part // parts, planes * (part + 1) // parts):
+            r, c = t // c_, t % c_
+            dst = phased[r, c]
+            if runs_of == 1:  # nothing to interleave: split in place
+                split_plane(x, phased, r, c, scratch, top, left, sh, sw, hq, wq)
+                continue
+            for j in range(runs_of):
+                n = r * runs_of + j
+                if n < n_:
+                    to_phases(x[n, c], one, scratch, top, left, sh, sw, hq, wq)
+                else:
+                    one[:] = 0.0
+                for p in range(sh * sw):
+                    for y in range(hq):
+                        row = dst[p * stride + y * pitch + j * wq :]
+                        cells = one[p * size + y * wq :]
+                        for q in range(wq):
+                            row[q] = cells[q]
+            dst[sh * sw * stride :] = 0.0
 
 
 @parallel
