@@ -12,8 +12,8 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
   VECTORS vectors of output cells, each step one vector load per vector of cells and
   one broadcast weight per channel for ROWS * VECTORS multiply-adds (on one core of
   an AVX-512 Xeon, over cached data: 194 GFLOP/s in float32, 101 in float64),
-  and `narrow_block_sums` for up to 4 channels, in blocks half as tall and twice
-  as wide;
+  and `narrow_block_sums` for up to 4 channels, in blocks of 4 channels by 6
+  vectors;
 - `block_dots`, for the weight gradient: 4 x 6 dot products of rows of
   grad_output with rows of input cells, 10 vector loads a step for 24
   multiply-adds.
@@ -61,10 +61,10 @@ VECTOR_BYTES = _vector_bytes()
 # more often than in sixes). With AVX2 the usual 6x2 of a 16-register GEMM kernel.
 BLOCK = (8, 3) if VECTOR_BYTES == 64 else (6, 2)
 # For NARROW_ROWS channels or fewer (the input gradient of a first layer of 3
-# channels, an output layer of 3) a block of NARROW_ROWS by twice the vectors, as
-# many sums: 3 channels fill 3/4 of it where they filled 3/8 of BLOCK.
+# channels, an output layer of 3) a block of NARROW_ROWS by more vectors, as many
+# sums: 3 channels fill 3/4 of it where they filled 3/8 of BLOCK.
 NARROW_ROWS = 4
-NARROW_BLOCK = (NARROW_ROWS, 2 * BLOCK[1])
+NARROW_BLOCK = (NARROW_ROWS, 6) if VECTOR_BYTES == 64 else (NARROW_ROWS, 3)
 # block_dots' (rows of grad_output, rows of the sum): their products in registers,
 # with the grad_output rows' vectors and one row's of the sum. With AVX-512 4x6: over
 # cached data 8-10% faster than 4x4 and 6x4 in both dtypes, 8x3 spills. With AVX2
