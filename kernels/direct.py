@@ -39,7 +39,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import parallel, serial
-from .phases import from_phases, from_wide, phase_shape, tap_starts, to_phases, to_wide
+from .phases import from_phases, from_wide, phase_shape, place_phases, tap_starts, to_phases, to_wide
 
 BLOCK = 4  # channels per iteration, at most
 LOOP_CELLS = 1024  # cells a loop should cover, at least (_blocking)
@@ -299,27 +299,16 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     # plane cost more than splitting a small plane
     parts = min(planes, SPLIT_PARTS)
     for part in prange(parts):
-        scratch = np.empty(0 if sw == 1 else sh * sw * size, dtype=x.dtype)
-        one = np.empty(0 if runs_of == 1 else sh * sw * size, dtype=x.dtype)
+        scratch = np.empty(0 if sw == 1 or runs_of > 1 else sh * sw * size, dtype=x.dtype)
         for t in range(planes * part // parts, planes * (part + 1) // parts):
             r, c = t // c_, t % c_
-            dst = phased[r, c]
             if runs_of == 1:  # nothing to interleave: split in place
                 split_plane(x, phased, r, c, scratch, top, left, sh, sw, hq, wq)
                 continue
-            for j in range(runs_of):
-                n = r * runs_of + j
-                if n < n_:
-                    to_phases(x[n, c], one, scratch, top, left, sh, sw, hq, wq)
-                else:
-                    one[:] = 0.0
-                for p in range(sh * sw):
-                    for y in range(hq):
-                        row = dst[p * stride + y * pitch + j * wq :]
-                        cells = one[p * size + y * wq :]
-                        for q in range(wq):
-                            row[q] = cells[q]
-            dst[sh * sw * stride :] = 0.0
+            dst = phased[r, c]
+            dst[:] = 0.0
+            for j in range(min(runs_of, n_ - r * runs_of)):
+                place_phases(x[r * runs_of + j, c], dst, j * wq, top, left, sh, sw, pitch, stride)
 
 
 @parallel

@@ -84,6 +84,28 @@ def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
 
 
 @serial(inline=True)
+def place_phases(plane, dst, at, top, left, sh, sw, pitch, stride):
+    """dst[at + p*stride + Y*pitch + X] = phase p's cell (Y, X) of plane zero-padded
+    at (top, left), for the plane's cells only: the padding's cells keep their values
+    (fill_phases' placement, with rows `pitch` and phases `stride` cells apart)."""
+    h, w = plane.shape
+    for r in range(h):
+        a, y = (r + top) % sh, (r + top) // sh
+        if sw == 1:
+            # a unit-stride loop of its own, so that LLVM vectorises it
+            row = at + a * stride + y * pitch + left
+            for q in range(w):
+                dst[row + q] = plane[r, q]
+            continue
+        for b in range(sw):
+            # input columns q0, q0 + sw, ... are phase b's, from its column (q0 + left) // sw
+            q0 = (b - left) % sw
+            row = at + (a * sw + b) * stride + y * pitch + (q0 + left) // sw
+            for k in range((w - q0 + sw - 1) // sw):
+                dst[row + k] = plane[r, q0 + k * sw]
+
+
+@serial(inline=True)
 def from_phases(flat, plane, top, left, sh, sw, hq, wq, size):
     """plane (h, w) = its cells in the flat phases of the plane zero-padded at (top,
     left), phase p's (hq, wq) cells from flat[p * size] (size >= hq*wq), the adjoint
