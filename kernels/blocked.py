@@ -24,8 +24,10 @@ reads its plane's phases at starts[u] + q, so row r = c*taps + u of the sum is o
 contiguous run from offsets[r] = c*span + starts[u], at any stride and dilation. A
 block's cells past the last output read zeros (each plane's span runs past the
 phases, split_planes zeroes it) and are dropped with the wq - ow extra cells of
-every row. The input gradient sums the same way over grad_output, one phase of
-the input at a time (`_InputPlan`).
+every row. Small planes are laid out a run of samples at a time, their rows
+interleaved (row y of the run's sample j at y*runs_of + j), so that the runs of
+cells span the samples. The input gradient sums the same way over grad_output, one
+phase of the input at a time (`_InputPlan`).
 
 The intrinsics' loads and stores are not bounds-checked, even under
 NUMBA_BOUNDSCHECK: the plans (`_Plan`, `_InputPlan`) lay the arrays out so that
@@ -70,10 +72,10 @@ NARROW_BLOCK = (NARROW_ROWS, 6) if VECTOR_BYTES == 64 else (NARROW_ROWS, 3)
 # cached data 8-10% faster than 4x4 and 6x4 in both dtypes, 8x3 spills. With AVX2
 # 3x4, where 4x4 spills (70% faster).
 DOTS = (4, 6) if VECTOR_BYTES == 64 else (3, 4)
-# weight_blocks' runs: at most STEP_CELLS cells of a sample (a 32x32 plane's in
-# one run, res3x3's weight gradient 11% faster than at 1024 in float32), or samples
-# of up to SAMPLE_BYTES together (more, and the input rows of stride-2 layers fall
-# out of L1)
+# weight_blocks' steps: at most STEP_CELLS cells of a run of samples (a 32x32
+# plane's in one step, res3x3's weight gradient 11% faster than at 1024 in
+# float32), or runs of up to SAMPLE_BYTES together (more, and the input rows of
+# stride-2 layers fall out of L1)
 STEP_CELLS = 2048
 SAMPLE_BYTES = 4096
 PARTS = 4  # a parallel loop's iterations per thread, at least
@@ -404,9 +406,9 @@ def _interleaved(w, block_rows):
 
 
 def _block_weights(weight, g, block_rows):
-    """(groups, Kp, C/groups * kh * kw): each group's kernels as rows of taps, Kp the
-    group's output channels rounded up to whole blocks, the extra rows zero; flat,
-    blocks _interleaved."""
+    """Each group's kernels as rows of taps, (groups, Kp, C/groups * kh * kw) with
+    each block _interleaved, flat; and Kp, the group's output channels rounded up to
+    whole blocks (the extra rows zero)."""
     kg = g.c_out // g.groups
     kp = -(-kg // block_rows) * block_rows
     w = np.zeros((g.groups, kp, weight[0].size), dtype=weight.dtype)
