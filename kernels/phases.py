@@ -67,23 +67,6 @@ def fill_phases(plane, first, ph, pw, sh, sw, hq, wq, fill, band, padded):
 
 
 @serial(inline=True)
-def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
-    """dst (flat, sh*sw*hq*wq) = plane zero-padded at (top, left), split by phase
-    (fill_phases; `scratch` as its `padded`)."""
-    if sh == 1 and sw == 1:
-        # the common case as plain row copies: measured 20-35% faster on a stride-1
-        # depthwise forward than fill_phases' general loops
-        dst[:] = 0.0
-        for r in range(plane.shape[0]):
-            cells = dst[(r + top) * wq + left :]
-            row = plane[r]
-            for q in range(plane.shape[1]):
-                cells[q] = row[q]
-        return
-    fill_phases(plane, 0, top, left, sh, sw, hq, wq, 0.0, dst, scratch)
-
-
-@serial(inline=True)
 def place_phases(plane, dst, at, top, left, sh, sw, pitch, stride):
     """dst[at + p*stride + Y*pitch + X] = phase p's cell (Y, X) of plane zero-padded
     at (top, left), for the plane's cells only: the padding's cells keep their values
@@ -104,6 +87,29 @@ def place_phases(plane, dst, at, top, left, sh, sw, pitch, stride):
             cells = dst[at + (a * sw + b) * stride + y * pitch + (q0 + left) // sw :]
             for k in range((w - q0 + sw - 1) // sw):
                 cells[k] = src[q0 + k * sw]
+
+
+@serial(inline=True)
+def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
+    """dst (flat, sh*sw*hq*wq) = plane zero-padded at (top, left), split by phase
+    (fill_phases; `scratch` as its `padded`)."""
+    if sh == 1 and sw == 1:
+        # the common case as plain row copies: measured 20-35% faster on a stride-1
+        # depthwise forward than fill_phases' general loops
+        dst[:] = 0.0
+        for r in range(plane.shape[0]):
+            cells = dst[(r + top) * wq + left :]
+            row = plane[r]
+            for q in range(plane.shape[1]):
+                cells[q] = row[q]
+        return
+    if sh == 2 and sw == 2:
+        # place_phases with the stride a constant: LLVM vectorises its column split
+        # (a stride-2 split of 16x16 planes 1.6x as fast as fill_phases')
+        dst[:] = 0.0
+        place_phases(plane, dst, 0, top, left, 2, 2, wq, hq * wq)
+        return
+    fill_phases(plane, 0, top, left, sh, sw, hq, wq, 0.0, dst, scratch)
 
 
 @serial(inline=True)
