@@ -451,33 +451,34 @@ def weight_grad(x, grad_output, g, threads):
 
 
 @parallel
-def input_blocks(padded, w, w_first, offsets, first, gx, span, pitch, wq, top, left, sh, sw, kg, cgp, block_rows, block_cells, blocks, parts):
+def input_blocks(padded, w, w_first, offsets, first, regions, gx, span, pitch, runs_of, top, left, sh, sw, kg, cgp, block_rows, block_cells, blocks, parts):
     """gx (N, C, H, W), zeros on entry, += the input gradient, phase by phase of the
     zero-padded input plane: phase (a, b)'s cell (Y, X), input cell
     (a + sh*Y - top, b + sw*X - left), is the sum of rows first[p]:first[p + 1] of
-    offsets over padded (N, K, span), grad_output shifted into planes of `pitch`
-    columns (see `_InputPlan`), with the weights w[w_first[p]:] (groups, cgp, rows).
-    One iteration per (sample, group, phase, run of cells, part of the channel
-    blocks), as forward_blocks."""
+    offsets over padded (runs, K, span), grad_output shifted into planes of `pitch`
+    columns, the rows of runs_of samples interleaved (see `_InputPlan`), with the
+    weights w[w_first[p]:] (groups, cgp, rows). Only the phase's cells inside the
+    input are computed: regions[p] = (Y0, X0, rows, columns) of them, cell
+    (Y0 + Y', X0 + X') of a run's sample j at (Y'*runs_of + j)*pitch + X'. One
+    iteration per (run, group, phase, block of cells, part of the channel blocks),
+    as forward_blocks."""
     n_, c_, h, w_ = gx.shape
     k_ = padded.shape[1]
     groups, phases = k_ // kg, sh * sw
     cg = c_ // groups
     cbs = cgp // block_rows
     flat_pad = padded.reshape(padded.size)
-    for t in prange(n_ * groups * phases * blocks * parts):
-        n, g, p = t // (groups * phases * blocks * parts), t // (phases * blocks * parts) % groups, t // (blocks * parts) % phases
+    for t in prange(padded.shape[0] * groups * phases * blocks * parts):
+        run_, g, p = t // (groups * phases * blocks * parts), t // (phases * blocks * parts) % groups, t // (blocks * parts) % phases
         blk, part = t // parts % blocks, t % parts
         rows = first[p + 1] - first[p]
-        if rows == 0:
+        y0, x0, height, width = regions[p, 0], regions[p, 1], regions[p, 2], regions[p, 3]
+        start = blk * block_cells
+        if rows == 0 or start >= height * runs_of * pitch:
             continue
         tile = np.empty(block_rows * block_cells, dtype=gx.dtype)
-        start = blk * block_cells
-        at = (n * k_ + g * kg) * span + start
+        at = (run_ * k_ + g * kg) * span + start
         a, b = p // sw, p % sw
-        # the input columns of this phase: X from lo_x to hi_x
-        lo_x = max(0, -(-(left - b) // sw))
-        hi_x = min(wq, (w_ - 1 + left - b) // sw + 1)
         for cb in range(cbs * part // parts, cbs * (part + 1) // parts):
             c0 = cb * block_rows
             tile[:] = 0.0
@@ -489,49 +490,79 @@ def input_blocks(padded, w, w_first, offsets, first, gx, span, pitch, wq, top, l
             while q < start + block_cells:
                 y, xo = q // pitch, q % pitch
                 run = min(pitch - xo, start + block_cells - q)
-                row = a + sh * y - top
-                if row >= h:
+                if y // runs_of >= height:
                     break
-                if row >= 0:
+                n = run_ * runs_of + y % runs_of
+                if n < n_:
+                    row = a + sh * (y0 + y // runs_of) - top
                     for c in range(min(block_rows, cg - c0)):
                         cells = tile[c * block_cells + q - start :]
                         plane_row = gx[n, g * cg + c0 + c, row]
-                        for xx in range(max(xo, lo_x), min(xo + run, hi_x)):
-                            plane_row[b + sw * xx - left] = cells[xx - xo]
+                        for xx in range(xo, min(xo + run, width)):
+                            plane_row[b + sw * (x0 + xx) - left] = cells[xx - xo]
                 q += run
 
 
 class _InputPlan:
-    """How input_grad runs geometry g in dtype. Phase (a, b) of the padded input takes
-    the taps (i, j) with i*dh = a (mod sh) and j*dw = b (mod sw), tap (i, j) reading
-    grad_output at (Y - i*dh//sh, X - j*dw//sw): grad_output shifted down by the
-    largest such row shift and right by the largest column shift, in planes of
-    `pitch` columns, makes each tap's row one contiguous run from its start."""
+    """How input_grad runs geometry g in dtype, runs_of samples a run. Phase (a, b)
+    of the padded input takes the taps (i, j) with i*dh = a (mod sh) and j*dw = b
+    (mod sw), tap (i, j) reading grad_output at (Y - i*dh//sh, X - j*dw//sw):
+    grad_output shifted down by the largest such row shift (top) and right by the
+    largest column shift (left), in planes of `pitch` columns, makes each tap's row
+    one contiguous run from its start. Only the cells of each phase inside the input
+    are computed (regions); a read past the end of a row lands in the next row's
+    first `left` columns, zeros, so `pitch` need only hold grad_output's shifted rows
+    and the phases' columns."""
 
-    def __init__(self, g, dtype):
+    def __init__(self, g, dtype, runs_of):
         self.block_rows, self.block_cells = block_shape(dtype, g.c_in // g.groups)
         self.hq, self.wq = phase_shape(g)
+        self.runs_of, self.runs = runs_of, -(-g.n // runs_of)
         taps = [[(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b] for a in range(g.sh) for b in range(g.sw)]
+        self.taps = taps
         self.top = (g.kh - 1) * g.dh // g.sh
         self.left = (g.kw - 1) * g.dw // g.sw
-        self.pitch = max(self.wq, g.ow) + self.left
+        self.regions = np.array([_region(g, a, b, self.hq, self.wq) for a in range(g.sh) for b in range(g.sw)], dtype=np.int64).reshape(-1, 4)
+        y0, x0, height, width = self.regions.T
+        self.pitch = max(int((x0 + width).max()), g.ow + self.left)
         self.rows = max(self.hq, g.oh) + self.top
-        self.taps = taps
-        length = (self.hq - 1) * self.pitch + self.wq
-        self.blocks = -(-length // self.block_cells)
-        starts = [[(self.top - i * g.dh // g.sh) * self.pitch + self.left - j * g.dw // g.sw for i, j in phase] for phase in taps]
+        length = int(((height * runs_of - 1) * self.pitch + width).max())
+        self.blocks = max(1, -(-length // self.block_cells))
+        starts = [[((int(y0[p]) + self.top - i * g.dh // g.sh) * runs_of) * self.pitch + int(x0[p]) + self.left - j * g.dw // g.sw for i, j in phase] for p, phase in enumerate(taps)]
         widest = max((max(s) for s in starts if s), default=0)
-        self.span = max(self.rows * self.pitch, widest + self.blocks * self.block_cells)
+        self.span = max(self.rows * runs_of * self.pitch, widest + self.blocks * self.block_cells)
         kg = g.c_out // g.groups
         self.offsets = np.array([k * self.span + s for phase in starts for k in range(kg) for s in phase], dtype=np.int64)
         self.first = np.cumsum([0] + [kg * len(phase) for phase in taps]).astype(np.int64)
-        if int(self.offsets.max(initial=0)) + self.blocks * self.block_cells > kg * self.span:
-            raise AssertionError("blocked input gradient plan reads past its group's grad_output")
+        if int(self.offsets.min(initial=0)) < 0 or int(self.offsets.max(initial=0)) + self.blocks * self.block_cells > kg * self.span:
+            raise AssertionError("blocked input gradient plan reads outside its group's grad_output")
+
+
+def _region(g, a, b, hq, wq):
+    """(Y0, X0, rows, columns) of the cells of phase (a, b) inside the input: input
+    cell (a + sh*Y - pt, b + sw*X - pl)."""
+    y0, x0 = max(0, -(-(g.pt - a) // g.sh)), max(0, -(-(g.pl - b) // g.sw))
+    y1, x1 = min(hq, (g.h - 1 + g.pt - a) // g.sh + 1), min(wq, (g.w - 1 + g.pl - b) // g.sw + 1)
+    return y0, x0, max(0, y1 - y0), max(0, x1 - x0)
 
 
 @functools.lru_cache(maxsize=256)
-def _input_plan(g, dtype):
-    return _InputPlan(g, dtype)
+def input_runs_of(g, dtype):
+    """Samples a run for the strided input gradient of geometry g: the fewest whose
+    phases' blocks leave at most FOLD_WASTE of their cells empty."""
+    plan = _input_plan(g, dtype, 1)
+    height, width = plan.regions[:, 2], plan.regions[:, 3]
+    for want in range(1, g.n + 1):
+        runs_of = _even_runs(g.n, want)
+        length = int(((height * runs_of - 1) * plan.pitch + width).max())
+        if -length % plan.block_cells <= FOLD_WASTE * (length + -length % plan.block_cells):
+            return runs_of
+    return g.n
+
+
+@functools.lru_cache(maxsize=256)
+def _input_plan(g, dtype, runs_of):
+    return _InputPlan(g, dtype, runs_of)
 
 
 def _phase_weights(weight, g, plan):
@@ -555,12 +586,12 @@ def _phase_weights(weight, g, plan):
 def input_grad(weight, grad_output, g, threads):
     """conv2d_input: the gradient (N, C, H, W) for weight (K, C/groups, kh, kw) and
     grad_output (N, K, oh, ow), geometry g."""
-    plan = _input_plan(g, grad_output.dtype)
-    padded = np.empty((g.n, g.c_out, plan.span), dtype=grad_output.dtype)
-    split_planes(grad_output, padded, plan.top, plan.left, 1, 1, plan.rows, plan.pitch, 1)
+    plan = _input_plan(g, grad_output.dtype, input_runs_of(g, grad_output.dtype))
+    padded = np.empty((plan.runs, g.c_out, plan.span), dtype=grad_output.dtype)
+    split_planes(grad_output, padded, plan.top, plan.left, 1, 1, plan.rows, plan.pitch, plan.runs_of)
     w, w_first, cgp = _phase_weights(weight, g, plan)
     gx = np.zeros(g.input_shape, dtype=grad_output.dtype)
-    tasks = g.n * g.groups * g.sh * g.sw * plan.blocks
+    tasks = plan.runs * g.groups * g.sh * g.sw * plan.blocks
     parts = _parts(tasks, cgp // plan.block_rows, threads)
-    input_blocks(padded, w, w_first, plan.offsets, plan.first, gx, plan.span, plan.pitch, plan.wq, g.pt, g.pl, g.sh, g.sw, g.c_out // g.groups, cgp, plan.block_rows, plan.block_cells, plan.blocks, parts)
+    input_blocks(padded, w, w_first, plan.offsets, plan.first, plan.regions, gx, plan.span, plan.pitch, plan.runs_of, g.pt, g.pl, g.sh, g.sw, g.c_out // g.groups, cgp, plan.block_rows, plan.block_cells, plan.blocks, parts)
     return gx

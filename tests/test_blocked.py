@@ -103,14 +103,18 @@ def test_plans_keep_every_load_inside_the_arrays(g, dtype):
         # in a block, and the runs hold the batch
         assert plan.span >= g.sh * g.sw * runs_of * plan.hq * plan.wq and runs >= (g.oh * runs_of - 1) * plan.wq + g.ow
         assert plan.runs * runs_of >= g.n > (plan.runs - 1) * runs_of
-    inputs = blocked._input_plan(g, np.dtype(dtype))
-    runs = inputs.blocks * inputs.block_cells
-    assert inputs.offsets.max(initial=0) + runs <= kg * inputs.span
-    # grad_output fits its shifted planes, which hold every row a phase cell reads
-    assert inputs.rows * inputs.pitch <= inputs.span
-    assert inputs.top + g.oh <= inputs.rows and inputs.left + g.ow <= inputs.pitch
-    assert runs >= (inputs.hq - 1) * inputs.pitch + inputs.wq
-    assert inputs.first[-1] == len(inputs.offsets) == kg * g.kh * g.kw
+    for runs_of in {1, blocked.input_runs_of(g, np.dtype(dtype)), g.n}:
+        inputs = blocked._input_plan(g, np.dtype(dtype), runs_of)
+        runs = inputs.blocks * inputs.block_cells
+        assert inputs.offsets.min(initial=0) >= 0 and inputs.offsets.max(initial=0) + runs <= kg * inputs.span
+        # grad_output fits its shifted planes, which hold every row a phase cell reads
+        assert inputs.rows * runs_of * inputs.pitch <= inputs.span
+        assert inputs.top + g.oh <= inputs.rows and inputs.left + g.ow <= inputs.pitch
+        assert inputs.first[-1] == len(inputs.offsets) == kg * g.kh * g.kw
+        # each phase's region is the input cells of its phase, and every one is in a block
+        y0, x0, height, width = inputs.regions.T
+        assert sorted((a + g.sh * (y0[p] + i) - g.pt, b + g.sw * (x0[p] + j) - g.pl) for p, (a, b) in enumerate(np.ndindex(g.sh, g.sw)) for i in range(height[p]) for j in range(width[p])) == sorted(np.ndindex(g.h, g.w))
+        assert (x0 + width).max() <= inputs.pitch and runs >= ((height * runs_of - 1) * inputs.pitch + width).max()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
