@@ -324,10 +324,21 @@ def _even_runs(n, want):
     return -(-n // -(-n // want))
 
 
+def layout_shape(g):
+    """(hq, wq) of the phases the blocked sums read: phase_shape's, except at stride 1,
+    where a row's right padding is shared with the next row's left: a read past the
+    end of a row lands in the next row's first columns, zeros (res3x3's rows 33
+    cells where 34 were, x_dilated3's 33 where 36)."""
+    hq, wq = phase_shape(g)
+    if g.sh == g.sw == 1:
+        wq = max(g.ow, wq - min(g.pl, wq - g.pl - g.w))
+    return hq, wq
+
+
 @functools.lru_cache(maxsize=256)
 def forward_runs_of(g, dtype):
     """Samples a run for the forward of geometry g (FOLD_WASTE)."""
-    hq, wq = phase_shape(g)
+    hq, wq = layout_shape(g)
     cells = block_shape(dtype, g.c_out // g.groups)[1]
     for want in range(1, g.n + 1):
         runs_of = _even_runs(g.n, want)
@@ -340,7 +351,7 @@ def forward_runs_of(g, dtype):
 @functools.lru_cache(maxsize=256)
 def weight_runs_of(g):
     """Samples a run for the weight gradient of geometry g (FOLD_CELLS)."""
-    hq, wq = phase_shape(g)
+    hq, wq = layout_shape(g)
     return _even_runs(g.n, min(g.n, -(-FOLD_CELLS // (g.oh * wq))))
 
 
@@ -350,7 +361,7 @@ class _Plan:
     of a run's sample j from p*runs_of*hq*wq + (y*runs_of + j)*wq (split_planes)."""
 
     def __init__(self, g, dtype, runs_of):
-        self.hq, self.wq = phase_shape(g)
+        self.hq, self.wq = layout_shape(g)
         self.block_rows, self.block_cells = block_shape(dtype, g.c_out // g.groups)
         self.runs_of, self.runs = runs_of, -(-g.n // runs_of)
         cg = g.c_in // g.groups
