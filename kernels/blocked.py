@@ -320,8 +320,12 @@ def weight_blocks(phased, wide, offsets, dots, span, length, channels, cells, sa
 
 
 def _even_runs(n, want):
-    """Samples a run: `want` or fewer, the batch of n split into runs as even as can be."""
-    return -(-n // -(-n // want))
+    """Samples a run for a batch of n, near `want` (from half to twice it): the
+    fewest places left empty past the batch, then the closest to `want`. (Runs of
+    3 for 16 samples computed two empty samples: a 28x28 stride-2 layer's weight
+    gradient 20% slower than in runs of 4.)"""
+    candidates = range(max(1, min(n, -(-want // 2))), min(n, 2 * want) + 1)
+    return min(candidates, key=lambda r: (-(-n // r) * r - n, abs(r - want), -r))
 
 
 def layout_shape(g):
