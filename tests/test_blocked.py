@@ -143,3 +143,15 @@ def test_avx2_blocks(tmp_path):
 
 
 HASWELL = ["+avx", "+avx2", "+fma", "+f16c", "+bmi", "+bmi2", "+lzcnt", "+movbe", "+popcnt", "+sse4.2"]
+
+
+@given(st.integers(1, 300), st.integers(1, 300))
+def test_runs_of_samples_leave_the_fewest_places_empty(n, want):
+    runs_of = blocked._even_runs(n, want)
+    assert 1 <= runs_of <= n
+    empty = -(-n // runs_of) * runs_of - n
+    # no count from half to twice `want` leaves fewer places past the batch empty
+    for other in range(max(1, min(n, -(-want // 2))), min(n, 2 * want) + 1):
+        assert -(-n // other) * other - n >= empty
+    if want <= n and n % want == 0:
+        assert runs_of == want
