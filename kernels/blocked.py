@@ -329,14 +329,17 @@ def _even_runs(n, want):
 
 
 def layout_shape(g):
-    """(hq, wq) of the phases the blocked sums read: phase_shape's, except at stride 1,
-    where a row's right padding is shared with the next row's left: a read past the
-    end of a row lands in the next row's first columns, zeros (res3x3's rows 33
-    cells where 34 were, x_dilated3's 33 where 36)."""
+    """(hq, wq) of the phases the blocked sums read: phase_shape's, with rows only as
+    wide as they must be. A read past the end of a row lands in the next row's first
+    columns, zeros wherever every phase's rows begin in the left padding, so the
+    rows need hold only the input's columns, the outputs, and each output's reach
+    less those zeros (res3x3's rows 33 cells where 34 were, x_dilated3's 33 where
+    36, x_conv5_s2's 21 where 22)."""
     hq, wq = phase_shape(g)
-    if g.sh == g.sw == 1:
-        wq = max(g.ow, wq - min(g.pl, wq - g.pl - g.w))
-    return hq, wq
+    reach = (g.kw - 1) * g.dw // g.sw
+    zeros = min(max(0, -(-(g.pl - b) // g.sw)) for b in range(g.sw))
+    last = max(min(wq, (g.w - 1 + g.pl - b) // g.sw + 1) for b in range(g.sw))
+    return hq, max(g.ow, last, g.ow + reach - zeros)
 
 
 @functools.lru_cache(maxsize=256)
