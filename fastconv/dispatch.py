@@ -77,19 +77,21 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # Where the register-blocked sums (fastconv.kernels.blocked) beat the other paths
 # (per-pass timings of every path on 32 shapes, both dtypes, 2 cores of an AVX-512
 # Xeon): a sum of BLOCKED_ROWS terms or more per result (channels times taps; the
-# input gradient's, per phase of the stride) over a kernel of more than one tap, computed for blocks of channels (8, or 6 with
-# AVX2) that the channels per group fill to BLOCKED_FILL or more (the forward's
-# output channels, the input gradient's input channels: 6-8, 12-16, 18-24 and so
-# on; 1, 3 or 4 channels ran 5-60% slower than the direct loops, 6 and 8 channels
-# 15-35% faster). The weight gradient's dot products pay from BLOCKED_WEIGHT_ROWS
-# terms over inputs of BLOCKED_WEIGHT_INPUTS channels or more to BLOCKED_GRADIENT_CHANNELS outputs or
-# more (8 to 16 channels by 3x3 or 4x4 ran 10-35% slower than the direct loops, 12
-# to 24 by 5x5 10-15% faster). GEMM and Winograd run on fastconv's GEMM threads (up to
-# gemm.MOST_THREADS), and a layer that goes from Numba's parallel loops to them
-# pays for the OpenMP workers still spinning (PyTorch's libgomp, when PyTorch is
-# imported first). So the blocked sums take every pass they apply to, even where
-# Winograd ran a pass faster on its own (res3x3's input gradient, 10.4 against 11.8
-# ms: the whole layer took 34.3 ms all blocked, 36.5 mixed), except in a layer whose
+# input gradient's, per phase of the stride) over a kernel of more than one tap,
+# computed for blocks of channels (8, or 6 with AVX2; 4 for up to 4 channels) that
+# the channels per group fill to BLOCKED_FILL or more (the forward's output
+# channels, the input gradient's input channels: 3-4, 6-8, 12-16, ...; 3 channels
+# in blocks of 8 ran 5-60% slower than the direct loops, in blocks of 4 10-30%
+# faster, 6 and 8 channels 15-35% faster). The weight gradient's dot products pay
+# from BLOCKED_WEIGHT_ROWS terms over inputs of BLOCKED_WEIGHT_INPUTS channels or
+# more to BLOCKED_GRADIENT_CHANNELS outputs or more (8 to 16 channels by 3x3 or 4x4
+# ran 10-35% slower than the direct loops, 12 to 24 by 5x5 10-15% faster). GEMM and
+# Winograd run on fastconv's GEMM threads (up to gemm.MOST_THREADS), and a layer
+# that goes from Numba's parallel loops to them pays for the OpenMP workers still
+# spinning (PyTorch's libgomp, when PyTorch is imported first). So the blocked sums
+# take every pass they apply to, even where Winograd ran a pass faster on its own
+# (res3x3's input gradient, 10.4 against 11.8 ms: the whole layer took 34.3 ms all
+# blocked, 36.5 mixed), except in a layer whose
 # every pass GEMM pays for and whose input gradient's phases are uneven (a 3x3
 # kernel at stride 2: phases of 4, 2, 2 and 1 taps, each padded to whole blocks),
 # which goes all to GEMM (res3x3_s2 forward + backward 20.9 ms, 23.4 all blocked,

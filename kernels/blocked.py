@@ -42,7 +42,7 @@ from numba import prange, types
 from numba.core import cgutils, codegen, config
 from numba.extending import intrinsic
 
-from ._jit import parallel
+from ._jit import parallel, serial
 from .direct import split_planes, widen_planes
 from .phases import phase_shape, tap_starts
 
@@ -205,6 +205,15 @@ block_sums = _block_sums(BLOCK)
 narrow_block_sums = _block_sums(NARROW_BLOCK)
 
 
+@serial(inline=True)
+def sums_of_block(block_rows, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
+    """block_sums, or narrow_block_sums for blocks of NARROW_ROWS rows."""
+    if block_rows <= NARROW_ROWS:
+        narrow_block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+    else:
+        block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+
+
 @intrinsic
 def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x_at, x_step, offsets, cells, samples):
     """out[out_at + i*out_pitch + j] += the sum over s < samples and l < cells of
@@ -266,10 +275,7 @@ def forward_blocks(phased, w, kp, offsets, out, span, wq, runs_of, block_rows, b
             # the whole sum at once: in chunks of 128 rows for every channel block (the
             # chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
             tile[:] = 0.0
-            if block_rows <= NARROW_ROWS:
-                narrow_block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
-            else:
-                block_sums(tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
+            sums_of_block(block_rows, tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
             # the block's cells, row by row of the output: a run of kept cells, then
             # the row's wq - ow dropped ones
             q, end = first, min(first + block_cells, oh * runs_of * wq)
@@ -328,6 +334,14 @@ def _even_runs(n, want):
     return min(candidates, key=lambda r: (-(-n // r) * r - n, abs(r - want), -r))
 
 
+def _region(g, a, b, hq, wq):
+    """(Y0, X0, rows, columns) of the cells of phase (a, b) inside the input: input
+    cell (a + sh*Y - pt, b + sw*X - pl)."""
+    y0, x0 = max(0, -(-(g.pt - a) // g.sh)), max(0, -(-(g.pl - b) // g.sw))
+    y1, x1 = min(hq, (g.h - 1 + g.pt - a) // g.sh + 1), min(wq, (g.w - 1 + g.pl - b) // g.sw + 1)
+    return y0, x0, max(0, y1 - y0), max(0, x1 - x0)
+
+
 def layout_shape(g):
     """(hq, wq) of the phases the blocked sums read: phase_shape's, with rows only as
     wide as they must be. A read past the end of a row lands in the next row's first
@@ -337,8 +351,9 @@ def layout_shape(g):
     36, x_conv5_s2's 21 where 22)."""
     hq, wq = phase_shape(g)
     reach = (g.kw - 1) * g.dw // g.sw
-    zeros = min(max(0, -(-(g.pl - b) // g.sw)) for b in range(g.sw))
-    last = max(min(wq, (g.w - 1 + g.pl - b) // g.sw + 1) for b in range(g.sw))
+    columns = [_region(g, 0, b, hq, wq)[1::2] for b in range(g.sw)]
+    zeros = min(x0 for x0, width in columns)
+    last = max(x0 + width for x0, width in columns)
     return hq, max(g.ow, last, g.ow + reach - zeros)
 
 
@@ -346,13 +361,19 @@ def layout_shape(g):
 def forward_runs_of(g, dtype):
     """Samples a run for the forward of geometry g (FOLD_WASTE)."""
     hq, wq = layout_shape(g)
-    cells = block_shape(dtype, g.c_out // g.groups)[1]
-    for want in range(1, g.n + 1):
-        runs_of = _even_runs(g.n, want)
-        length = (g.oh * runs_of - 1) * wq + g.ow
+    return _fewest_runs(g.n, block_shape(dtype, g.c_out // g.groups)[1], wq, np.array([g.oh]), np.array([g.ow]))
+
+
+def _fewest_runs(n, cells, pitch, heights, widths):
+    """The fewest samples a run (_even_runs) whose blocks of `cells` leave at most
+    FOLD_WASTE of their cells empty, over planes of heights x widths cells in rows of
+    `pitch` (the longest plane's blocks)."""
+    for want in range(1, n + 1):
+        runs_of = _even_runs(n, want)
+        length = int(((heights * runs_of - 1) * pitch + widths).max())
         if -length % cells <= FOLD_WASTE * (length + -length % cells):
             return runs_of
-    return g.n
+    return n
 
 
 @functools.lru_cache(maxsize=256)
@@ -500,10 +521,7 @@ def input_blocks(padded, w, w_first, offsets, first, regions, gx, span, pitch, r
         for cb in range(cbs * part // parts, cbs * (part + 1) // parts):
             c0 = cb * block_rows
             tile[:] = 0.0
-            if block_rows <= NARROW_ROWS:
-                narrow_block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
-            else:
-                block_sums(tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
+            sums_of_block(block_rows, tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
             q = start
             while q < start + block_cells:
                 y, xo = q // pitch, q % pitch
@@ -556,26 +574,12 @@ class _InputPlan:
             raise AssertionError("blocked input gradient plan reads outside its group's grad_output")
 
 
-def _region(g, a, b, hq, wq):
-    """(Y0, X0, rows, columns) of the cells of phase (a, b) inside the input: input
-    cell (a + sh*Y - pt, b + sw*X - pl)."""
-    y0, x0 = max(0, -(-(g.pt - a) // g.sh)), max(0, -(-(g.pl - b) // g.sw))
-    y1, x1 = min(hq, (g.h - 1 + g.pt - a) // g.sh + 1), min(wq, (g.w - 1 + g.pl - b) // g.sw + 1)
-    return y0, x0, max(0, y1 - y0), max(0, x1 - x0)
-
-
 @functools.lru_cache(maxsize=256)
 def input_runs_of(g, dtype):
     """Samples a run for the strided input gradient of geometry g: the fewest whose
     phases' blocks leave at most FOLD_WASTE of their cells empty."""
     plan = _input_plan(g, dtype, 1)
-    height, width = plan.regions[:, 2], plan.regions[:, 3]
-    for want in range(1, g.n + 1):
-        runs_of = _even_runs(g.n, want)
-        length = int(((height * runs_of - 1) * plan.pitch + width).max())
-        if -length % plan.block_cells <= FOLD_WASTE * (length + -length % plan.block_cells):
-            return runs_of
-    return g.n
+    return _fewest_runs(g.n, plan.block_cells, plan.pitch, plan.regions[:, 2], plan.regions[:, 3])
 
 
 @functools.lru_cache(maxsize=256)

@@ -308,16 +308,7 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
             dst = phased[r, c]
             dst[:] = 0.0
             for j in range(min(runs_of, n_ - r * runs_of)):
-                plane = x[r * runs_of + j, c]
-                # the common strides as constants, so that LLVM vectorises the
-                # column split and drops the divisions (a stride-2 split of 16x16
-                # planes ran twice as fast)
-                if sh == 1 and sw == 1:
-                    place_phases(plane, dst, j * wq, top, left, 1, 1, pitch, stride)
-                elif sh == 2 and sw == 2:
-                    place_phases(plane, dst, j * wq, top, left, 2, 2, pitch, stride)
-                else:
-                    place_phases(plane, dst, j * wq, top, left, sh, sw, pitch, stride)
+                place_phases(x[r * runs_of + j, c], dst, j * wq, top, left, sh, sw, pitch, stride)
 
 
 @parallel

@@ -70,7 +70,21 @@ def fill_phases(plane, first, ph, pw, sh, sw, hq, wq, fill, band, padded):
 def place_phases(plane, dst, at, top, left, sh, sw, pitch, stride):
     """dst[at + p*stride + Y*pitch + X] = phase p's cell (Y, X) of plane zero-padded
     at (top, left), for the plane's cells only: the padding's cells keep their values
-    (fill_phases' placement, with rows `pitch` and phases `stride` cells apart)."""
+    (fill_phases' placement, with rows `pitch` and phases `stride` cells apart).
+    Strides of 1 and 2 are passed on as constants, so that LLVM vectorises the
+    column split and drops the divisions (a stride-2 split of 16x16 planes ran
+    twice as fast)."""
+    if sh == 1 and sw == 1:
+        place_phases_at(plane, dst, at, top, left, 1, 1, pitch, stride)
+    elif sh == 2 and sw == 2:
+        place_phases_at(plane, dst, at, top, left, 2, 2, pitch, stride)
+    else:
+        place_phases_at(plane, dst, at, top, left, sh, sw, pitch, stride)
+
+
+@serial(inline=True)
+def place_phases_at(plane, dst, at, top, left, sh, sw, pitch, stride):
+    """place_phases at strides sh, sw."""
     h, w = plane.shape
     for r in range(h):
         a, y = (r + top) % sh, (r + top) // sh
@@ -104,10 +118,9 @@ def to_phases(plane, dst, scratch, top, left, sh, sw, hq, wq):
                 cells[q] = row[q]
         return
     if sh == 2 and sw == 2:
-        # place_phases with the stride a constant: LLVM vectorises its column split
-        # (a stride-2 split of 16x16 planes 1.6x as fast as fill_phases')
+        # place_phases: 1.6x as fast as fill_phases' on 16x16 planes
         dst[:] = 0.0
-        place_phases(plane, dst, 0, top, left, 2, 2, wq, hq * wq)
+        place_phases(plane, dst, 0, top, left, sh, sw, wq, hq * wq)
         return
     fill_phases(plane, 0, top, left, sh, sw, hq, wq, 0.0, dst, scratch)
 
