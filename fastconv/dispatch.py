@@ -82,29 +82,29 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # the channels per group fill to BLOCKED_FILL or more (the forward's output
 # channels, the input gradient's input channels: 3-4, 6-8, 12-16, ...; 3 channels
 # in blocks of 8 ran 5-60% slower than the direct loops, in blocks of 4 10-30%
-# faster, 6 and 8 channels 15-35% faster). The weight gradient's dot products pay
-# from BLOCKED_WEIGHT_ROWS terms over inputs of BLOCKED_WEIGHT_INPUTS channels or
-# more to BLOCKED_GRADIENT_CHANNELS outputs or more (8 to 16 channels by 3x3 or 4x4
-# ran 10-35% slower than the direct loops, 12 to 24 by 5x5 10-15% faster). GEMM and
+# faster, 6 and 8 channels 15-35% faster). The weight gradient's dot products, in
+# blocks of 4 output channels by 6 terms, pay from BLOCKED_WEIGHT_ROWS terms to
+# BLOCKED_GRADIENT_CHANNELS outputs or more (first layers of 1-3 channels by 5x5
+# and 3x3, grouped layers of 2-8 channels a group, 1-30% faster than the direct
+# loops; one channel by 3x3, 9 terms, 25% slower; depthwise, one output channel a
+# group, 5-30% slower). GEMM and
 # Winograd run on fastconv's GEMM threads (up to gemm.MOST_THREADS), and a layer
 # that goes from Numba's parallel loops to them pays for the OpenMP workers still
 # spinning (PyTorch's libgomp, when PyTorch is imported first). So the blocked sums
 # take every pass they apply to, even where Winograd ran a pass faster on its own
 # (res3x3's input gradient, 10.4 against 11.8 ms: the whole layer took 34.3 ms all
-# blocked, 36.5 mixed), except in a layer whose
-# every pass GEMM pays for and whose input gradient's phases are uneven (a 3x3
-# kernel at stride 2: phases of 4, 2, 2 and 1 taps, each padded to whole blocks),
-# which goes all to GEMM (res3x3_s2 forward + backward 20.9 ms, 23.4 all blocked,
-# 26.1 mixed; decoder_up's 4x4 stride-2 kernel, four taps a phase, ran each pass
-# 1-9% faster blocked). Since the blocked input gradient computes only the input's
-# cells of each phase the choice is close: res3x3_s2 18.5 ms blocked against 20.0
-# by GEMM, 128-channel layers of 14x14 and 28x28 planes 3-8% faster by GEMM, and
-# in float64 GEMM as fast or faster on all four.
+# blocked, 36.5 mixed), except in a layer whose every pass GEMM pays for and whose
+# input gradient's phases are uneven (a 3x3 kernel at stride 2: phases of 4, 2, 2
+# and 1 taps, each padded to whole blocks), whose forward and input gradient go
+# to GEMM and weight gradient blocked (forward + backward of res3x3_s2 19.2 ms,
+# 20.6 all by GEMM, 18.9 all blocked; of 128-channel layers of 28x28 and 56x56
+# planes 28.9 and 27.9 ms, 31.5 and 29.5 by GEMM, 29.6 and 29.6 all blocked; in
+# float64 the fastest of the three on all three; decoder_up's 4x4 stride-2 kernel,
+# four taps a phase, ran each pass 1-9% faster blocked).
 BLOCKED_ROWS = 64
 BLOCKED_FILL = 0.75
-BLOCKED_WEIGHT_ROWS = 144
-BLOCKED_WEIGHT_INPUTS = 8
-BLOCKED_GRADIENT_CHANNELS = 16
+BLOCKED_WEIGHT_ROWS = 16
+BLOCKED_GRADIENT_CHANNELS = 4
 
 
 def _even_phases(g: ConvGeometry) -> bool:
@@ -129,7 +129,7 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
     if computation == "input":
         # summed phase by phase of the stride
         return kg * taps >= BLOCKED_ROWS * g.sh * g.sw and _fills_blocks(cg)
-    return cg * taps >= BLOCKED_WEIGHT_ROWS and cg >= BLOCKED_WEIGHT_INPUTS and kg >= BLOCKED_GRADIENT_CHANNELS
+    return cg * taps >= BLOCKED_WEIGHT_ROWS and kg >= BLOCKED_GRADIENT_CHANNELS
 
 
 def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None) -> str:
@@ -155,7 +155,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
-    if not _even_phases(g) and all(_gemm_pays(g, c, threads) for c in PASSES):
+    if computation != "weight" and not _even_phases(g) and all(_gemm_pays(g, c, threads) for c in PASSES):
         return "gemm"
     if _blocked_pays(g, computation):
         return "blocked"

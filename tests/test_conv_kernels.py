@@ -385,10 +385,10 @@ def test_conv_path_order(monkeypatch):
         return [dispatch.conv_path(g, c, threads) for c in dispatch.PASSES]
 
     assert paths(conv2d_geometry((8, 64, 32, 32), (128, 64, 1, 1))) == ["gemm"] * 3
-    # GEMM pays for every pass, uneven phases (4, 2, 2 and 1 taps): the whole layer
-    # by GEMM, on up to gemm.MOST_THREADS
+    # GEMM pays for every pass, uneven phases (4, 2, 2 and 1 taps): the forward and
+    # input gradient by GEMM, on up to gemm.MOST_THREADS
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
-    assert paths(strided) == ["gemm"] * 3
+    assert paths(strided) == ["gemm", "gemm", "blocked"]
     assert paths(strided, 16) == ["blocked"] * 3
     # four taps in every phase
     assert paths(conv2d_geometry((64, 64, 16, 16), (128, 64, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
@@ -400,17 +400,18 @@ def test_conv_path_order(monkeypatch):
     monkeypatch.setattr(dispatch, "BLOCKED_GRADIENT_CHANNELS", 10**6)
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd"] * 3
     monkeypatch.undo()
-    # too few terms or channels for whole blocks: first layers (but the input
-    # gradient of 3 channels, in narrow blocks), depthwise, 4 per group
-    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct", "blocked", "direct"]
-    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["direct"] * 3
+    # too few terms or channels for whole blocks of the forward and input gradient:
+    # first layers (but the input gradient of 3 channels, in narrow blocks),
+    # depthwise, 4 per group; the weight gradient's dot products from 16 terms and 4
+    # output channels
+    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct", "blocked", "blocked"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["direct", "direct", "blocked"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["direct"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["direct"] * 3
-    # 8 channels per group fill their blocks, but 72 terms are too few for the weight
-    # gradient's dot products
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked", "blocked", "direct"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["direct", "direct", "blocked"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 12, 24, 24), (24, 12, 5, 5), padding=2)) == ["blocked"] * 3
-    assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["direct"] * 3
+    assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["direct", "direct", "blocked"]
 
 
 @given(st.integers(1, 60), st.integers(0, 60))
