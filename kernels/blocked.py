@@ -19,13 +19,14 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
   multiply-adds.
 
 Layout (fastconv.kernels.phases): the input is split into the phases of its padded
-planes (direct.split_planes; the weight gradient's workers split the runs they sum
-over themselves, split_run); in the wide layout, output q = y*wq + x of tap u
-reads its plane's phases at starts[u] + q, so row r = c*taps + u of the sum is one
-contiguous run from offsets[r] = c*span + starts[u], at any stride and dilation. A
-block's cells past the last output read zeros (each plane's span runs past the
-phases, split_planes zeroes it) and are dropped with the wq - ow extra cells of
-every row. Small planes are laid out a run of samples at a time, their rows
+planes (direct.place_run), each worker (one per thread) splitting the samples it
+computes into scratch of its own, so that they stay in its cache for the sums (a
+split of the whole batch first was written out to memory and read back: 10-20%
+of a pass). In the wide layout, output q = y*wq + x of tap u reads its plane's
+phases at starts[u] + q, so row r = c*taps + u of the sum is one contiguous run
+from offsets[r] = c*span + starts[u], at any stride and dilation. A block's cells
+past the last output read zeros (each plane's span runs past the phases) and are
+dropped with the wq - ow extra cells of every row. Small planes are laid out a run of samples at a time, their rows
 interleaved (row y of the run's sample j at y*runs_of + j), so that the runs of
 cells span the samples. The input gradient sums the same way over grad_output, one
 phase of the input at a time (`_InputPlan`).
@@ -36,7 +37,6 @@ every one lies inside them, and check it before any kernel runs.
 """
 
 import functools
-import math
 
 import numpy as np
 from llvmlite import ir
@@ -45,8 +45,8 @@ from numba.core import cgutils, codegen, config
 from numba.extending import intrinsic
 
 from ._jit import parallel, serial
-from .direct import split_planes
-from .phases import phase_shape, place_phases, tap_starts, to_wide
+from .direct import place_run
+from .phases import phase_shape, tap_starts, to_wide
 
 
 def _vector_bytes():
@@ -83,7 +83,6 @@ SAMPLE_BYTES = 4096
 # the weight gradient's runs of samples summed apart (then added) in parts of at
 # least PART_CELLS cells, as many as the threads can share evenly
 PART_CELLS = 4096
-PARTS = 4  # a parallel loop's iterations per thread, at least
 # Small planes are computed with the planes of a run of samples together, their
 # rows interleaved (the output rows of sample j of a run at y * runs_of + j), so
 # that a run of cells spans the samples: for the forward (and the stride-1 input
@@ -256,45 +255,67 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
 
 
 @parallel
-def forward_blocks(phased, w, kp, offsets, out, span, wq, runs_of, block_rows, block_cells, blocks, parts):
-    """out (N, K, oh, ow) = the convolution of the split input phased (runs, C, span),
-    the planes of runs_of samples a run, with w (_block_weights: groups, Kp, R):
-    group g's outputs (Kp rows, the channels past K/groups zero) from its C/groups
-    input channels, row r of its sum from offsets[r] (as in the module's docstring).
-    One iteration per (run, group, block of cells, part of the channel blocks),
-    `parts` parts: the block's input cells stay in cache across the part's channel
-    blocks."""
+def forward_blocks(x, w, kp, offsets, out, phased, top, left, sh, sw, hq, wq, span, runs_of, block_rows, block_cells, blocks, block_parts):
+    """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w
+    (_block_weights: groups, Kp, R): group g's outputs (Kp rows, the channels past
+    K/groups zero) from its C/groups input channels, row r of its sum from
+    offsets[r] over the run's split planes (as in the module's docstring). The work
+    is runs x block_parts units, each a range of one run's (group, block of cells,
+    channel block) in that order, and each worker (one per thread) splits its units'
+    runs into its own scratch phased[worker] (C, span; zeros on entry), planes of
+    the groups it computes only: the run's input stays in its cache for the sums,
+    where a split of the whole batch first was written to memory and read back. A
+    block's input cells stay in cache across its channel blocks."""
     n_, k_, oh, ow = out.shape
+    c_ = x.shape[1]
     rows = offsets.shape[0]
     groups = w.shape[0] // (kp * rows)
-    kg, cg = k_ // groups, phased.shape[1] // groups
-    flat_x = phased.reshape(phased.size)
+    kg, cg = k_ // groups, c_ // groups
     kbs = kp // block_rows
-    for t in prange(phased.shape[0] * groups * blocks * parts):
-        run_, g, b, part = t // (groups * blocks * parts), t // (blocks * parts) % groups, t // parts % blocks, t % parts
-        tile = np.empty(block_rows * block_cells, dtype=out.dtype)
-        first = b * block_cells
-        x_at = (run_ * phased.shape[1] + g * cg) * span + first
-        for kb in range(kbs * part // parts, kbs * (part + 1) // parts):
-            k0 = kb * block_rows
-            # the whole sum at once: in chunks of 128 rows for every channel block (the
-            # chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
-            tile[:] = 0.0
-            sums_of_block(block_rows, tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, x_at, offsets, rows)
-            # the block's cells, row by row of the output: a run of kept cells, then
-            # the row's wq - ow dropped ones
-            q, end = first, min(first + block_cells, oh * runs_of * wq)
-            while q < end:
-                y, xo = q // wq, q % wq
-                run = min(wq - xo, end - q)
-                n = run_ * runs_of + y % runs_of
-                if n < n_:
-                    for i in range(min(block_rows, kg - k0)):
-                        kept = tile[i * block_cells + q - first :]
-                        row = out[n, g * kg + k0 + i, y // runs_of]
-                        for j in range(min(run, ow - xo)):
-                            row[xo + j] = kept[j]
-                q += run
+    per_run = groups * blocks * kbs
+    workers, units = phased.shape[0], -(-n_ // runs_of) * block_parts
+    for worker in prange(workers):
+        own, tile, last = phased[worker], np.empty(block_rows * block_cells, dtype=out.dtype), (-1, 0, 0)
+        flat_x = own.reshape(own.size)
+        for unit in range(units * worker // workers, units * (worker + 1) // workers):
+            run_, t0, t1, last = placed_unit(x, own, unit, block_parts, per_run, blocks * kbs, cg, last, top, left, sh, sw, hq, wq, runs_of)
+            for t in range(t0, t1):
+                g, b, kb = t // (blocks * kbs), t // kbs % blocks, t % kbs
+                first = b * block_cells
+                k0 = kb * block_rows
+                # the whole sum at once: in chunks of 128 rows for every channel block
+                # (the chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
+                tile[:] = 0.0
+                sums_of_block(block_rows, tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, g * cg * span + first, offsets, rows)
+                # the block's cells, row by row of the output: a run of kept cells, then
+                # the row's wq - ow dropped ones
+                q, end = first, min(first + block_cells, oh * runs_of * wq)
+                while q < end:
+                    y, xo = q // wq, q % wq
+                    run = min(wq - xo, end - q)
+                    n = run_ * runs_of + y % runs_of
+                    if n < n_:
+                        for i in range(min(block_rows, kg - k0)):
+                            kept = tile[i * block_cells + q - first :]
+                            row = out[n, g * kg + k0 + i, y // runs_of]
+                            for j in range(min(run, ow - xo)):
+                                row[xo + j] = kept[j]
+                    q += run
+
+
+@serial(inline=True)
+def placed_unit(planes, own, unit, block_parts, per_run, per_group, channels, last, top, left, sh, sw, hq, wq, runs_of):
+    """(run, t0, t1, placed) of a worker's unit of runs x block_parts: tasks t0..t1-1
+    of the run's per_run (per_group a group, of `channels` planes each), own (C,
+    span) holding the planes of the tasks' groups, placed by place_run unless
+    `last` (run, first plane, end plane: what own holds) has them."""
+    run_, part = unit // block_parts, unit % block_parts
+    t0, t1 = per_run * part // block_parts, per_run * (part + 1) // block_parts
+    c0, c1 = t0 // per_group * channels, -(-t1 // per_group) * channels
+    if t0 < t1 and (run_ != last[0] or c0 < last[1] or c1 > last[2]):
+        place_run(planes, own, run_, c0, c1, top, left, sh, sw, hq, wq, runs_of)
+        last = (run_, c0, c1)
+    return run_, t0, t1, last
 
 
 @parallel
@@ -322,14 +343,11 @@ def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, 
     blocks = groups * rbs * kbs
     runs = -(-n_ // runs_of)
     steps = -(-runs // samples)
-    pitch, stride = runs_of * wq, runs_of * hq * wq
     workers = phased.shape[0]
     units = sample_parts * block_parts
     for worker in prange(workers):
         own_x, own_wide = phased[worker], wide[worker]
         flat_x, flat_wide = own_x.reshape(own_x.size), own_wide.reshape(own_wide.size)
-        flat_x[:] = 0.0
-        flat_wide[:] = 0.0
         for unit in range(units * worker // workers, units * (worker + 1) // workers):
             part, b0, b1 = unit // block_parts, blocks * (unit % block_parts) // block_parts, blocks * (unit % block_parts + 1) // block_parts
             if b0 == b1:
@@ -338,7 +356,7 @@ def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, 
             for step in range(steps * part // sample_parts, steps * (part + 1) // sample_parts):
                 in_step = min(samples, runs - step * samples)
                 for s in range(in_step):
-                    split_run(x, grad_output, own_x[s], own_wide[s * k_ : (s + 1) * k_], step * samples + s, b0, b1, cg, kg, taps, top, left, sh, sw, wq, pitch, stride, runs_of, rbs, kbs, rd)
+                    split_run(x, grad_output, own_x[s], own_wide[s * k_ : (s + 1) * k_], step * samples + s, b0, b1, cg, kg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rd)
                 for q0 in range(0, length, cells):
                     for blk in range(b0, b1):
                         g, rb, kb = blk // (rbs * kbs), blk // kbs % rbs, blk % kbs
@@ -351,27 +369,24 @@ def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, 
 
 
 @serial(inline=True)
-def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, sh, sw, wq, pitch, stride, runs_of, rbs, kbs, rd):
+def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rd):
     """weight_blocks' split of run r for its blocks b0..b1-1 (rbs row blocks of kbs
     channel blocks a group): phased (C, span) = the phases of the input planes the
     blocks' rows read (rows c*taps to (c+1)*taps - 1 of a group's sum read its
     plane c), wide (K, length) = every grad_output plane of their groups. Units
     sharing a run's blocks split their own input planes only: a cell's split costs
     more than its widening. The cells outside the planes keep their zeros; a run
-    with fewer than runs_of samples is zeroed first."""
+    with fewer than runs_of samples is zeroed first (place_run)."""
     present = min(runs_of, x.shape[0] - r * runs_of)
     if present < runs_of:
-        phased[:] = 0.0
         wide[:] = 0.0
     per_group = rbs * kbs
     for g in range(b0 // per_group, -(-b1 // per_group)):
         first, last = max(b0 - g * per_group, 0) // kbs, (min(b1 - g * per_group, per_group) - 1) // kbs
-        for c in range(g * cg + first * rd // taps, g * cg + min(cg, -(-(last + 1) * rd // taps))):
-            for j in range(present):
-                place_phases(x[r * runs_of + j, c], phased[c], j * wq, top, left, sh, sw, pitch, stride)
+        place_run(x, phased, r, g * cg + first * rd // taps, g * cg + min(cg, -(-(last + 1) * rd // taps)), top, left, sh, sw, hq, wq, runs_of)
         for k in range(g * kg, (g + 1) * kg):
             for j in range(present):
-                to_wide(grad_output[r * runs_of + j, k], wide[k], j * wq, pitch)
+                to_wide(grad_output[r * runs_of + j, k], wide[k], j * wq, runs_of * wq)
 
 
 def _even_runs(n, want):
@@ -456,12 +471,6 @@ class _Plan:
         if int(self.offsets.max()) + self.blocks * self.block_cells > cg * self.span:
             raise AssertionError("blocked convolution plan reads past its group's input")
 
-    def split(self, x, g):
-        """x's planes split into their padded phases, a run's in a span: (runs, C, span)."""
-        phased = np.empty((self.runs, g.c_in, self.span), dtype=x.dtype)
-        split_planes(x, phased, g.pt, g.pl, g.sh, g.sw, self.hq, self.wq, self.runs_of)
-        return phased
-
 
 @functools.lru_cache(maxsize=256)
 def _plan(g, dtype, runs_of):
@@ -478,10 +487,15 @@ def _aligned_empty(shape, dtype):
     return flat[skip : skip + int(np.prod(shape))].reshape(shape)
 
 
-def _parts(tasks, blocks, threads):
-    """Parts to split each task's channel blocks into: as few as give PARTS tasks per
-    thread (a batch-1 layer of 8x8 planes makes two runs of cells)."""
-    return max(1, min(blocks, -(-PARTS * threads // tasks)))
+def _block_parts(runs, tasks, threads):
+    """Parts to split each run's `tasks` into, so that runs x parts units share the
+    threads within 10% of evenly: as few as that takes (a run's parts on different
+    threads each split its input planes)."""
+    for parts in range(1, max(1, min(tasks, threads)) + 1):
+        units = runs * parts
+        if -(-units // threads) * threads <= 1.1 * units:
+            break
+    return parts
 
 
 def _interleaved(w, block_rows):
@@ -508,11 +522,11 @@ def forward(x, weight, g, threads):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
     output (N, K, oh, ow)."""
     plan = _plan(g, x.dtype, forward_runs_of(g, x.dtype))
-    phased = plan.split(x, g)
     out = np.empty(g.output_shape, dtype=x.dtype)
     w, kp = _block_weights(weight, g, plan.block_rows)
-    tasks = plan.runs * g.groups * plan.blocks
-    forward_blocks(phased, w, kp, plan.offsets, out, plan.span, plan.wq, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, _parts(tasks, kp // plan.block_rows, threads))
+    block_parts = _block_parts(plan.runs, g.groups * plan.blocks * kp // plan.block_rows, threads)
+    phased = np.zeros((min(threads, plan.runs * block_parts), g.c_in, plan.span), dtype=x.dtype)
+    forward_blocks(x, w, kp, plan.offsets, out, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, block_parts)
     return out
 
 
@@ -533,65 +547,69 @@ def weight_grad(x, grad_output, g, threads):
     most = max(1, min(steps, plan.runs * plan.wide_length // PART_CELLS))
     parts = 1 << (most.bit_length() - 1)
     blocks = g.groups * kp // DOTS[0] * len(plan.dot_offsets) // DOTS[1]
-    # units in a multiple of the thread count where the blocks allow it
-    block_parts = max(1, min(blocks, threads // math.gcd(parts, threads)))
+    block_parts = _block_parts(parts, blocks, threads)
     workers = min(threads, parts * block_parts)
     dots = np.zeros((parts, g.groups, kp, len(plan.dot_offsets)), dtype=x.dtype)
-    phased = np.empty((workers, samples, g.c_in, plan.span), dtype=x.dtype)
+    phased = np.zeros((workers, samples, g.c_in, plan.span), dtype=x.dtype)
     wide = _aligned_empty((workers, samples * g.c_out + DOTS[0], plan.wide_length), x.dtype)
+    wide[:] = 0.0
     weight_blocks(x, grad_output, plan.dot_offsets, dots, phased, wide, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.wide_length, plan.runs_of, cells, samples, block_parts)
     total = dots[0] if parts == 1 else dots.sum(axis=0)
     return np.ascontiguousarray(total[:, :kg, :rows]).reshape(g.weight_shape)
 
 
 @parallel
-def input_blocks(padded, w, w_first, offsets, first, regions, gx, span, pitch, runs_of, top, left, sh, sw, kg, cgp, block_rows, block_cells, blocks, parts):
+def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, span, pitch, rows_, runs_of, top, left, pt, pl, sh, sw, cgp, block_rows, block_cells, blocks, block_parts):
     """gx (N, C, H, W), zeros on entry, += the input gradient, phase by phase of the
     zero-padded input plane: phase (a, b)'s cell (Y, X), input cell
-    (a + sh*Y - top, b + sw*X - left), is the sum of rows first[p]:first[p + 1] of
-    offsets over padded (runs, K, span), grad_output shifted into planes of `pitch`
-    columns, the rows of runs_of samples interleaved (see `_InputPlan`), with the
-    weights w[w_first[p]:] (groups, cgp, rows). Only the phase's cells inside the
-    input are computed: regions[p] = (Y0, X0, rows, columns) of them, cell
-    (Y0 + Y', X0 + X') of a run's sample j at (Y'*runs_of + j)*pitch + X'. One
-    iteration per (run, group, phase, block of cells, part of the channel blocks),
-    as forward_blocks."""
-    n_, c_, h, w_ = gx.shape
-    k_ = padded.shape[1]
-    groups, phases = k_ // kg, sh * sw
-    cg = c_ // groups
+    (a + sh*Y - pt, b + sw*X - pl), is the sum of rows first[p]:first[p + 1] of
+    offsets over the run's grad_output planes shifted down by `top` and right by
+    `left` into planes of rows_ rows of `pitch` columns, the rows of runs_of samples
+    interleaved (see `_InputPlan`), with the weights w[w_first[p]:] (groups, cgp,
+    rows). Only the phase's cells inside the input are computed: regions[p] = (Y0,
+    X0, rows, columns) of them, cell (Y0 + Y', X0 + X') of a run's sample j at
+    (Y'*runs_of + j)*pitch + X'. The work is runs x block_parts units, each a range
+    of one run's (group, phase, block of cells, channel block), its worker's
+    grad_output planes shifted into its own scratch padded[worker] (K, span; zeros
+    on entry), as forward_blocks."""
+    n_, c_ = gx.shape[0], gx.shape[1]
+    k_ = grad_output.shape[1]
+    groups, phases = w.shape[0] // (cgp * first[-1]), sh * sw
+    kg, cg = k_ // groups, c_ // groups
     cbs = cgp // block_rows
-    flat_pad = padded.reshape(padded.size)
-    for t in prange(padded.shape[0] * groups * phases * blocks * parts):
-        run_, g, p = t // (groups * phases * blocks * parts), t // (phases * blocks * parts) % groups, t // (blocks * parts) % phases
-        blk, part = t // parts % blocks, t % parts
-        rows = first[p + 1] - first[p]
-        y0, x0, height, width = regions[p, 0], regions[p, 1], regions[p, 2], regions[p, 3]
-        start = blk * block_cells
-        if rows == 0 or start >= height * runs_of * pitch:
-            continue
-        tile = np.empty(block_rows * block_cells, dtype=gx.dtype)
-        at = (run_ * k_ + g * kg) * span + start
-        a, b = p // sw, p % sw
-        for cb in range(cbs * part // parts, cbs * (part + 1) // parts):
-            c0 = cb * block_rows
-            tile[:] = 0.0
-            sums_of_block(block_rows, tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, at, offsets[first[p] :], rows)
-            q = start
-            while q < start + block_cells:
-                y, xo = q // pitch, q % pitch
-                run = min(pitch - xo, start + block_cells - q)
-                if y // runs_of >= height:
-                    break
-                n = run_ * runs_of + y % runs_of
-                if n < n_:
-                    row = a + sh * (y0 + y // runs_of) - top
-                    for c in range(min(block_rows, cg - c0)):
-                        cells = tile[c * block_cells + q - start :]
-                        plane_row = gx[n, g * cg + c0 + c, row]
-                        for xx in range(xo, min(xo + run, width)):
-                            plane_row[b + sw * (x0 + xx) - left] = cells[xx - xo]
-                q += run
+    per_run = groups * phases * blocks * cbs
+    workers, units = padded.shape[0], -(-n_ // runs_of) * block_parts
+    for worker in prange(workers):
+        own, tile, last = padded[worker], np.empty(block_rows * block_cells, dtype=gx.dtype), (-1, 0, 0)
+        flat_pad = own.reshape(own.size)
+        for unit in range(units * worker // workers, units * (worker + 1) // workers):
+            run_, t0, t1, last = placed_unit(grad_output, own, unit, block_parts, per_run, phases * blocks * cbs, kg, last, top, left, 1, 1, rows_, pitch, runs_of)
+            for t in range(t0, t1):
+                g, p, blk, cb = t // (phases * blocks * cbs), t // (blocks * cbs) % phases, t // cbs % blocks, t % cbs
+                rows = first[p + 1] - first[p]
+                y0, x0, height, width = regions[p, 0], regions[p, 1], regions[p, 2], regions[p, 3]
+                start = blk * block_cells
+                if rows == 0 or start >= height * runs_of * pitch:
+                    continue
+                a, b = p // sw, p % sw
+                c0 = cb * block_rows
+                tile[:] = 0.0
+                sums_of_block(block_rows, tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, g * kg * span + start, offsets[first[p] :], rows)
+                q = start
+                while q < start + block_cells:
+                    y, xo = q // pitch, q % pitch
+                    run = min(pitch - xo, start + block_cells - q)
+                    if y // runs_of >= height:
+                        break
+                    n = run_ * runs_of + y % runs_of
+                    if n < n_:
+                        row = a + sh * (y0 + y // runs_of) - pt
+                        for c in range(min(block_rows, cg - c0)):
+                            cells = tile[c * block_cells + q - start :]
+                            plane_row = gx[n, g * cg + c0 + c, row]
+                            for xx in range(xo, min(xo + run, width)):
+                                plane_row[b + sw * (x0 + xx) - pl] = cells[xx - xo]
+                    q += run
 
 
 class _InputPlan:
@@ -664,11 +682,9 @@ def input_grad(weight, grad_output, g, threads):
     """conv2d_input: the gradient (N, C, H, W) for weight (K, C/groups, kh, kw) and
     grad_output (N, K, oh, ow), geometry g."""
     plan = _input_plan(g, grad_output.dtype, input_runs_of(g, grad_output.dtype))
-    padded = np.empty((plan.runs, g.c_out, plan.span), dtype=grad_output.dtype)
-    split_planes(grad_output, padded, plan.top, plan.left, 1, 1, plan.rows, plan.pitch, plan.runs_of)
     w, w_first, cgp = _phase_weights(weight, g, plan)
     gx = np.zeros(g.input_shape, dtype=grad_output.dtype)
-    tasks = plan.runs * g.groups * g.sh * g.sw * plan.blocks
-    parts = _parts(tasks, cgp // plan.block_rows, threads)
-    input_blocks(padded, w, w_first, plan.offsets, plan.first, plan.regions, gx, plan.span, plan.pitch, plan.runs_of, g.pt, g.pl, g.sh, g.sw, g.c_out // g.groups, cgp, plan.block_rows, plan.block_cells, plan.blocks, parts)
+    block_parts = _block_parts(plan.runs, g.groups * g.sh * g.sw * plan.blocks * cgp // plan.block_rows, threads)
+    padded = np.zeros((min(threads, plan.runs * block_parts), g.c_out, plan.span), dtype=grad_output.dtype)
+    input_blocks(grad_output, w, w_first, plan.offsets, plan.first, plan.regions, gx, padded, plan.span, plan.pitch, plan.rows, plan.runs_of, plan.top, plan.left, g.pt, g.pl, g.sh, g.sw, cgp, plan.block_rows, plan.block_cells, plan.blocks, block_parts)
     return gx

@@ -290,9 +290,7 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     n = r * runs_of + j (to_phases), their rows interleaved: phase p's row y of
     sample j from p * runs_of * hq * wq + (y * runs_of + j) * wq; zeros for samples
     past the batch and after the last phase."""
-    n_, c_ = x.shape[0], x.shape[1]
-    stride = runs_of * hq * wq
-    pitch = runs_of * wq
+    c_ = x.shape[1]
     planes = phased.shape[0] * c_
     # parts of many planes each: a small plane splits in less time than a parallel
     # iteration's start costs
@@ -305,10 +303,21 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
                 # to_phases' row copies: 30-60% faster than place_phases' here
                 split_plane(x, phased, r, c, unused, top, left, 1, 1, hq, wq)
                 continue
-            dst = phased[r, c]
-            dst[:] = 0.0
-            for j in range(min(runs_of, n_ - r * runs_of)):
-                place_phases(x[r * runs_of + j, c], dst, j * wq, top, left, sh, sw, pitch, stride)
+            phased[r, c] = 0.0
+            place_run(x, phased[r], r, c, c + 1, top, left, sh, sw, hq, wq, runs_of)
+
+
+@serial(inline=True)
+def place_run(x, dst, r, c0, c1, top, left, sh, sw, hq, wq, runs_of):
+    """dst[c] = the phases of the planes x[n, c] of run r for c0 <= c < c1
+    (split_planes' layout), zeroed first where the run has fewer than runs_of
+    samples; the cells outside the planes keep their values."""
+    present = min(runs_of, x.shape[0] - r * runs_of)
+    for c in range(c0, c1):
+        if present < runs_of:
+            dst[c] = 0.0
+        for j in range(present):
+            place_phases(x[r * runs_of + j, c], dst[c], j * wq, top, left, sh, sw, runs_of * wq, runs_of * hq * wq)
 
 
 @parallel

@@ -134,20 +134,23 @@ def test_weight_gradient_is_bitwise_the_same_on_any_thread_count(dtype, rng):
     st.integers(1, 9), st.integers(1, 3), st.integers(1, 12), st.integers(1, 20), st.integers(1, 4), st.integers(1, 4),
     st.integers(1, 3), st.integers(1, 2), st.integers(0, 2), st.integers(0, 10), st.integers(0, 10), st.sampled_from(DTYPES),
 )
-def test_weight_gradient_of_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, padding, extra_h, extra_w, dtype):
-    # weight_grad's units split the parts of runs and then the blocks of a run
-    # between workers (each splitting the planes its blocks read): every thread count
-    # sums alike, whatever this machine's, and agrees with the reference
+def test_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, padding, extra_h, extra_w, dtype):
+    # forward and weight_grad split their units of work (the runs of samples, or the
+    # weight gradient's parts of runs, then the blocks of a run) between workers,
+    # each splitting the input planes its blocks read: every thread count sums
+    # alike, whatever this machine's, and agrees with the reference
     rng = np.random.default_rng(n * 1000 + cg * 10 + kg)
     h, w = (kh - 1) * dilation + 1 + extra_h, (kw - 1) * dilation + 1 + extra_w
     x = rng.standard_normal((n, groups * cg, h, w)).astype(dtype)
-    wshape = (groups * kg, cg, kh, kw)
-    g = conv2d_geometry(x.shape, wshape, stride, padding, dilation, groups)
+    weight = rng.standard_normal((groups * kg, cg, kh, kw)).astype(dtype)
+    g = conv2d_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     gy = rng.standard_normal(g.output_shape).astype(dtype)
-    runs = [blocked.weight_grad(x, gy, g, threads) for threads in (1, 2, 3, 5, 16)]
-    assert all(np.array_equal(runs[0], r) for r in runs[1:])
-    expected = reference.conv2d_weight(x, wshape, gy, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    assert_close(runs[0], expected, dtype)
+    kw_ = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    for compute, expected in ((lambda t: blocked.forward(x, weight, g, t), reference.conv2d(x, weight, **kw_)),
+                              (lambda t: blocked.weight_grad(x, gy, g, t), reference.conv2d_weight(x, weight.shape, gy, **kw_))):
+        runs = [compute(threads) for threads in (1, 2, 3, 5, 16)]
+        assert all(np.array_equal(runs[0], r) for r in runs[1:])
+        assert_close(runs[0], expected, dtype)
 
 
 def test_avx2_blocks(tmp_path):
