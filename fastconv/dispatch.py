@@ -93,26 +93,16 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # spinning (PyTorch's libgomp, when PyTorch is imported first). So the blocked sums
 # take every pass they apply to, even where Winograd ran a pass faster on its own
 # (res3x3's input gradient, 10.4 against 11.8 ms: the whole layer took 34.3 ms all
-# blocked, 36.5 mixed), except in a layer whose every pass GEMM pays for and whose
-# input gradient's phases are uneven (a 3x3 kernel at stride 2: phases of 4, 2, 2
-# and 1 taps, each padded to whole blocks), whose forward and input gradient go
-# to GEMM and weight gradient blocked (forward + backward of res3x3_s2 19.2 ms,
-# 20.6 all by GEMM, 18.9 all blocked; of 128-channel layers of 28x28 and 56x56
-# planes 28.9 and 27.9 ms, 31.5 and 29.5 by GEMM, 29.6 and 29.6 all blocked; in
-# float64 the fastest of the three on all three; decoder_up's 4x4 stride-2 kernel,
-# four taps a phase, ran each pass 1-9% faster blocked).
+# blocked, 36.5 mixed). That holds at stride 2 too, where the input gradient's
+# phases take uneven taps (a 3x3 kernel: 4, 2, 2 and 1, each padded to whole
+# blocks): forward + backward of res3x3_s2 19.7 ms all blocked, 23.2 all by GEMM,
+# 21.7 with the weight gradient alone blocked; of 128-channel layers of 28x28 and
+# 56x56 planes 31.2 and 27.7 ms, 34.7 and 30.7 by GEMM; in float64 5-12% faster
+# blocked.
 BLOCKED_ROWS = 64
 BLOCKED_FILL = 0.75
 BLOCKED_WEIGHT_ROWS = 16
 BLOCKED_GRADIENT_CHANNELS = 4
-
-
-def _even_phases(g: ConvGeometry) -> bool:
-    """Whether every phase of the input gradient (the input cells of one residue
-    modulo the stride) takes as many kernel taps as the others."""
-    rows = [sum(1 for i in range(g.kh) if i * g.dh % g.sh == a) for a in range(g.sh)]
-    cols = [sum(1 for j in range(g.kw) if j * g.dw % g.sw == b) for b in range(g.sw)]
-    return len(set(rows)) == 1 and len(set(cols)) == 1
 
 
 def _fills_blocks(channels: int) -> bool:
@@ -137,10 +127,8 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     (default: fastconv's count in this Python thread):
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
-      direct kernels would pad the one tap to three), and for wide convolutions of
-      one group on up to gemm.MOST_THREADS threads where it pays for every pass
-      (_gemm_pays) and the input gradient's phases are uneven (_even_phases), and
-      for the passes of other layers that it pays for and the blocked sums leave:
+      direct kernels would pad the one tap to three), and for the passes that it
+      pays for (_gemm_pays, on up to gemm.MOST_THREADS) and the blocked sums leave:
       3-4x faster than the direct loops on batch-1 layers of 256 channels and 8x8
       planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
     - 'blocked' for sums of many terms over many output channels (_blocked_pays),
@@ -154,8 +142,6 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
         return _forced if _forced != "winograd" or W.applicable(g) else "direct"
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
-        return "gemm"
-    if computation != "weight" and not _even_phases(g) and all(_gemm_pays(g, c, threads) for c in PASSES):
         return "gemm"
     if _blocked_pays(g, computation):
         return "blocked"
