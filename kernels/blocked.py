@@ -187,13 +187,12 @@ def _block_sums(shape, packed=False):
     below VECTORS * lanes; the arrays flat and contiguous, of one dtype, the integers
     int64. The terms in order of r, each a fused multiply-add.
 
-    `packed`: packed_block_sums(out, out_at, out_pitch, out_rows, packing, w, w_at,
-    w_pitch, w_step, x, x_at, offsets, rows) stores each sum instead, for the rows
-    i < out_rows only, with two masked stores of each vector v: lane l to
-    out[out_at + i*out_pitch + packing[4v + s] + l] where bit l of packing[4v + 2 + s]
-    is set (s = 0, 1): the cells of the wide layout that are outputs, straight into
-    their rows (a vector of cells meets at most one gap between them where its
-    lanes are at most the outputs of a row plus one: pack_cells)."""
+    `packed`: packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w,
+    w_at, w_pitch, w_step, x, x_at, offsets, rows) stores each sum instead, for the
+    rows i < out_rows only, with `stores` masked stores of each vector v: for
+    s < stores, lane l to out[out_at + i*out_pitch + packing[2(v*stores + s)] + l]
+    where bit l of packing[2(v*stores + s) + 1] is set (pack_cells: the cells of
+    the wide layout that are outputs, straight into their rows)."""
     block_rows, vectors = shape
 
     def sums(e, acc, w_data, w_at_, w_pitch_, w_step_, x_data, x_at_, offsets_data, rows_):
@@ -225,24 +224,26 @@ def _block_sums(shape, packed=False):
 
         return sig, codegen
 
-    def packed_block_sums(typingctx, out, out_at, out_pitch, out_rows, packing, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
-        sig = types.void(out, out_at, out_pitch, out_rows, packing, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+    def packed_block_sums(typingctx, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
+        sig = types.void(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
         def codegen(context, builder, signature, args):
             e = _Emitter(context, builder, signature, args)
-            out_, out_at_, out_pitch_, out_rows_, packing_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
+            out_, out_at_, out_pitch_, out_rows_, packing_, stores_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
             kinds = signature.args
             out_data, packing_data = e.data(kinds[0], out_), e.data(kinds[4], packing_)
-            w_data, x_data, offsets_data = e.data(kinds[5], w_), e.data(kinds[9], x_), e.data(kinds[11], offsets_)
+            w_data, x_data, offsets_data = e.data(kinds[6], w_), e.data(kinds[10], x_), e.data(kinds[12], offsets_)
             acc = [cgutils.alloca_once_value(builder, ir.Constant(e.vector, [0.0] * e.lanes)) for _ in range(block_rows * vectors)]
             sums(e, acc, w_data, w_at_, w_pitch_, w_step_, x_data, x_at_, offsets_data, rows_)
-            packs = [builder.load(builder.gep(packing_data, [e.constant(i)])) for i in range(4 * vectors)]
             for i, row in enumerate(e.at(out_at_, out_pitch_, block_rows)):
                 with cgutils.if_likely(builder, builder.icmp_signed("<", e.constant(i), out_rows_)):
                     for v in range(vectors):
                         value = builder.load(acc[i * vectors + v])
-                        for part in range(2):
-                            e.masked_store(value, out_data, builder.add(row, packs[4 * v + part]), packs[4 * v + 2 + part])
+                        with cgutils.for_range(builder, stores_) as loop:
+                            at = builder.mul(builder.add(builder.mul(e.constant(v), stores_), loop.index), e.constant(2))
+                            start = builder.load(builder.gep(packing_data, [at]))
+                            mask = builder.load(builder.gep(packing_data, [builder.add(at, e.constant(1))]))
+                            e.masked_store(value, out_data, builder.add(row, start), mask)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -266,12 +267,12 @@ def sums_of_block(block_rows, out, out_at, out_pitch, w, w_at, w_pitch, w_step, 
 
 
 @serial(inline=True)
-def packed_sums_of_block(block_rows, out, out_at, out_pitch, out_rows, packing, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
+def packed_sums_of_block(block_rows, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
     """packed_block_sums, or narrow_packed_block_sums for blocks of NARROW_ROWS rows."""
     if block_rows <= NARROW_ROWS:
-        narrow_packed_block_sums(out, out_at, out_pitch, out_rows, packing, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+        narrow_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     else:
-        packed_block_sums(out, out_at, out_pitch, out_rows, packing, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+        packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
 
 @intrinsic
@@ -311,7 +312,7 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
 
 
 @parallel
-def forward_blocks(x, w, kp, offsets, out, phased, top, left, sh, sw, hq, wq, span, runs_of, block_rows, block_cells, blocks, block_parts):
+def forward_blocks(x, w, kp, offsets, out, phased, top, left, sh, sw, hq, wq, span, runs_of, block_rows, block_cells, blocks, block_parts, stores):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w
     (_block_weights: groups, Kp, R): group g's outputs (Kp rows, the channels past
     K/groups zero) from its C/groups input channels, row r of its sum from
@@ -332,64 +333,45 @@ def forward_blocks(x, w, kp, offsets, out, phased, top, left, sh, sw, hq, wq, sp
     per_run = groups * blocks * kbs
     workers, units = phased.shape[0], -(-n_ // runs_of) * block_parts
     for worker in prange(workers):
-        own, tile, last = phased[worker], np.empty(block_rows * block_cells, dtype=out.dtype), (-1, 0, 0)
+        own, last = phased[worker], (-1, 0, 0)
         flat_x = own.reshape(own.size)
-        packing = np.empty(4 * block_cells * out.itemsize // VECTOR_BYTES, dtype=np.int64)
+        packing = np.empty(2 * stores * block_cells * out.itemsize // VECTOR_BYTES, dtype=np.int64)
         for unit in range(units * worker // workers, units * (worker + 1) // workers):
             run_, t0, t1, last = placed_unit(x, own, unit, block_parts, per_run, blocks * kbs, cg, last, top, left, sh, sw, hq, wq, runs_of)
             for t in range(t0, t1):
                 g, b, kb = t // (blocks * kbs), t // kbs % blocks, t % kbs
                 first = b * block_cells
                 k0 = kb * block_rows
-                if runs_of == 1 and ow + 1 >= VECTOR_BYTES // out.itemsize:
-                    # the sums stored straight into the output's rows: a block copied
-                    # out of a tile took 16% of res3x3's forward
-                    if t == t0 or kb == 0:
-                        pack_cells(packing, first, oh, ow, wq, block_cells)
-                    at = (run_ * k_ + g * kg + k0) * oh * ow
-                    packed_sums_of_block(block_rows, flat_out, at, oh * ow, kg - k0, packing, w, (g * kp + k0) * rows, 1, block_rows, flat_x, g * cg * span + first, offsets, rows)
-                    continue
-                # the whole sum at once: in chunks of 128 rows for every channel block
-                # (the chunk's input cells in L1 across the blocks), res3x3 ran 30% slower
-                tile[:] = 0.0
-                sums_of_block(block_rows, tile, 0, block_cells, w, (g * kp + k0) * rows, 1, block_rows, flat_x, g * cg * span + first, offsets, rows)
-                # the block's cells, row by row of the output: a run of kept cells, then
-                # the row's wq - ow dropped ones
-                q, end = first, min(first + block_cells, oh * runs_of * wq)
-                while q < end:
-                    y, xo = q // wq, q % wq
-                    run = min(wq - xo, end - q)
-                    n = run_ * runs_of + y % runs_of
-                    if n < n_:
-                        for i in range(min(block_rows, kg - k0)):
-                            kept = tile[i * block_cells + q - first :]
-                            row = out[n, g * kg + k0 + i, y // runs_of]
-                            for j in range(min(run, ow - xo)):
-                                row[xo + j] = kept[j]
-                    q += run
+                if t == t0 or kb == 0:
+                    pack_cells(packing, stores, first, oh, ow, wq, runs_of, min(runs_of, n_ - run_ * runs_of), k_ * oh * ow, block_cells)
+                at = (run_ * runs_of * k_ + g * kg + k0) * oh * ow
+                packed_sums_of_block(block_rows, flat_out, at, oh * ow, kg - k0, packing, stores, w, (g * kp + k0) * rows, 1, block_rows, flat_x, g * cg * span + first, offsets, rows)
 
 
 @serial(inline=True)
-def pack_cells(packing, first, oh, ow, wq, block_cells):
+def pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
     """packing (packed_block_sums') for the block of block_cells wide-layout cells
-    from `first` of one sample: each vector's runs of cells that are outputs
-    (column below ow, row below oh), at most two where a vector's lanes are at most
-    ow + 1, as the first output less the lane it is in and a mask of the run's
-    lanes."""
-    vectors = packing.shape[0] // 4
+    from `first` of a run of samples, its first `present` samples in the batch
+    (sample_cells apart in the output): the runs of each vector's lanes that are
+    outputs (column below ow, row below oh) side by side, each as the first's
+    output less its lane and a mask of the run's lanes; `stores` a vector, the
+    unused ones empty. A vector of lanes meets at most (lanes - 2) // wq + 2 rows
+    of the layout, each one run."""
+    vectors = packing.shape[0] // (2 * stores)
     lanes = block_cells // vectors
     packing[:] = 0
     for v in range(vectors):
-        q, part, previous = first + v * lanes, -1, False
+        at, base = 2 * v * stores - 2, -1
         for lane in range(lanes):
-            cell = q + lane
-            kept = cell < oh * wq and cell % wq < ow
-            if kept and not previous:
-                part += 1
-                packing[4 * v + part] = cell // wq * ow + cell % wq - lane
-            if kept:
-                packing[4 * v + 2 + part] |= 1 << lane
-            previous = kept
+            cell = first + v * lanes + lane
+            y, xo = cell // wq, cell % wq
+            if xo >= ow or y // runs_of >= oh or y % runs_of >= present:
+                continue
+            output = y % runs_of * sample_cells + y // runs_of * ow + xo
+            if at < 2 * v * stores or output - lane != base:
+                at, base = at + 2, output - lane
+                packing[at] = base
+            packing[at + 1] |= 1 << lane
 
 
 @serial(inline=True)
@@ -607,6 +589,13 @@ def _block_weights(weight, g, block_rows):
     return _interleaved(w, block_rows), kp
 
 
+def _stores(wq, dtype):
+    """Masked stores a vector of packed_block_sums, for rows of wq cells: the rows of
+    the layout one vector meets (pack_cells)."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    return (lanes - 2) // wq + 2
+
+
 def forward(x, weight, g, threads):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
     output (N, K, oh, ow)."""
@@ -615,7 +604,7 @@ def forward(x, weight, g, threads):
     w, kp = _block_weights(weight, g, plan.block_rows)
     block_parts = _block_parts(plan.runs, g.groups * plan.blocks * kp // plan.block_rows, threads)
     phased = np.zeros((min(threads, plan.runs * block_parts), g.c_in, plan.span), dtype=x.dtype)
-    forward_blocks(x, w, kp, plan.offsets, out, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, block_parts)
+    forward_blocks(x, w, kp, plan.offsets, out, phased, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, block_parts, _stores(plan.wq, x.dtype))
     return out
 
 

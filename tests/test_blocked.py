@@ -75,39 +75,46 @@ def test_block_dots_against_numpy(dtype, rng):
 
 
 @numba.njit
-def _packed(out, out_rows, packing, w, x, offsets, rows, narrow, first, oh, ow, wq, block_cells):
-    blocked.pack_cells(packing, first, oh, ow, wq, block_cells)
+def _packed(out, out_rows, packing, stores, w, x, offsets, rows, narrow, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
+    blocked.pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells)
+    pitch = oh * ow + 3
     if narrow:
-        blocked.narrow_packed_block_sums(out, 5, oh * ow + 3, out_rows, packing, w, 2, 1, blocked.NARROW_ROWS, x, 11, offsets, rows)
+        blocked.narrow_packed_block_sums(out, 5, pitch, out_rows, packing, stores, w, 2, 1, blocked.NARROW_ROWS, x, 11, offsets, rows)
     else:
-        blocked.packed_block_sums(out, 5, oh * ow + 3, out_rows, packing, w, 2, 1, blocked.BLOCK[0], x, 11, offsets, rows)
+        blocked.packed_block_sums(out, 5, pitch, out_rows, packing, stores, w, 2, 1, blocked.BLOCK[0], x, 11, offsets, rows)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from(DTYPES), st.booleans(), st.integers(1, 6), st.integers(0, 40), st.integers(0, 3), st.integers(0, 8), st.integers(0, 60))
-def test_packed_block_sums_store_the_outputs_of_a_block(dtype, narrow, oh, ow_extra, gap, out_rows, first_cell):
-    # the block's sums in the wide layout (rows wq apart), stored straight into the
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(DTYPES), st.booleans(), st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(1, 3), st.integers(1, 3),
+    st.integers(0, 8), st.integers(0, 200),
+)
+def test_packed_block_sums_store_the_outputs_of_a_block(dtype, narrow, oh, ow, gap, runs_of, present, out_rows, first_cell):
+    # the block's sums in the wide layout (rows wq apart, runs_of samples' rows
+    # interleaved, the first `present` in the batch), stored straight into the
     # outputs' rows (ow apart): every output cell of the block, and nothing else
+    present = min(present, runs_of)
     block_rows, cells = blocked.block_shape(dtype, blocked.NARROW_ROWS if narrow else blocked.NARROW_ROWS + 1)
-    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
-    ow = lanes - 1 + ow_extra  # a vector meets at most one row's end
     wq = ow + gap
-    first = min(first_cell, oh * wq - 1)
+    first = min(first_cell, oh * runs_of * wq - 1)
     rng = np.random.default_rng(first * 100 + ow)
     rows = 7
     x = rng.standard_normal(11 + 40 + cells).astype(dtype)
     offsets = rng.integers(0, 40, rows).astype(np.int64)
     w = rng.standard_normal(2 + block_rows * rows).astype(dtype)
     pitch = oh * ow + 3
-    out = np.full(5 + block_rows * pitch, np.inf, dtype=dtype)
-    packing = np.empty(4 * cells // lanes, dtype=np.int64)
-    _packed(out, out_rows, packing, w, x, offsets, rows, narrow, first, oh, ow, wq, cells)
+    sample_cells = block_rows * pitch + 7
+    out = np.full(5 + runs_of * sample_cells, np.inf, dtype=dtype)
+    stores = blocked._stores(wq, dtype)
+    packing = np.empty(2 * stores * cells // (blocked.VECTOR_BYTES // np.dtype(dtype).itemsize), dtype=np.int64)
+    _packed(out, out_rows, packing, stores, w, x, offsets, rows, narrow, first, oh, ow, wq, runs_of, present, sample_cells, cells)
     expected = np.full_like(out, np.inf)
     for i in range(min(out_rows, block_rows)):
-        for q in range(first, min(first + cells, oh * wq)):
-            if q % wq < ow:
+        for q in range(first, min(first + cells, oh * runs_of * wq)):
+            y, xo = q // wq, q % wq
+            if xo < ow and y % runs_of < present:
                 terms = [w[2 + i + r * block_rows] * x[11 + offsets[r] + q - first] for r in range(rows)]
-                expected[5 + i * pitch + q // wq * ow + q % wq] = sum(terms)
+                expected[5 + y % runs_of * sample_cells + i * pitch + y // runs_of * ow + xo] = sum(terms)
     finite = np.isfinite(expected)
     assert (np.isfinite(out) == finite).all()
     assert_close(out[finite], expected[finite], dtype)
