@@ -348,7 +348,7 @@ def forward_blocks(x, w, kp, offsets, out, phased, top, left, sh, sw, hq, wq, sp
                 packed_sums_of_block(block_rows, flat_out, at, oh * ow, kg - k0, packing, stores, w, (g * kp + k0) * rows, 1, block_rows, flat_x, g * cg * span + first, offsets, rows)
 
 
-@serial(inline=True)
+@serial
 def pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
     """packing (packed_block_sums') for the block of block_cells wide-layout cells
     from `first` of a run of samples, its first `present` samples in the batch
@@ -439,7 +439,7 @@ def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, 
                         )  # fmt: skip
 
 
-@serial(inline=True)
+@serial
 def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rd):
     """weight_blocks' split of run r for its blocks b0..b1-1 (rbs row blocks of kbs
     channel blocks a group): phased (C, span) = the phases of the input planes the

@@ -307,7 +307,7 @@ def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
             place_run(x, phased[r], r, c, c + 1, top, left, sh, sw, hq, wq, runs_of)
 
 
-@serial(inline=True)
+@serial
 def place_run(x, dst, r, c0, c1, top, left, sh, sw, hq, wq, runs_of):
     """dst[c] = the phases of the planes x[n, c] of run r for c0 <= c < c1
     (split_planes' layout), zeroed first where the run has fewer than runs_of
