@@ -638,7 +638,7 @@ def weight_grad(x, grad_output, g, threads):
 
 @parallel
 def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, span, pitch, rows_, runs_of, top, left, pt, pl, sh, sw, cgp, block_rows, block_cells, blocks, block_parts):
-    """gx (N, C, H, W), zeros on entry, += the input gradient, phase by phase of the
+    """gx (N, C, H, W) = the input gradient, phase by phase of the
     zero-padded input plane: phase (a, b)'s cell (Y, X), input cell
     (a + sh*Y - pt, b + sw*X - pl), is the sum of rows first[p]:first[p + 1] of
     offsets over the run's grad_output planes shifted down by `top` and right by
@@ -761,7 +761,14 @@ def input_grad(weight, grad_output, g, threads):
     grad_output (N, K, oh, ow), geometry g."""
     plan = _input_plan(g, grad_output.dtype, input_runs_of(g, grad_output.dtype))
     w, w_first, cgp = _phase_weights(weight, g, plan)
-    gx = np.zeros(g.input_shape, dtype=grad_output.dtype)
+    # every input cell is in one phase's region, written once: only the phases no tap
+    # reaches are zeroed (np.zeros wrote or faulted in all of gx first: dcgan_up's
+    # input gradient 20% slower)
+    gx = np.empty(g.input_shape, dtype=grad_output.dtype)
+    for p in range(g.sh * g.sw):
+        if plan.first[p + 1] == plan.first[p]:
+            a, b = divmod(p, g.sw)
+            gx[:, :, (a - g.pt) % g.sh :: g.sh, (b - g.pl) % g.sw :: g.sw] = 0.0
     block_parts = _block_parts(plan.runs, g.groups * g.sh * g.sw * plan.blocks * cgp // plan.block_rows, threads)
     padded = np.zeros((min(threads, plan.runs * block_parts), g.c_out, plan.span), dtype=grad_output.dtype)
     input_blocks(grad_output, w, w_first, plan.offsets, plan.first, plan.regions, gx, padded, plan.span, plan.pitch, plan.rows, plan.runs_of, plan.top, plan.left, g.pt, g.pl, g.sh, g.sw, cgp, plan.block_rows, plan.block_cells, plan.blocks, block_parts)

@@ -199,6 +199,20 @@ def test_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, paddi
         assert_close(runs[0], expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_gradient_zeroes_the_phases_no_tap_reaches(dtype, rng):
+    # a 2x2 kernel dilated by 2 at stride 2 reaches one phase of four; the others
+    # are zeros, whatever the memory gx was given held before
+    x_shape, w = (3, 8, 13, 12), rng.standard_normal((16, 8, 2, 2)).astype(dtype)
+    g = conv2d_geometry(x_shape, w.shape, 2, 1, 2)
+    gy = rng.standard_normal(g.output_shape).astype(dtype)
+    expected = reference.conv2d_input(x_shape, w, gy, stride=2, padding=1, dilation=2)
+    for _ in range(3):
+        junk = np.full(x_shape, np.nan, dtype=dtype)
+        del junk
+        assert_close(blocked.input_grad(w, gy, g, 2), expected, dtype)
+
+
 def test_avx2_blocks(tmp_path):
     # Without AVX-512 the blocks are of 32-byte vectors (VECTOR_BYTES): the blocked
     # grid, property and intrinsic tests again, compiled for an AVX2 machine.
