@@ -76,13 +76,15 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 
 # Where the register-blocked sums (fastconv.kernels.blocked) beat the other paths
 # (per-pass timings of every path on 32 shapes, both dtypes, 2 cores of an AVX-512
-# Xeon): a sum of BLOCKED_ROWS terms or more per result (channels times taps; the
-# input gradient's, per phase of the stride) over a kernel of more than one tap,
-# computed for blocks of channels (8, or 6 with AVX2; 4 for up to 4 channels) that
-# the channels per group fill to BLOCKED_FILL or more (the forward's output
-# channels, the input gradient's input channels: 3-4, 6-8, 12-16, ...; 3 channels
-# in blocks of 8 ran 5-60% slower than the direct loops, in blocks of 4 10-30%
-# faster, 6 and 8 channels 15-35% faster). The weight gradient's dot products, in
+# Xeon): the sums over a kernel of more than one tap, computed for blocks of
+# channels (8, or 6 with AVX2; 4 for up to 4 channels) that the channels per group
+# fill to BLOCKED_FILL or more (the forward's output channels, the input
+# gradient's input channels: 3-4, 6-8, 12-16, ...; 3 channels in blocks of 8 ran
+# 5-60% slower than the direct loops, in blocks of 4 10-30% faster, 6 and 8
+# channels 15-35% faster; one channel in blocks of 4 10-55% slower), whatever the
+# terms a sum (first layers of 1 to 3 channels by 3x3 and 5x5, 9 to 27 terms, and
+# stride-2 layers of 4 to 16 channels: forward 10-45% faster than the direct loops,
+# input gradient 5-30%). The weight gradient's dot products, in
 # blocks of 4 output channels by 6 terms, pay from BLOCKED_WEIGHT_ROWS terms to
 # BLOCKED_GRADIENT_CHANNELS outputs or more (first layers of 1-3 channels by 5x5
 # and 3x3, grouped layers of 2-8 channels a group, 1-30% faster than the direct
@@ -99,7 +101,6 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # 21.7 with the weight gradient alone blocked; of 128-channel layers of 28x28 and
 # 56x56 planes 31.2 and 27.7 ms, 34.7 and 30.7 by GEMM; in float64 5-12% faster
 # blocked.
-BLOCKED_ROWS = 64
 BLOCKED_FILL = 0.75
 BLOCKED_WEIGHT_ROWS = 16
 BLOCKED_GRADIENT_CHANNELS = 4
@@ -115,10 +116,9 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
     if taps == 1:
         return False
     if computation == "forward":
-        return cg * taps >= BLOCKED_ROWS and _fills_blocks(kg)
+        return _fills_blocks(kg)
     if computation == "input":
-        # summed phase by phase of the stride
-        return kg * taps >= BLOCKED_ROWS * g.sh * g.sw and _fills_blocks(cg)
+        return _fills_blocks(cg)
     return cg * taps >= BLOCKED_WEIGHT_ROWS and kg >= BLOCKED_GRADIENT_CHANNELS
 
 

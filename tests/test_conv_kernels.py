@@ -395,19 +395,20 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
     # Winograd only where the blocked sums do not apply
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["blocked"] * 3
-    monkeypatch.setattr(dispatch, "BLOCKED_ROWS", 10**6)
+    monkeypatch.setattr(dispatch, "BLOCKED_FILL", 10**6)
     monkeypatch.setattr(dispatch, "BLOCKED_GRADIENT_CHANNELS", 10**6)
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd"] * 3
     monkeypatch.undo()
-    # too few terms or channels for whole blocks of the forward and input gradient:
-    # first layers (but the input gradient of 3 channels, in narrow blocks),
-    # depthwise, 4 per group; the weight gradient's dot products from 16 terms and 4
-    # output channels
-    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["direct", "blocked", "blocked"]
-    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["direct", "direct", "blocked"]
-    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["direct"] * 3
+    # blocks the channels do not fill (one channel in blocks of 4, 4 per group in
+    # blocks of 8 for the forward): depthwise, the input gradient of a first layer
+    # of one channel; a first layer of 3 channels in narrow blocks; the weight
+    # gradient's dot products from 16 terms and 4 output channels
+    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["blocked"] * 3
+    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["blocked", "direct", "blocked"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["blocked", "direct", "direct"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["direct", "direct", "blocked"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3
+    assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)) == ["blocked", "direct", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 12, 24, 24), (24, 12, 5, 5), padding=2)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["direct", "direct", "blocked"]
