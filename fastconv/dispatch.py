@@ -131,9 +131,9 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
       pays for (_gemm_pays, on up to gemm.MOST_THREADS) and the blocked sums leave:
       3-4x faster than the direct loops on batch-1 layers of 256 channels and 8x8
       planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
-    - 'blocked' for sums of many terms over many output channels (_blocked_pays),
-      checked next: 1.3-1.7x faster than the direct loops on most layers of 6-128
-      channels and kernels of 3x3 to 7x7;
+    - 'blocked' for sums over more than one tap whose channels fill the blocks
+      (_blocked_pays), checked next: 1.1-2x faster than the direct loops on most
+      layers of 3-128 channels and kernels of 3x3 to 7x7, and than GEMM;
     - 'winograd' for the stride-1 3x3 convolutions of one group left, where it pays
       (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
