@@ -45,8 +45,8 @@ from numba.core import cgutils, codegen, config
 from numba.extending import intrinsic
 
 from ._jit import parallel, serial
-from .direct import place_run
-from .phases import phase_shape, tap_starts, to_wide
+from .direct import place_run, widen_run
+from .phases import phase_shape, tap_starts
 
 
 def _vector_bytes():
@@ -454,17 +454,12 @@ def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, 
     plane c), wide (K, length) = every grad_output plane of their groups. Units
     sharing a run's blocks split their own input planes only: a cell's split costs
     more than its widening. The cells outside the planes keep their zeros; a run
-    with fewer than runs_of samples is zeroed first (place_run)."""
-    present = min(runs_of, x.shape[0] - r * runs_of)
-    if present < runs_of:
-        wide[:] = 0.0
+    with fewer than runs_of samples is zeroed first (place_run, widen_run)."""
     per_group = rbs * kbs
     for g in range(b0 // per_group, -(-b1 // per_group)):
         first, last = max(b0 - g * per_group, 0) // kbs, (min(b1 - g * per_group, per_group) - 1) // kbs
         place_run(x, phased, r, g * cg + first * rd // taps, g * cg + min(cg, -(-(last + 1) * rd // taps)), top, left, sh, sw, hq, wq, runs_of)
-        for k in range(g * kg, (g + 1) * kg):
-            for j in range(present):
-                to_wide(grad_output[r * runs_of + j, k], wide[k], j * wq, runs_of * wq)
+        widen_run(grad_output, wide, r, g * kg, (g + 1) * kg, 0, wq, runs_of)
 
 
 def _even_runs(n, want):

@@ -326,13 +326,24 @@ def widen_planes(planes, wide, extension, wq, runs_of):
     n = r * runs_of + j, in the wide layout with their rows interleaved (row y of
     sample j from (y * runs_of + j) * wq, zeros beyond each row's ow cells); zeros
     elsewhere."""
-    n_, k_ = planes.shape[0], planes.shape[1]
+    k_ = planes.shape[1]
     for t in prange(wide.shape[0] * k_):
         r, k = t // k_, t % k_
-        dst = wide[r, k]
-        dst[:] = 0.0
-        for j in range(min(runs_of, n_ - r * runs_of)):
-            to_wide(planes[r * runs_of + j, k], dst, extension + j * wq, runs_of * wq)
+        wide[r, k] = 0.0
+        widen_run(planes, wide[r], r, k, k + 1, extension, wq, runs_of)
+
+
+@serial(inline=True)
+def widen_run(planes, dst, r, k0, k1, extension, wq, runs_of):
+    """dst[k] = the planes[n, k] of run r from `extension` for k0 <= k < k1
+    (widen_planes' layout), zeroed first where the run has fewer than runs_of
+    samples; the cells outside the planes keep their values."""
+    present = min(runs_of, planes.shape[0] - r * runs_of)
+    for k in range(k0, k1):
+        if present < runs_of:
+            dst[k] = 0.0
+        for j in range(present):
+            to_wide(planes[r * runs_of + j, k], dst[k], extension + j * wq, runs_of * wq)
 
 
 @serial(inline=True)
