@@ -14,9 +14,14 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
   an AVX-512 Xeon, over cached data: 194 GFLOP/s in float32, 101 in float64),
   and `narrow_block_sums` for up to 4 channels, in blocks of 4 channels by 6
   vectors;
-- `block_dots`, for the weight gradient: 4 x 6 dot products of rows of
+- `channel_sums`, for the weight gradient where the output channels fill vectors:
+  rows of the sum by vectors of output channels (6 x 4 with AVX-512), each step one
+  vector load per vector of a cell's channels (grad_output transposed by
+  `transpose_square`, a square of cells at a time in registers) and one broadcast
+  input cell per row;
+- `block_dots`, for the other weight gradients: 4 x 6 dot products of rows of
   grad_output with rows of input cells, 10 vector loads a step for 24
-  multiply-adds.
+  multiply-adds, and each sum's lanes added at the end.
 
 Layout (fastconv.kernels.phases): the input is split into the phases of its padded
 planes (direct.place_run), each worker (one per thread) splitting the samples it
@@ -83,6 +88,24 @@ SAMPLE_BYTES = 4096
 # the weight gradient's runs of samples summed apart (then added) in parts of at
 # least PART_CELLS cells, as many as the threads can share evenly
 PART_CELLS = 4096
+# channel_sums' blocks: (rows of the sum, vectors of output channels), at most
+# CHANNEL_ACCUMULATORS sums in registers, plus the vectors loaded and a broadcast.
+# Its chunks of cells read at most CHUNK_BYTES of the transposed grad_output, which
+# stays in L1 while every row block of its channels runs over it (16-64 KiB ran
+# within 5% of each other, 32 best on dcgan_up and decoder_up).
+CHANNEL_ACCUMULATORS = 24 if VECTOR_BYTES == 64 else 12
+CHANNEL_VECTORS = 4 if VECTOR_BYTES == 64 else 3
+CHUNK_BYTES = 32768
+# The weight gradient by channel_sums where a group's output channels fill two
+# vectors or more (at least CHANNEL_FILL of the lanes of its blocks) and its sum
+# has CHANNEL_ROWS rows or more; by block_dots elsewhere. By channels in float32,
+# res3x3's weight gradient 9.4 -> 6.9 ms, dcgan_up's 2.7 -> 2.0, x_conv5_s2's 2.35 ->
+# 1.85 (float64 8-23% faster); but with fewer rows the transposition of
+# grad_output costs more than it saves (cifar_stem's 27 rows 0.84 -> 0.93 ms), and
+# one vector's blocks load a broadcast for every multiply-add (lenet_c2's 16
+# channels 0.18 -> 0.22).
+CHANNEL_FILL = 7 / 8
+CHANNEL_ROWS = 128
 # Small planes are computed with the planes of a run of samples together, their
 # rows interleaved (the output rows of sample j of a run at y * runs_of + j), so
 # that a run of cells spans the samples: for the forward (and the stride-1 input
@@ -173,6 +196,34 @@ class _Emitter:
         function = cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), [self.vector, self.vector.as_pointer(), ir.IntType(32), kind]), name)
         pointer = b.bitcast(b.gep(data, [at]), self.vector.as_pointer())
         b.call(function, [value, pointer, ir.Constant(ir.IntType(32), self.align), b.bitcast(b.trunc(mask, ir.IntType(self.lanes)), kind)])
+
+    def masked_load(self, data, at, mask):
+        """The lanes of data[at + lane] whose bits are set in the integer mask, zeros
+        in the others (none of their memory read)."""
+        b, kind = self.builder, ir.VectorType(ir.IntType(1), self.lanes)
+        name = f"llvm.masked.load.v{self.lanes}{self._suffix}.p0v{self.lanes}{self._suffix}"
+        function = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.vector, [self.vector.as_pointer(), ir.IntType(32), kind, self.vector]), name)
+        pointer = b.bitcast(b.gep(data, [at]), self.vector.as_pointer())
+        zeros = ir.Constant(self.vector, [0.0] * self.lanes)
+        return b.call(function, [pointer, ir.Constant(ir.IntType(32), self.align), b.bitcast(b.trunc(mask, ir.IntType(self.lanes)), kind), zeros])
+
+    def transposed(self, rows):
+        """The columns of the square of vectors `rows` (lanes of them): log2(lanes)
+        rounds of two-vector shuffles, each swapping one bit of the row index with
+        the same bit of the lane index."""
+        b, lanes, rows = self.builder, self.lanes, list(rows)
+        bit = 1
+        while bit < lanes:
+            for i in range(lanes):
+                if i & bit:
+                    continue
+                j = i | bit
+                low = [c if not c & bit else lanes + c - bit for c in range(lanes)]
+                high = [c + bit if not c & bit else lanes + c for c in range(lanes)]
+                mask = ir.VectorType(ir.IntType(32), lanes)
+                rows[i], rows[j] = b.shuffle_vector(rows[i], rows[j], ir.Constant(mask, low)), b.shuffle_vector(rows[i], rows[j], ir.Constant(mask, high))
+            bit *= 2
+        return rows
 
     def store_all(self, slots, data, starts):
         for slot, at in zip(slots, starts):
@@ -311,6 +362,87 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
     return sig, codegen
 
 
+@intrinsic
+def transpose_square(typingctx, src, src_at, src_pitch, rows, cells, dst, dst_at, dst_shift):
+    """dst[dst_at[c] + dst_shift + i] = src[src_at + i*src_pitch + c] for c < cells and i < lanes
+    (a vector's), zero for the rows i >= rows: a square of lanes x lanes cells
+    transposed in registers (transposed), its rows past `rows` and columns past
+    `cells` neither read nor (the columns) written. The arrays flat and contiguous,
+    of one dtype; dst_at int64, lanes of them."""
+    sig = types.void(src, src_at, src_pitch, rows, cells, dst, dst_at, dst_shift)
+
+    def codegen(context, builder, signature, args):
+        e = _Emitter(context, builder, signature, args)
+        src_, src_at_, src_pitch_, rows_, cells_, dst_, dst_at_, dst_shift_ = args
+        kinds = signature.args
+        src_data, dst_data, dst_at_data = e.data(kinds[0], src_), e.data(kinds[5], dst_), e.data(kinds[6], dst_at_)
+        present = builder.sub(builder.shl(e.constant(1), cells_), e.constant(1))
+        loaded = []
+        for i, at in enumerate(e.at(src_at_, src_pitch_, e.lanes)):
+            mask = builder.select(builder.icmp_signed("<", e.constant(i), rows_), present, e.constant(0))
+            loaded.append(e.masked_load(src_data, at, mask))
+        for c, column in enumerate(e.transposed(loaded)):
+            with cgutils.if_likely(builder, builder.icmp_signed("<", e.constant(c), cells_)):
+                e.store(column, dst_data, builder.add(builder.load(builder.gep(dst_at_data, [e.constant(c)])), dst_shift_))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _channel_sums(vectors):
+    """The intrinsic channel_sums(out, out_at, out_pitch, x, x_at, offsets, gt,
+    gt_at, gt_pitch, cells) for blocks of ROWS = CHANNEL_ACCUMULATORS // vectors
+    rows by `vectors` vectors: out[out_at + i*out_pitch + l] += the sum over q <
+    cells of x[x_at + offsets[i] + q] * gt[gt_at + q*gt_pitch + l], for i < ROWS
+    and l below vectors * lanes (the arrays flat and contiguous, of one dtype, the
+    integers int64). Each step loads the vectors of one row of gt (a cell's output
+    channels) and broadcasts one cell of each row of x: the weight gradient with its
+    sums along the output channels, no lanes to add at the end. The terms in order
+    of q, each a fused multiply-add."""
+    rows = CHANNEL_ACCUMULATORS // vectors
+
+    def channel_sums(typingctx, out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells):
+        sig = types.void(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+
+        def codegen(context, builder, signature, args):
+            e = _Emitter(context, builder, signature, args)
+            out_, out_at_, out_pitch_, x_, x_at_, offsets_, gt_, gt_at_, gt_pitch_, cells_ = args
+            kinds = signature.args
+            out_data, x_data, offsets_data, gt_data = e.data(kinds[0], out_), e.data(kinds[3], x_), e.data(kinds[5], offsets_), e.data(kinds[6], gt_)
+            starts = [at for row in e.at(out_at_, out_pitch_, rows) for at in e.at(row, e.constant(e.lanes), vectors)]
+            acc = e.accumulators(out_data, starts)
+            x_rows = [builder.add(x_at_, builder.load(builder.gep(offsets_data, [e.constant(i)]))) for i in range(rows)]
+            with cgutils.for_range(builder, cells_) as loop:
+                q = loop.index
+                channels = [e.load(gt_data, at) for at in e.at(builder.add(gt_at_, builder.mul(q, gt_pitch_)), e.constant(e.lanes), vectors)]
+                for i in range(rows):
+                    cell = e.broadcast(x_data, builder.add(x_rows[i], q))
+                    for v in range(vectors):
+                        e.fma(cell, channels[v], acc[i * vectors + v])
+            e.store_all(acc, out_data, starts)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(channel_sums)
+
+
+channel_sums1, channel_sums2, channel_sums3, channel_sums4 = (_channel_sums(v) for v in range(1, 5))
+
+
+@serial(inline=True)
+def channel_sums_of_block(vectors, out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells):
+    """channel_sums of a block of `vectors` vectors of channels (1 to 4)."""
+    if vectors == 1:
+        channel_sums1(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+    elif vectors == 2:
+        channel_sums2(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+    elif vectors == 3:
+        channel_sums3(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+    else:
+        channel_sums4(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+
+
 @parallel
 def forward_blocks(x, w, kp, offsets, out, phased, packings, stores, top, left, sh, sw, hq, wq, span, runs_of, block_rows, block_cells, blocks, block_parts):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w
@@ -337,7 +469,7 @@ def forward_blocks(x, w, kp, offsets, out, phased, packings, stores, top, left, 
     for worker in prange(workers):
         own, last = phased[worker], (-1, 0, 0)
         flat_x = own.reshape(own.size)
-        for unit in range(units * worker // workers, units * (worker + 1) // workers):
+        for unit in range(*share(worker, workers, units)):
             run_, t0, t1, last = placed_unit(x, own, unit, block_parts, per_run, blocks * kbs, cg, last, top, left, sh, sw, hq, wq, runs_of)
             for t in range(t0, t1):
                 g, b, kb = t // (blocks * kbs), t // kbs % blocks, t % kbs
@@ -396,6 +528,20 @@ def placed_unit(planes, own, unit, block_parts, per_run, per_group, channels, la
     return run_, t0, t1, last
 
 
+@serial(inline=True)
+def share(worker, workers, units):
+    """(first, end): worker's units of `units` shared evenly between `workers`."""
+    return units * worker // workers, units * (worker + 1) // workers
+
+
+@serial(inline=True)
+def unit_blocks(unit, block_parts, blocks):
+    """(part, b0, b1) of a weight gradient's unit of parts x block_parts: blocks
+    b0..b1-1 of part `part`."""
+    part, piece = unit // block_parts, unit % block_parts
+    return part, blocks * piece // block_parts, blocks * (piece + 1) // block_parts
+
+
 @parallel
 def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, sh, sw, hq, wq, span, length, runs_of, cells, samples, block_parts):
     """dots (parts, groups, Kp, Rp), zeros on entry, += block_dots of each group's
@@ -426,8 +572,8 @@ def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, 
     for worker in prange(workers):
         own_x, own_wide = phased[worker], wide[worker]
         flat_x, flat_wide = own_x.reshape(own_x.size), own_wide.reshape(own_wide.size)
-        for unit in range(units * worker // workers, units * (worker + 1) // workers):
-            part, b0, b1 = unit // block_parts, blocks * (unit % block_parts) // block_parts, blocks * (unit % block_parts + 1) // block_parts
+        for unit in range(*share(worker, workers, units)):
+            part, b0, b1 = unit_blocks(unit, block_parts, blocks)
             if b0 == b1:
                 continue
             flat_dots = dots[part].reshape(dots[part].size)
@@ -460,6 +606,93 @@ def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, 
         first, last = max(b0 - g * per_group, 0) // kbs, (min(b1 - g * per_group, per_group) - 1) // kbs
         place_run(x, phased, r, g * cg + first * rd // taps, g * cg + min(cg, -(-(last + 1) * rd // taps)), top, left, sh, sw, hq, wq, runs_of)
         widen_run(grad_output, wide, r, g * kg, (g + 1) * kg, 0, wq, runs_of)
+
+
+@parallel
+def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top, left, sh, sw, hq, wq, span, length, runs_of, vectors, chunk, block_parts):
+    """sums (parts, groups, Rp, Kp), zeros on entry, += channel_sums of each group's
+    rows of the sum (offsets, padded to whole blocks) against its output channels,
+    `vectors` vectors at a time: sums[p] over the runs of samples of part p only, the
+    parts' runs fixed by their count (whatever the thread count, each sum in the same
+    order). Each worker (one per thread) splits each run it sums over itself into its
+    scratch: x's planes into phased[worker] (C, span: split_planes' layout) and
+    grad_output's transposed into transposed[worker] (groups, length, Kp:
+    transpose_run), both zeros on entry. The work is parts x block_parts units, each
+    a range of the blocks, ordered (group, row block, channel block), over one
+    part's runs; each run `chunk` cells at a time, a chunk of every channel of
+    grad_output in L1 across the row blocks."""
+    n_, c_ = x.shape[0], x.shape[1]
+    sample_parts, groups, rp, kp = sums.shape
+    cg = c_ // groups
+    width = vectors * (VECTOR_BYTES // x.itemsize)
+    rows = CHANNEL_ACCUMULATORS // vectors
+    kbs, rbs = kp // width, rp // rows
+    blocks = groups * kbs * rbs
+    runs = -(-n_ // runs_of)
+    workers = phased.shape[0]
+    units = sample_parts * block_parts
+    for worker in prange(workers):
+        own_x, own_t = phased[worker], transposed[worker]
+        flat_x, flat_t = own_x.reshape(own_x.size), own_t.reshape(own_t.size)
+        for unit in range(*share(worker, workers, units)):
+            part, b0, b1 = unit_blocks(unit, block_parts, blocks)
+            if b0 == b1:
+                continue
+            flat_sums = sums[part].reshape(sums[part].size)
+            for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts):
+                transpose_split_run(x, grad_output, own_x, own_t, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rows, width)
+                for q0 in range(0, length, chunk):
+                    for blk in range(b0, b1):
+                        g, rb, kb = blk // (rbs * kbs), blk // kbs % rbs, blk % kbs
+                        channel_sums_of_block(
+                            vectors, flat_sums, (g * rp + rb * rows) * kp + kb * width, kp,
+                            flat_x, g * cg * span + q0, offsets[rb * rows :],
+                            flat_t, (g * length + q0) * kp + kb * width, kp, min(chunk, length - q0),
+                        )  # fmt: skip
+
+
+@serial
+def transpose_split_run(x, grad_output, phased, transposed, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rows, width):
+    """channel_blocks' split of run r for its blocks b0..b1-1 (rbs row blocks of kbs
+    channel blocks a group): phased (C, span) = the phases of the input planes the
+    blocks' rows read, transposed (groups, length, Kp) = the grad_output channels
+    of their channel blocks (transpose_run). The cells outside the planes keep their
+    zeros; a run with fewer than runs_of samples is zeroed first."""
+    kg = grad_output.shape[1] * cg // x.shape[1]
+    per_group = rbs * kbs
+    for g in range(b0 // per_group, -(-b1 // per_group)):
+        first, last = max(b0 - g * per_group, 0), min(b1 - g * per_group, per_group) - 1
+        # a range within one row block reads its channel blocks; one over several
+        # row blocks reads every channel block
+        kb0, kb1 = (first % kbs, last % kbs) if first // kbs == last // kbs else (0, kbs - 1)
+        place_run(x, phased, r, g * cg + first // kbs * rows // taps, g * cg + min(cg, -(-(last // kbs + 1) * rows // taps)), top, left, sh, sw, hq, wq, runs_of)
+        transpose_run(grad_output, transposed[g], r, g * kg, g * kg + min(kg, kb0 * width), g * kg + min(kg, (kb1 + 1) * width), wq, runs_of)
+
+
+@serial(inline=True)
+def transpose_run(grad_output, dst, r, k_first, k0, k1, wq, runs_of):
+    """dst[q, k - k_first] = the wide layout's cell q (widen_planes') of
+    grad_output[n, k] of run r, for k0 <= k < k1: a run's planes of channels
+    k0..k1-1 with each cell's channels side by side. The cells outside the planes
+    keep their values; a run with fewer than runs_of samples is zeroed first."""
+    n_, k_, oh, ow = grad_output.shape
+    lanes = VECTOR_BYTES // grad_output.itemsize
+    present = min(runs_of, n_ - r * runs_of)
+    if present < runs_of:
+        dst[:] = 0.0
+    flat_src, flat_dst = grad_output.reshape(grad_output.size), dst.reshape(dst.size)
+    kp = dst.shape[1]
+    cell_at = np.empty(lanes, dtype=np.int64)
+    # squares of lanes channels by lanes cells of a plane (its rows run on)
+    for j in range(present):
+        sample = (r * runs_of + j) * k_ * oh * ow
+        for p0 in range(0, oh * ow, lanes):
+            cells = min(lanes, oh * ow - p0)
+            for c in range(cells):
+                y, xo = (p0 + c) // ow, (p0 + c) % ow
+                cell_at[c] = ((y * runs_of + j) * wq + xo) * kp
+            for k in range(k0, k1, lanes):
+                transpose_square(flat_src, sample + k * oh * ow + p0, oh * ow, min(lanes, k1 - k), cells, flat_dst, cell_at, k - k_first)
 
 
 def _even_runs(n, want):
@@ -627,10 +860,38 @@ def forward(x, weight, g, threads):
     return out
 
 
-def weight_grad(x, grad_output, g, threads):
+def channel_vectors(kg, dtype):
+    """(vectors, channel blocks) of channel_sums for kg output channels a group in
+    dtype: the fewest lanes over 1 to CHANNEL_VECTORS vectors a block (the most
+    vectors of those)."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    return min(((-(-kg // (v * lanes)), v) for v in range(CHANNEL_VECTORS, 0, -1)), key=lambda b: b[0] * b[1])[::-1]
+
+
+def by_channels(g, dtype):
+    """Whether the weight gradient of geometry g in dtype sums along the output
+    channels (channel_blocks: CHANNEL_FILL, CHANNEL_ROWS), else along the cells
+    (weight_blocks)."""
+    kg, lanes = g.c_out // g.groups, VECTOR_BYTES // np.dtype(dtype).itemsize
+    vectors, kbs = channel_vectors(kg, dtype)
+    return vectors * kbs >= 2 and kg >= CHANNEL_FILL * vectors * kbs * lanes and g.c_in // g.groups * g.kh * g.kw >= CHANNEL_ROWS
+
+
+def _parts(steps, cells):
+    """The parts whose sums the weight gradient adds at the end, for `steps` steps
+    over `cells` cells in all: a power of two (the common thread counts share them
+    evenly) of PART_CELLS cells or more, from the shape only."""
+    most = max(1, min(steps, cells // PART_CELLS))
+    return 1 << (most.bit_length() - 1)
+
+
+def weight_grad(x, grad_output, g, threads, channels=None):
     """conv2d_weight: the gradient (K, C/groups, kh, kw) for input x (N, C, H, W) and
-    grad_output (N, K, oh, ow), geometry g. Each sum in a fixed order whatever the
-    thread count."""
+    grad_output (N, K, oh, ow), geometry g: summed along the output channels
+    (channel_blocks) or along the cells (weight_blocks) as `channels` says (default:
+    by_channels). Each sum in a fixed order whatever the thread count."""
+    if by_channels(g, x.dtype) if channels is None else channels:
+        return _weight_by_channels(x, grad_output, g, threads)
     plan = _plan(g, x.dtype, weight_runs_of(g))
     kg, rows = g.c_out // g.groups, len(plan.offsets)
     kp = -(-kg // DOTS[0]) * DOTS[0]
@@ -639,10 +900,7 @@ def weight_grad(x, grad_output, g, threads):
     lanes = VECTOR_BYTES // x.itemsize
     cells = -(-plan.wide_length // -(-plan.wide_length // STEP_CELLS) // lanes) * lanes
     samples = max(1, SAMPLE_BYTES // x.itemsize // cells)
-    steps = -(-plan.runs // samples)
-    # a power of two, so that the common thread counts share them evenly
-    most = max(1, min(steps, plan.runs * plan.wide_length // PART_CELLS))
-    parts = 1 << (most.bit_length() - 1)
+    parts = _parts(-(-plan.runs // samples), plan.runs * plan.wide_length)
     blocks = g.groups * kp // DOTS[0] * len(plan.dot_offsets) // DOTS[1]
     block_parts = _block_parts(parts, blocks, threads)
     workers = min(threads, parts * block_parts)
@@ -653,6 +911,30 @@ def weight_grad(x, grad_output, g, threads):
     weight_blocks(x, grad_output, plan.dot_offsets, dots, phased, wide, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.wide_length, plan.runs_of, cells, samples, block_parts)
     total = dots[0] if parts == 1 else dots.sum(axis=0)
     return np.ascontiguousarray(total[:, :kg, :rows]).reshape(g.weight_shape)
+
+
+def _weight_by_channels(x, grad_output, g, threads):
+    """weight_grad by channel_blocks."""
+    plan = _plan(g, x.dtype, weight_runs_of(g))
+    kg, rows = g.c_out // g.groups, len(plan.offsets)
+    vectors, kbs = channel_vectors(kg, x.dtype)
+    kp = kbs * vectors * VECTOR_BYTES // x.itemsize
+    block_rows = CHANNEL_ACCUMULATORS // vectors
+    # the extra rows of the last block read the group's row 0
+    offsets = np.concatenate([plan.offsets, np.zeros(-rows % block_rows, dtype=np.int64)])
+    length = (g.oh * plan.runs_of - 1) * plan.wq + g.ow
+    parts = _parts(plan.runs, plan.runs * plan.wide_length)
+    block_parts = _block_parts(parts, g.groups * kbs * len(offsets) // block_rows, threads)
+    workers = min(threads, parts * block_parts)
+    sums = _aligned_empty((parts, g.groups, len(offsets), kp), x.dtype)
+    sums[:] = 0.0
+    phased = np.zeros((workers, g.c_in, plan.span), dtype=x.dtype)
+    transposed = _aligned_empty((workers, g.groups, length, kp), x.dtype)
+    transposed[:] = 0.0
+    chunk = max(1, CHUNK_BYTES // (kp * x.itemsize))
+    channel_blocks(x, grad_output, offsets, sums, phased, transposed, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, length, plan.runs_of, vectors, chunk, block_parts)
+    total = sums[0] if parts == 1 else sums.sum(axis=0)
+    return np.ascontiguousarray(total[:, :rows, :kg].transpose(0, 2, 1)).reshape(g.weight_shape)
 
 
 @parallel
@@ -679,7 +961,7 @@ def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, s
     for worker in prange(workers):
         own, tile, last = padded[worker], np.empty(block_rows * block_cells, dtype=gx.dtype), (-1, 0, 0)
         flat_pad = own.reshape(own.size)
-        for unit in range(units * worker // workers, units * (worker + 1) // workers):
+        for unit in range(*share(worker, workers, units)):
             run_, t0, t1, last = placed_unit(grad_output, own, unit, block_parts, per_run, phases * blocks * cbs, kg, last, top, left, 1, 1, rows_, pitch, runs_of)
             for t in range(t0, t1):
                 g, p, blk, cb = t // (phases * blocks * cbs), t // (blocks * cbs) % phases, t // cbs % blocks, t % cbs

@@ -75,6 +75,58 @@ def test_block_dots_against_numpy(dtype, rng):
 
 
 @numba.njit
+def _channel_sums(vectors, out, x, offsets, gt, cells, gt_pitch):
+    blocked.channel_sums_of_block(vectors, out, 3, 7 + vectors * blocked.VECTOR_BYTES // x.itemsize, x, 5, offsets, gt, 2, gt_pitch, cells)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vectors", [1, 2, 3, 4])
+def test_channel_sums_against_numpy(vectors, dtype, rng):
+    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rows, width, cells = blocked.CHANNEL_ACCUMULATORS // vectors, vectors * lanes, 29
+    pitch, gt_pitch = 7 + width, width + 5  # rows with gaps, unaligned
+    x = rng.standard_normal(400).astype(dtype)
+    offsets = rng.integers(0, 400 - 5 - cells, rows).astype(np.int64)
+    gt = rng.standard_normal(2 + cells * gt_pitch).astype(dtype)
+    out = rng.standard_normal(3 + rows * pitch).astype(dtype)
+    expected = out.copy()
+    channels = gt[2:].reshape(cells, gt_pitch)[:, :width]
+    for i in range(rows):
+        expected[3 + i * pitch : 3 + i * pitch + width] += x[5 + offsets[i] : 5 + offsets[i] + cells] @ channels
+    _channel_sums(vectors, out, x, offsets, gt, cells, gt_pitch)
+    assert_close(out, expected, dtype)
+
+
+@numba.njit
+def _transpose(src, src_at, pitch, rows, cells, dst, dst_at, shift):
+    blocked.transpose_square(src, src_at, pitch, rows, cells, dst, dst_at, shift)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_transpose_square_against_numpy(dtype, data):
+    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rows, cells = data.draw(st.integers(1, lanes)), data.draw(st.integers(1, lanes))
+    pitch, src_at = data.draw(st.integers(lanes, 3 * lanes)), data.draw(st.integers(0, 9))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    # only the rows and cells asked for lie in src: any read past them faults or
+    # reads NaN into the transposed cells
+    src = np.full(src_at + (rows - 1) * pitch + cells, np.nan, dtype=dtype)
+    square = rng.standard_normal((rows, cells)).astype(dtype)
+    for i in range(rows):
+        src[src_at + i * pitch : src_at + i * pitch + cells] = square[i]
+    shift = data.draw(st.integers(0, 5))
+    dst_at = rng.permutation(lanes).astype(np.int64) * (lanes + 3)
+    dst = np.full(lanes * (lanes + 3) + 5 + lanes, -7.0, dtype=dtype)
+    _transpose(src, src_at, pitch, rows, cells, dst, dst_at, shift)
+    expected = np.full_like(dst, -7.0)
+    for c in range(cells):
+        expected[dst_at[c] + shift : dst_at[c] + shift + lanes] = np.concatenate([square[:, c], np.zeros(lanes - rows, dtype=dtype)])
+    assert np.array_equal(dst, expected)
+
+
+@numba.njit
 def _packed(out, out_rows, packing, stores, w, x, offsets, rows, narrow, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
     blocked.pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells)
     pitch = oh * ow + 3
@@ -193,10 +245,38 @@ def test_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, paddi
     gy = rng.standard_normal(g.output_shape).astype(dtype)
     kw_ = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     for compute, expected in ((lambda t: blocked.forward(x, weight, g, t), reference.conv2d(x, weight, **kw_)),
-                              (lambda t: blocked.weight_grad(x, gy, g, t), reference.conv2d_weight(x, weight.shape, gy, **kw_))):
+                              (lambda t: blocked.weight_grad(x, gy, g, t, channels=False), reference.conv2d_weight(x, weight.shape, gy, **kw_)),
+                              (lambda t: blocked.weight_grad(x, gy, g, t, channels=True), reference.conv2d_weight(x, weight.shape, gy, **kw_))):
         runs = [compute(threads) for threads in (1, 2, 3, 5, 16)]
         assert all(np.array_equal(runs[0], r) for r in runs[1:])
         assert_close(runs[0], expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_blocks_hold_the_channels_in_the_fewest_lanes(dtype):
+    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    for kg in range(1, 300):
+        vectors, kbs = blocked.channel_vectors(kg, dtype)
+        fewest = min(-(-kg // (v * lanes)) * v for v in range(1, blocked.CHANNEL_VECTORS + 1))
+        assert 1 <= vectors <= blocked.CHANNEL_VECTORS and vectors * kbs == fewest and vectors * kbs * lanes >= kg
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 2), st.integers(1, 9), st.sampled_from([33, 48, 70, 130]), st.integers(1, 3), st.integers(1, 2),
+       st.integers(1, 9), st.sampled_from(DTYPES))
+def test_weight_gradient_by_channel_blocks(n, groups, cg, kg, kernel, stride, side, dtype):
+    # several blocks of output channels a group, row blocks a channel's taps end
+    # inside, units of work splitting a run's blocks between workers (each
+    # transposing its own channels), partial runs: every thread count sums alike
+    rng = np.random.default_rng(n * 1000 + cg * 10 + kg)
+    x = rng.standard_normal((n, groups * cg, kernel + side, kernel + side + 1)).astype(dtype)
+    weight_shape = (groups * kg, cg, kernel, kernel)
+    g = conv2d_geometry(x.shape, weight_shape, stride, 1, 1, groups)
+    gy = rng.standard_normal(g.output_shape).astype(dtype)
+    expected = reference.conv2d_weight(x, weight_shape, gy, stride=stride, padding=1, groups=groups)
+    runs = [blocked.weight_grad(x, gy, g, threads, channels=True) for threads in (1, 2, 3, 7)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    assert_close(runs[0], expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
