@@ -391,34 +391,40 @@ def transpose_square(typingctx, src, src_at, src_pitch, rows, cells, dst, dst_at
 
 def _channel_sums(vectors):
     """The intrinsic channel_sums(out, out_at, out_pitch, x, x_at, offsets, gt,
-    gt_at, gt_pitch, cells) for blocks of ROWS = CHANNEL_ACCUMULATORS // vectors
-    rows by `vectors` vectors: out[out_at + i*out_pitch + l] += the sum over q <
-    cells of x[x_at + offsets[i] + q] * gt[gt_at + q*gt_pitch + l], for i < ROWS
-    and l below vectors * lanes (the arrays flat and contiguous, of one dtype, the
-    integers int64). Each step loads the vectors of one row of gt (a cell's output
-    channels) and broadcasts one cell of each row of x: the weight gradient with its
-    sums along the output channels, no lanes to add at the end. The terms in order
-    of q, each a fused multiply-add."""
+    gt_at, gt_pitch, cells, segments, x_segment) for blocks of ROWS =
+    CHANNEL_ACCUMULATORS // vectors rows by `vectors` vectors:
+    out[out_at + i*out_pitch + l] += the sum over s < segments and q < cells of
+    x[x_at + offsets[i] + s*x_segment + q] * gt[gt_at + (s*cells + q)*gt_pitch + l],
+    for i < ROWS and l below vectors * lanes (the arrays flat and contiguous, of
+    one dtype, the integers int64): segments of `cells` cells, x_segment apart in
+    x (the output rows of the wide layout) and side by side in gt. Each step loads
+    the vectors of one row of gt (a cell's output channels) and broadcasts one cell
+    of each row of x: the weight gradient with its sums along the output channels,
+    no lanes to add at the end. The terms in order of s, q, each a fused
+    multiply-add."""
     rows = CHANNEL_ACCUMULATORS // vectors
 
-    def channel_sums(typingctx, out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells):
-        sig = types.void(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+    def channel_sums(typingctx, out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment):
+        sig = types.void(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment)
 
         def codegen(context, builder, signature, args):
             e = _Emitter(context, builder, signature, args)
-            out_, out_at_, out_pitch_, x_, x_at_, offsets_, gt_, gt_at_, gt_pitch_, cells_ = args
+            out_, out_at_, out_pitch_, x_, x_at_, offsets_, gt_, gt_at_, gt_pitch_, cells_, segments_, x_segment_ = args
             kinds = signature.args
             out_data, x_data, offsets_data, gt_data = e.data(kinds[0], out_), e.data(kinds[3], x_), e.data(kinds[5], offsets_), e.data(kinds[6], gt_)
             starts = [at for row in e.at(out_at_, out_pitch_, rows) for at in e.at(row, e.constant(e.lanes), vectors)]
             acc = e.accumulators(out_data, starts)
-            x_rows = [builder.add(x_at_, builder.load(builder.gep(offsets_data, [e.constant(i)]))) for i in range(rows)]
-            with cgutils.for_range(builder, cells_) as loop:
-                q = loop.index
-                channels = [e.load(gt_data, at) for at in e.at(builder.add(gt_at_, builder.mul(q, gt_pitch_)), e.constant(e.lanes), vectors)]
-                for i in range(rows):
-                    cell = e.broadcast(x_data, builder.add(x_rows[i], q))
-                    for v in range(vectors):
-                        e.fma(cell, channels[v], acc[i * vectors + v])
+            with cgutils.for_range(builder, segments_) as segment:
+                x_start = builder.add(x_at_, builder.mul(segment.index, x_segment_))
+                x_rows = [builder.add(x_start, builder.load(builder.gep(offsets_data, [e.constant(i)]))) for i in range(rows)]
+                gt_start = builder.add(gt_at_, builder.mul(builder.mul(segment.index, cells_), gt_pitch_))
+                with cgutils.for_range(builder, cells_) as loop:
+                    q = loop.index
+                    channels = [e.load(gt_data, at) for at in e.at(builder.add(gt_start, builder.mul(q, gt_pitch_)), e.constant(e.lanes), vectors)]
+                    for i in range(rows):
+                        cell = e.broadcast(x_data, builder.add(x_rows[i], q))
+                        for v in range(vectors):
+                            e.fma(cell, channels[v], acc[i * vectors + v])
             e.store_all(acc, out_data, starts)
             return context.get_dummy_value()
 
@@ -431,16 +437,16 @@ channel_sums1, channel_sums2, channel_sums3, channel_sums4 = (_channel_sums(v) f
 
 
 @serial(inline=True)
-def channel_sums_of_block(vectors, out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells):
+def channel_sums_of_block(vectors, out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment):
     """channel_sums of a block of `vectors` vectors of channels (1 to 4)."""
     if vectors == 1:
-        channel_sums1(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+        channel_sums1(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment)
     elif vectors == 2:
-        channel_sums2(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+        channel_sums2(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment)
     elif vectors == 3:
-        channel_sums3(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+        channel_sums3(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment)
     else:
-        channel_sums4(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells)
+        channel_sums4(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment)
 
 
 @parallel
@@ -609,25 +615,26 @@ def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, 
 
 
 @parallel
-def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top, left, sh, sw, hq, wq, span, length, runs_of, vectors, chunk, block_parts):
+def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top, left, sh, sw, hq, wq, span, runs_of, vectors, chunk, block_parts):
     """sums (parts, groups, Rp, Kp), zeros on entry, += channel_sums of each group's
     rows of the sum (offsets, padded to whole blocks) against its output channels,
     `vectors` vectors at a time: sums[p] over the runs of samples of part p only, the
     parts' runs fixed by their count (whatever the thread count, each sum in the same
     order). Each worker (one per thread) splits each run it sums over itself into its
     scratch: x's planes into phased[worker] (C, span: split_planes' layout) and
-    grad_output's transposed into transposed[worker] (groups, length, Kp:
-    transpose_run), both zeros on entry. The work is parts x block_parts units, each
-    a range of the blocks, ordered (group, row block, channel block), over one
-    part's runs; each run `chunk` cells at a time, a chunk of every channel of
-    grad_output in L1 across the row blocks."""
-    n_, c_ = x.shape[0], x.shape[1]
+    grad_output's transposed into transposed[worker] (groups, cells, Kp:
+    transpose_run; its output cells only, where the wide layout's rows run on past
+    them), both zeros on entry. The work is parts x block_parts units, each a range
+    of the row blocks (of every group, in order) over one part's runs, every channel
+    block of them; each run `chunk` output rows at a time, a channel block's chunk
+    of grad_output in L1 across the row blocks."""
+    n_, c_, oh, ow = x.shape[0], x.shape[1], grad_output.shape[2], grad_output.shape[3]
+    cells = oh * runs_of * ow
     sample_parts, groups, rp, kp = sums.shape
     cg = c_ // groups
     width = vectors * (VECTOR_BYTES // x.itemsize)
     rows = CHANNEL_ACCUMULATORS // vectors
     kbs, rbs = kp // width, rp // rows
-    blocks = groups * kbs * rbs
     runs = -(-n_ // runs_of)
     workers = phased.shape[0]
     units = sample_parts * block_parts
@@ -635,46 +642,42 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
         own_x, own_t = phased[worker], transposed[worker]
         flat_x, flat_t = own_x.reshape(own_x.size), own_t.reshape(own_t.size)
         for unit in range(*share(worker, workers, units)):
-            part, b0, b1 = unit_blocks(unit, block_parts, blocks)
-            if b0 == b1:
-                continue
+            part, b0, b1 = unit_blocks(unit, block_parts, groups * rbs)
             flat_sums = sums[part].reshape(sums[part].size)
-            for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts):
-                transpose_split_run(x, grad_output, own_x, own_t, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rows, width)
-                for q0 in range(0, length, chunk):
-                    for blk in range(b0, b1):
-                        g, rb, kb = blk // (rbs * kbs), blk // kbs % rbs, blk % kbs
-                        channel_sums_of_block(
-                            vectors, flat_sums, (g * rp + rb * rows) * kp + kb * width, kp,
-                            flat_x, g * cg * span + q0, offsets[rb * rows :],
-                            flat_t, (g * length + q0) * kp + kb * width, kp, min(chunk, length - q0),
-                        )  # fmt: skip
+            for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts if b0 < b1 else 0):
+                transpose_split_run(x, grad_output, own_x, own_t, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, rows)
+                for y0 in range(0, oh * runs_of, chunk):
+                    for kb in range(kbs):
+                        for blk in range(b0, b1):
+                            g, rb = blk // rbs, blk % rbs
+                            channel_sums_of_block(
+                                vectors, flat_sums, (g * rp + rb * rows) * kp + kb * width, kp,
+                                flat_x, g * cg * span + y0 * wq, offsets[rb * rows :],
+                                flat_t, (g * cells + y0 * ow) * kp + kb * width, kp, ow, min(chunk, oh * runs_of - y0), wq,
+                            )  # fmt: skip
 
 
 @serial
-def transpose_split_run(x, grad_output, phased, transposed, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, kbs, rows, width):
-    """channel_blocks' split of run r for its blocks b0..b1-1 (rbs row blocks of kbs
-    channel blocks a group): phased (C, span) = the phases of the input planes the
-    blocks' rows read, transposed (groups, length, Kp) = the grad_output channels
-    of their channel blocks (transpose_run). The cells outside the planes keep their
-    zeros; a run with fewer than runs_of samples is zeroed first."""
+def transpose_split_run(x, grad_output, phased, transposed, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, rows):
+    """channel_blocks' split of run r for its row blocks b0..b1-1 (rbs a group):
+    phased (C, span) = the phases of the input planes their rows read, transposed
+    (groups, cells, Kp) = the grad_output channels of their groups
+    (transpose_run). The cells outside the planes keep their zeros; a run with
+    fewer than runs_of samples is zeroed first."""
     kg = grad_output.shape[1] * cg // x.shape[1]
-    per_group = rbs * kbs
-    for g in range(b0 // per_group, -(-b1 // per_group)):
-        first, last = max(b0 - g * per_group, 0), min(b1 - g * per_group, per_group) - 1
-        # a range within one row block reads its channel blocks; one over several
-        # row blocks reads every channel block
-        kb0, kb1 = (first % kbs, last % kbs) if first // kbs == last // kbs else (0, kbs - 1)
-        place_run(x, phased, r, g * cg + first // kbs * rows // taps, g * cg + min(cg, -(-(last // kbs + 1) * rows // taps)), top, left, sh, sw, hq, wq, runs_of)
-        transpose_run(grad_output, transposed[g], r, g * kg, g * kg + min(kg, kb0 * width), g * kg + min(kg, (kb1 + 1) * width), wq, runs_of)
+    for g in range(b0 // rbs, -(-b1 // rbs)):
+        first, last = max(b0 - g * rbs, 0), min(b1 - g * rbs, rbs) - 1
+        place_run(x, phased, r, g * cg + first * rows // taps, g * cg + min(cg, -(-(last + 1) * rows // taps)), top, left, sh, sw, hq, wq, runs_of)
+        transpose_run(grad_output, transposed[g], r, g * kg, g * kg, (g + 1) * kg, runs_of)
 
 
 @serial(inline=True)
-def transpose_run(grad_output, dst, r, k_first, k0, k1, wq, runs_of):
-    """dst[q, k - k_first] = the wide layout's cell q (widen_planes') of
-    grad_output[n, k] of run r, for k0 <= k < k1: a run's planes of channels
-    k0..k1-1 with each cell's channels side by side. The cells outside the planes
-    keep their values; a run with fewer than runs_of samples is zeroed first."""
+def transpose_run(grad_output, dst, r, k_first, k0, k1, runs_of):
+    """dst[(y*runs_of + j)*ow + x, k - k_first] = grad_output[n, k, y, x] of run r
+    (its sample j is n = r*runs_of + j), for k0 <= k < k1: a run's planes of
+    channels k0..k1-1, their rows interleaved as in the wide layout, with each
+    cell's channels side by side. The other channels keep their values; a run with
+    fewer than runs_of samples is zeroed first."""
     n_, k_, oh, ow = grad_output.shape
     lanes = VECTOR_BYTES // grad_output.itemsize
     present = min(runs_of, n_ - r * runs_of)
@@ -690,7 +693,7 @@ def transpose_run(grad_output, dst, r, k_first, k0, k1, wq, runs_of):
             cells = min(lanes, oh * ow - p0)
             for c in range(cells):
                 y, xo = (p0 + c) // ow, (p0 + c) % ow
-                cell_at[c] = ((y * runs_of + j) * wq + xo) * kp
+                cell_at[c] = ((y * runs_of + j) * ow + xo) * kp
             for k in range(k0, k1, lanes):
                 transpose_square(flat_src, sample + k * oh * ow + p0, oh * ow, min(lanes, k1 - k), cells, flat_dst, cell_at, k - k_first)
 
@@ -922,17 +925,16 @@ def _weight_by_channels(x, grad_output, g, threads):
     block_rows = CHANNEL_ACCUMULATORS // vectors
     # the extra rows of the last block read the group's row 0
     offsets = np.concatenate([plan.offsets, np.zeros(-rows % block_rows, dtype=np.int64)])
-    length = (g.oh * plan.runs_of - 1) * plan.wq + g.ow
     parts = _parts(plan.runs, plan.runs * plan.wide_length)
-    block_parts = _block_parts(parts, g.groups * kbs * len(offsets) // block_rows, threads)
+    block_parts = _block_parts(parts, g.groups * len(offsets) // block_rows, threads)
     workers = min(threads, parts * block_parts)
     sums = _aligned_empty((parts, g.groups, len(offsets), kp), x.dtype)
     sums[:] = 0.0
     phased = np.zeros((workers, g.c_in, plan.span), dtype=x.dtype)
-    transposed = _aligned_empty((workers, g.groups, length, kp), x.dtype)
+    transposed = _aligned_empty((workers, g.groups, plan.runs_of * g.oh * g.ow, kp), x.dtype)
     transposed[:] = 0.0
-    chunk = max(1, CHUNK_BYTES // (kp * x.itemsize))
-    channel_blocks(x, grad_output, offsets, sums, phased, transposed, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, length, plan.runs_of, vectors, chunk, block_parts)
+    chunk = max(1, CHUNK_BYTES // (vectors * VECTOR_BYTES * g.ow))
+    channel_blocks(x, grad_output, offsets, sums, phased, transposed, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, vectors, chunk, block_parts)
     total = sums[0] if parts == 1 else sums.sum(axis=0)
     return np.ascontiguousarray(total[:, :rows, :kg].transpose(0, 2, 1)).reshape(g.weight_shape)
 

@@ -75,25 +75,26 @@ def test_block_dots_against_numpy(dtype, rng):
 
 
 @numba.njit
-def _channel_sums(vectors, out, x, offsets, gt, cells, gt_pitch):
-    blocked.channel_sums_of_block(vectors, out, 3, 7 + vectors * blocked.VECTOR_BYTES // x.itemsize, x, 5, offsets, gt, 2, gt_pitch, cells)
+def _channel_sums(vectors, out, x, offsets, gt, cells, segments, x_segment, gt_pitch):
+    blocked.channel_sums_of_block(vectors, out, 3, 7 + vectors * blocked.VECTOR_BYTES // x.itemsize, x, 5, offsets, gt, 2, gt_pitch, cells, segments, x_segment)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("vectors", [1, 2, 3, 4])
 def test_channel_sums_against_numpy(vectors, dtype, rng):
     lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
-    rows, width, cells = blocked.CHANNEL_ACCUMULATORS // vectors, vectors * lanes, 29
+    rows, width, cells, segments, x_segment = blocked.CHANNEL_ACCUMULATORS // vectors, vectors * lanes, 7, 4, 9
     pitch, gt_pitch = 7 + width, width + 5  # rows with gaps, unaligned
     x = rng.standard_normal(400).astype(dtype)
-    offsets = rng.integers(0, 400 - 5 - cells, rows).astype(np.int64)
-    gt = rng.standard_normal(2 + cells * gt_pitch).astype(dtype)
+    offsets = rng.integers(0, 400 - 5 - segments * x_segment, rows).astype(np.int64)
+    gt = rng.standard_normal(2 + segments * cells * gt_pitch).astype(dtype)
     out = rng.standard_normal(3 + rows * pitch).astype(dtype)
     expected = out.copy()
-    channels = gt[2:].reshape(cells, gt_pitch)[:, :width]
+    channels = gt[2:].reshape(segments * cells, gt_pitch)[:, :width]
+    read = (np.arange(segments)[:, None] * x_segment + np.arange(cells)[None, :]).reshape(-1)  # the cells each segment reads
     for i in range(rows):
-        expected[3 + i * pitch : 3 + i * pitch + width] += x[5 + offsets[i] : 5 + offsets[i] + cells] @ channels
-    _channel_sums(vectors, out, x, offsets, gt, cells, gt_pitch)
+        expected[3 + i * pitch : 3 + i * pitch + width] += x[5 + offsets[i] + read] @ channels
+    _channel_sums(vectors, out, x, offsets, gt, cells, segments, x_segment, gt_pitch)
     assert_close(out, expected, dtype)
 
 
