@@ -166,15 +166,37 @@ class _Emitter:
         one = b.insert_element(ir.Constant(self.vector, ir.Undefined), b.load(b.gep(data, [at])), ir.Constant(ir.IntType(32), 0))
         return b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes))
 
-    def lane_sum(self, value):
-        """The sum of a vector's lanes, halves added pairwise."""
-        b, width = self.builder, self.lanes
-        while width > 1:
-            width //= 2
-            low = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width))))
-            high = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width, 2 * width))))
-            value = b.fadd(low, high)
-        return b.extract_element(value, ir.Constant(ir.IntType(32), 0))
+    def lane_sums(self, values):
+        """Vectors whose lanes hold the lane sums of `values` in order (lanes of them
+        a vector, the last one's lanes past them undefined): pairs of vectors folded
+        into one of half-length sums (two shuffles and an add) until one vector
+        remains, then that one folded onto itself; 2 + 2/lanes shuffles a sum where
+        adding each vector's halves pairwise took 2 log2(lanes) (on port 5, beside
+        the multiply-adds)."""
+        b, lanes, sums = self.builder, self.lanes, []
+        mask = ir.VectorType(ir.IntType(32), lanes)
+        for first in range(0, len(values), lanes):
+            vectors = list(values[first : first + lanes])
+            while len(vectors) & (len(vectors) - 1):
+                vectors.append(ir.Constant(self.vector, [0.0] * lanes))
+            group = lanes
+            while group > 1:
+                half = group // 2
+                # the first and second halves of each group, of u's groups then v's
+                low = [base + g + c for base in (0, lanes) for g in range(0, lanes, group) for c in range(half)]
+                high = [i + half for i in low]
+                if len(vectors) == 1:
+                    vectors = vectors * 2
+                vectors = [b.fadd(b.shuffle_vector(u, v, ir.Constant(mask, low)), b.shuffle_vector(u, v, ir.Constant(mask, high))) for u, v in zip(vectors[::2], vectors[1::2])]
+                group = half
+            sums.append(vectors[0])
+        return sums
+
+    def add_lanes(self, data, at, value, first, count):
+        """data[at + l - first] += value's lane l, for first <= l < first + count."""
+        bits = self.constant(((1 << count) - 1) << first)
+        at = self.builder.sub(at, self.constant(first))
+        self.masked_store(self.builder.fadd(self.masked_load(data, at, bits), value), data, at, bits)
 
     def accumulators(self, data, starts):
         """One register (an entry-block alloca, which LLVM promotes) per start, loaded
@@ -353,10 +375,15 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
                     right = e.load(x_data, builder.add(row, q))
                     for i in range(a_rows_):
                         e.fma(left[i], right, acc[i * x_rows_ + j])
+        sums = e.lane_sums([builder.load(slot) for slot in acc])
         for i, row in enumerate(e.at(out_at_, out_pitch_, a_rows_)):
-            for j in range(x_rows_):
-                at = builder.gep(out_data, [builder.add(row, e.constant(j))])
-                builder.store(builder.fadd(builder.load(at), e.lane_sum(builder.load(acc[i * x_rows_ + j]))), at)
+            # row i's sums, in the lanes of one vector or two
+            j = 0
+            while j < x_rows_:
+                vector, lane = divmod(i * x_rows_ + j, e.lanes)
+                count = min(x_rows_ - j, e.lanes - lane)
+                e.add_lanes(out_data, builder.add(row, e.constant(j)), sums[vector], lane, count)
+                j += count
         return context.get_dummy_value()
 
     return sig, codegen
