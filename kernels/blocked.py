@@ -391,11 +391,11 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
 
 @intrinsic
 def transpose_square(typingctx, src, src_at, src_pitch, rows, cells, dst, dst_at, dst_shift):
-    """dst[dst_at[c] + dst_shift + i] = src[src_at + i*src_pitch + c] for c < cells and i < lanes
-    (a vector's), zero for the rows i >= rows: a square of lanes x lanes cells
-    transposed in registers (transposed), its rows past `rows` and columns past
-    `cells` neither read nor (the columns) written. The arrays flat and contiguous,
-    of one dtype; dst_at int64, lanes of them."""
+    """dst[dst_at[c] + dst_shift + i] = src[src_at + i*src_pitch + c] for c < cells and
+    i < rows (rows and cells at most a vector's lanes): a square of lanes x lanes
+    cells transposed in registers (transposed), its rows past `rows` and columns
+    past `cells` neither read nor written. The arrays flat and contiguous, of one
+    dtype; dst_at int64, lanes of them."""
     sig = types.void(src, src_at, src_pitch, rows, cells, dst, dst_at, dst_shift)
 
     def codegen(context, builder, signature, args):
@@ -403,14 +403,15 @@ def transpose_square(typingctx, src, src_at, src_pitch, rows, cells, dst, dst_at
         src_, src_at_, src_pitch_, rows_, cells_, dst_, dst_at_, dst_shift_ = args
         kinds = signature.args
         src_data, dst_data, dst_at_data = e.data(kinds[0], src_), e.data(kinds[5], dst_), e.data(kinds[6], dst_at_)
-        present = builder.sub(builder.shl(e.constant(1), cells_), e.constant(1))
+        columns = builder.sub(builder.shl(e.constant(1), cells_), e.constant(1))
+        rows = builder.sub(builder.shl(e.constant(1), rows_), e.constant(1))
         loaded = []
         for i, at in enumerate(e.at(src_at_, src_pitch_, e.lanes)):
-            mask = builder.select(builder.icmp_signed("<", e.constant(i), rows_), present, e.constant(0))
+            mask = builder.select(builder.icmp_signed("<", e.constant(i), rows_), columns, e.constant(0))
             loaded.append(e.masked_load(src_data, at, mask))
         for c, column in enumerate(e.transposed(loaded)):
             with cgutils.if_likely(builder, builder.icmp_signed("<", e.constant(c), cells_)):
-                e.store(column, dst_data, builder.add(builder.load(builder.gep(dst_at_data, [e.constant(c)])), dst_shift_))
+                e.masked_store(column, dst_data, builder.add(builder.load(builder.gep(dst_at_data, [e.constant(c)])), dst_shift_), rows)
         return context.get_dummy_value()
 
     return sig, codegen
