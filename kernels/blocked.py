@@ -90,9 +90,10 @@ SAMPLE_BYTES = 4096
 PART_CELLS = 4096
 # channel_sums' blocks: (rows of the sum, vectors of output channels), at most
 # CHANNEL_ACCUMULATORS sums in registers, plus the vectors loaded and a broadcast.
-# Its chunks of cells read at most CHUNK_BYTES of the transposed grad_output, which
-# stays in L1 while every row block of its channels runs over it (16-64 KiB ran
-# within 5% of each other, 32 best on dcgan_up and decoder_up).
+# Its chunks of output rows read at most CHUNK_BYTES of the transposed grad_output
+# (every channel), which stays in L1 while every row block runs over it, each
+# block's input rows in L1 across its channel blocks (chunks of 16 KiB to 512 KiB,
+# and channel blocks outermost, ran within 5% of each other).
 CHANNEL_ACCUMULATORS = 24 if VECTOR_BYTES == 64 else 12
 CHANNEL_VECTORS = 4 if VECTOR_BYTES == 64 else 3
 CHUNK_BYTES = 32768
@@ -654,8 +655,8 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
     transpose_run; its output cells only, where the wide layout's rows run on past
     them), both zeros on entry. The work is parts x block_parts units, each a range
     of the row blocks (of every group, in order) over one part's runs, every channel
-    block of them; each run `chunk` output rows at a time, a channel block's chunk
-    of grad_output in L1 across the row blocks."""
+    block of them; each run `chunk` output rows at a time, grad_output's chunk in
+    L1 across the row blocks, a row block's input rows across its channel blocks."""
     n_, c_, oh, ow = x.shape[0], x.shape[1], grad_output.shape[2], grad_output.shape[3]
     cells = oh * runs_of * ow
     sample_parts, groups, rp, kp = sums.shape
@@ -675,8 +676,8 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
             for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts if b0 < b1 else 0):
                 transpose_split_run(x, grad_output, own_x, own_t, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, rows)
                 for y0 in range(0, oh * runs_of, chunk):
-                    for kb in range(kbs):
-                        for blk in range(b0, b1):
+                    for blk in range(b0, b1):
+                        for kb in range(kbs):
                             g, rb = blk // rbs, blk % rbs
                             channel_sums_of_block(
                                 vectors, flat_sums, (g * rp + rb * rows) * kp + kb * width, kp,
@@ -961,7 +962,7 @@ def _weight_by_channels(x, grad_output, g, threads):
     phased = np.zeros((workers, g.c_in, plan.span), dtype=x.dtype)
     transposed = _aligned_empty((workers, g.groups, plan.runs_of * g.oh * g.ow, kp), x.dtype)
     transposed[:] = 0.0
-    chunk = max(1, CHUNK_BYTES // (vectors * VECTOR_BYTES * g.ow))
+    chunk = max(1, CHUNK_BYTES // (kp * x.itemsize * g.ow))
     channel_blocks(x, grad_output, offsets, sums, phased, transposed, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, vectors, chunk, block_parts)
     total = sums[0] if parts == 1 else sums.sum(axis=0)
     return np.ascontiguousarray(total[:, :rows, :kg].transpose(0, 2, 1)).reshape(g.weight_shape)
