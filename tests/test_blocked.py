@@ -128,6 +128,27 @@ def test_transpose_square_against_numpy(dtype, data):
 
 
 @numba.njit
+def _spread(src, src_at, count, dst, dst_at):
+    blocked.spread_store(src, src_at, count, dst, dst_at)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_spread_store_against_numpy(dtype, data):
+    count, src_at, dst_at = data.draw(st.integers(0, 70)), data.draw(st.integers(0, 9)), data.draw(st.integers(0, 9))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    # src holds exactly the cells to spread (a read past them would fault or
+    # spread NaN); dst ends at the last cell written
+    src = np.concatenate([np.full(src_at, np.nan), rng.standard_normal(count)]).astype(dtype)
+    dst = np.full(dst_at + max(2 * count - 1, 0), -7.0, dtype=dtype)
+    expected = dst.copy()
+    expected[dst_at : dst_at + 2 * count : 2] = src[src_at:]
+    _spread(src, src_at, count, dst, dst_at)
+    assert np.array_equal(dst, expected)
+
+
+@numba.njit
 def _packed(out, out_rows, packing, stores, w, x, offsets, rows, narrow, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
     blocked.pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells)
     pitch = oh * ow + 3
