@@ -17,7 +17,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
     seconds it took."""
     import fastconv
     from fastconv import dispatch, grad
-    from fastconv.kernels import activation, winograd
+    from fastconv.kernels import activation, blocked, winograd
     from fastconv.params import FLOAT_DTYPES, conv2d_geometry
 
     if isinstance(dtypes, (str, type, np.dtype)):
@@ -41,6 +41,10 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
                 fastconv.conv2d(x, w[:, :, :1, :1])
                 grad.conv2d_input(x.shape, w[:, :, :1, :1], gy)
                 grad.conv2d_weight(x, (2, 2, 1, 1), gy)
+        # the blocked weight gradient summed along the channels, which the shapes
+        # above are too small for
+        geometry = conv2d_geometry(x.shape, w.shape, padding=1)
+        blocked.weight_grad(x, gy, geometry, fastconv.get_num_threads(), channels=True)
         # Winograd's forward both ways: by BLAS on the GEMM threads (up to
         # gemm.MOST_THREADS threads) and in Numba's loops (past them)
         for blas in (True, False):

@@ -723,6 +723,24 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
                             )  # fmt: skip
 
 
+@parallel
+def transpose_sums(sums, out):
+    """out (K, R) = each group's sums (groups, Rp, Kp) transposed, its first R rows
+    and K/groups channels, a square of lanes x lanes at a time (transpose_square)."""
+    groups, rp, kp = sums.shape
+    k_, rows = out.shape
+    kg, lanes = k_ // groups, VECTOR_BYTES // sums.itemsize
+    flat_sums, flat_out = sums.reshape(sums.size), out.reshape(out.size)
+    row_blocks = -(-rows // lanes)
+    for t in prange(groups * row_blocks):
+        g, r0 = t // row_blocks, t % row_blocks * lanes
+        channel_at = np.empty(lanes, dtype=np.int64)
+        for k0 in range(0, kg, lanes):
+            for c in range(min(lanes, kg - k0)):
+                channel_at[c] = (g * kg + k0 + c) * rows + r0
+            transpose_square(flat_sums, (g * rp + r0) * kp + k0, kp, min(lanes, rows - r0), min(lanes, kg - k0), flat_out, channel_at, 0)
+
+
 @serial
 def transpose_split_run(x, grad_output, phased, transposed, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, rows):
     """channel_blocks' split of run r for its row blocks b0..b1-1 (rbs a group):
@@ -1002,7 +1020,10 @@ def _weight_by_channels(x, grad_output, g, threads):
     chunk = max(1, CHUNK_BYTES // (kp * x.itemsize * g.ow))
     channel_blocks(x, grad_output, offsets, sums, phased, transposed, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, vectors, chunk, block_parts)
     total = sums[0] if parts == 1 else sums.sum(axis=0)
-    return np.ascontiguousarray(total[:, :rows, :kg].transpose(0, 2, 1)).reshape(g.weight_shape)
+    # NumPy's copy of the transpose took 2.5 ms for 2304 x 256 sums (late layers)
+    out = np.empty(g.weight_shape, dtype=x.dtype)
+    transpose_sums(total, out.reshape(g.c_out, rows))
+    return out
 
 
 @parallel
