@@ -439,7 +439,6 @@ def spread_store(typingctx, src, src_at, count, dst, dst_at):
             n = b.select(b.icmp_signed("<", n, e.constant(0)), e.constant(0), b.select(b.icmp_signed(">", n, e.constant(width)), e.constant(width), n))
             return b.sub(b.shl(e.constant(1), n), e.constant(1))
 
-
         with cgutils.for_range(b, b.udiv(b.add(count_, e.constant(lanes - 1)), e.constant(lanes))) as loop:
             k0 = b.mul(loop.index, e.constant(lanes))
             left = b.sub(count_, k0)
@@ -710,7 +709,7 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
         for unit in range(*share(worker, workers, units)):
             part, b0, b1 = unit_blocks(unit, block_parts, groups * rbs)
             flat_sums = sums[part].reshape(sums[part].size)
-            for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts if b0 < b1 else 0):
+            for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts):
                 transpose_split_run(x, grad_output, own_x, own_t, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, rows)
                 for y0 in range(0, oh * runs_of, chunk):
                     for blk in range(b0, b1):
@@ -752,15 +751,15 @@ def transpose_split_run(x, grad_output, phased, transposed, r, b0, b1, cg, taps,
     for g in range(b0 // rbs, -(-b1 // rbs)):
         first, last = max(b0 - g * rbs, 0), min(b1 - g * rbs, rbs) - 1
         place_run(x, phased, r, g * cg + first * rows // taps, g * cg + min(cg, -(-(last + 1) * rows // taps)), top, left, sh, sw, hq, wq, runs_of)
-        transpose_run(grad_output, transposed[g], r, g * kg, g * kg, (g + 1) * kg, runs_of)
+        transpose_run(grad_output, transposed[g], r, g * kg, (g + 1) * kg, runs_of)
 
 
 @serial(inline=True)
-def transpose_run(grad_output, dst, r, k_first, k0, k1, runs_of):
-    """dst[(y*runs_of + j)*ow + x, k - k_first] = grad_output[n, k, y, x] of run r
-    (its sample j is n = r*runs_of + j), for k0 <= k < k1: a run's planes of
-    channels k0..k1-1, their rows interleaved as in the wide layout, with each
-    cell's channels side by side. The other channels keep their values; a run with
+def transpose_run(grad_output, dst, r, k0, k1, runs_of):
+    """dst[(y*runs_of + j)*ow + x, k - k0] = grad_output[n, k, y, x] of run r (its
+    sample j is n = r*runs_of + j), for k0 <= k < k1: a run's planes of channels
+    k0..k1-1, their rows interleaved as in the wide layout, with each cell's
+    channels side by side. The other columns of dst keep their values; a run with
     fewer than runs_of samples is zeroed first."""
     n_, k_, oh, ow = grad_output.shape
     lanes = VECTOR_BYTES // grad_output.itemsize
@@ -779,7 +778,7 @@ def transpose_run(grad_output, dst, r, k_first, k0, k1, runs_of):
                 y, xo = (p0 + c) // ow, (p0 + c) % ow
                 cell_at[c] = ((y * runs_of + j) * ow + xo) * kp
             for k in range(k0, k1, lanes):
-                transpose_square(flat_src, sample + k * oh * ow + p0, oh * ow, min(lanes, k1 - k), cells, flat_dst, cell_at, k - k_first)
+                transpose_square(flat_src, sample + k * oh * ow + p0, oh * ow, min(lanes, k1 - k), cells, flat_dst, cell_at, k - k0)
 
 
 def _even_runs(n, want):
