@@ -5,7 +5,7 @@ results held in vector registers while its whole sum runs.
 LLVM keeps a loop's accumulators in memory when they live in an array (it cannot
 prove the array apart from the inputs): the direct kernels' loops, which load and
 store their accumulators for every three or four products, ran at 65-75 GFLOP/s a
-core where the machine's sgemm runs at 178. The two inner loops here are written
+core where the machine's sgemm runs at 178. The inner loops here are written
 in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
 
 - `block_sums`, for the forward and the input gradient: ROWS output channels by
@@ -21,7 +21,10 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
   input cell per row;
 - `block_dots`, for the other weight gradients: 4 x 6 dot products of rows of
   grad_output with rows of input cells, 10 vector loads a step for 24
-  multiply-adds, and each sum's lanes added at the end.
+  multiply-adds, and each sum's lanes added at the end;
+- `transpose_square` and `spread_store`, the moves plain loops would do a cell at
+  a time: a square of cells transposed in registers, and a row of the stride-2
+  input gradient spread to every other cell of its input row.
 
 Layout (fastconv.kernels.phases): the input is split into the phases of its padded
 planes (direct.place_run), each worker (one per thread) splitting the samples it
