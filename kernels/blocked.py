@@ -775,11 +775,16 @@ def transpose_run(grad_output, dst, r, k0, k1, runs_of):
     # squares of lanes channels by lanes cells of a plane (its rows run on)
     for j in range(present):
         sample = (r * runs_of + j) * k_ * oh * ow
+        y, xo = 0, 0
         for p0 in range(0, oh * ow, lanes):
             cells = min(lanes, oh * ow - p0)
+            # cell p0 + c is (y, xo), counted on (with two divisions a cell,
+            # x_convT3's weight gradient 4% slower)
             for c in range(cells):
-                y, xo = (p0 + c) // ow, (p0 + c) % ow
                 cell_at[c] = ((y * runs_of + j) * ow + xo) * kp
+                xo += 1
+                if xo == ow:
+                    y, xo = y + 1, 0
             for k in range(k0, k1, lanes):
                 transpose_square(flat_src, sample + k * oh * ow + p0, oh * ow, min(lanes, k1 - k), cells, flat_dst, cell_at, k - k0)
 
