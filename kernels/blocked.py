@@ -1022,8 +1022,10 @@ def _weight_by_channels(x, grad_output, g, threads):
     sums = _aligned_empty((parts, g.groups, len(offsets), kp), x.dtype)
     sums[:] = 0.0
     phased = np.zeros((workers, g.c_in, plan.span), dtype=x.dtype)
+    # every cell of a run's channels is written (a partial run's zeroed first):
+    # only the channels past kg need their zeros
     transposed = _aligned_empty((workers, g.groups, plan.runs_of * g.oh * g.ow, kp), x.dtype)
-    transposed[:] = 0.0
+    transposed[..., kg:] = 0.0
     chunk = max(1, CHUNK_BYTES // (kp * x.itemsize * g.ow))
     channel_blocks(x, grad_output, offsets, sums, phased, transposed, g.kh * g.kw, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, vectors, chunk, block_parts)
     total = sums[0] if parts == 1 else sums.sum(axis=0)
