@@ -302,6 +302,35 @@ def test_weight_gradient_by_channel_blocks(n, groups, cg, kg, kernel, stride, si
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_scratch_kept_between_calls_holds_no_stale_cells(stride, dtype, rng):
+    # each pass's split planes are kept between calls of a geometry: a second call
+    # on other data (NaN-free, after one whose data was all large) gets the same
+    # results as the reference, every path's scratch reused (the weight gradient
+    # both ways), with a partial run of samples at the end of the batch
+    weight = rng.standard_normal((48, 40, 3, 3)).astype(dtype)
+    x_shape = (5, 40, 9, 11)
+    g = conv2d_geometry(x_shape, weight.shape, stride, 1)
+    kw = dict(stride=stride, padding=1)
+    for scale in (1e6, 1.0):
+        x = (scale * rng.standard_normal(x_shape)).astype(dtype)
+        gy = (scale * rng.standard_normal(g.output_shape)).astype(dtype)
+        assert_close(blocked.forward(x, weight, g, 2), reference.conv2d(x, weight, **kw), dtype)
+        assert_close(blocked.input_grad(weight, gy, g, 2), reference.conv2d_input(x_shape, weight, gy, **kw), dtype)
+        for channels in (False, True):
+            assert_close(blocked.weight_grad(x, gy, g, 2, channels=channels), reference.conv2d_weight(x, weight.shape, gy, **kw), dtype)
+
+
+def test_scratch_stays_within_its_bytes(monkeypatch):
+    monkeypatch.setattr(blocked, "SCRATCH_BYTES", 1000)
+    monkeypatch.setattr(blocked._scratch, "arrays", None, raising=False)
+    first = blocked._kept_zeros("a", (100,), np.float64)
+    assert blocked._kept_zeros("a", (100,), np.float64) is first
+    blocked._kept_zeros("b", (100,), np.float64)  # 1600 bytes together: "a" dropped
+    assert blocked._kept_zeros("a", (100,), np.float64) is not first
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_input_gradient_zeroes_the_phases_no_tap_reaches(dtype, rng):
     # a 2x2 kernel dilated by 2 at stride 2 reaches one phase of four; the others
     # are zeros, whatever the memory gx was given held before
