@@ -98,6 +98,31 @@ def test_channel_sums_against_numpy(vectors, dtype, rng):
     assert_close(out, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_channel_sums_over_random_segments(dtype, data):
+    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    vectors = data.draw(st.integers(1, blocked.CHANNEL_VECTORS))
+    cells, segments = data.draw(st.integers(1, 20)), data.draw(st.integers(0, 6))
+    x_segment = cells + data.draw(st.integers(0, 5))
+    rows, width = blocked.CHANNEL_ACCUMULATORS // vectors, vectors * lanes
+    gt_pitch = width + data.draw(st.integers(0, 2 * lanes))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal(5 + segments * x_segment + 40).astype(dtype)
+    offsets = rng.integers(0, 40, rows).astype(np.int64)
+    gt = rng.standard_normal(2 + max(segments * cells, 1) * gt_pitch).astype(dtype)
+    pitch = 7 + width
+    out = rng.standard_normal(3 + rows * pitch).astype(dtype)
+    expected = out.copy()
+    channels = gt[2 : 2 + segments * cells * gt_pitch].reshape(segments * cells, gt_pitch)[:, :width]
+    read = (np.arange(segments)[:, None] * x_segment + np.arange(cells)[None, :]).reshape(-1)
+    for i in range(rows):
+        expected[3 + i * pitch : 3 + i * pitch + width] += x[5 + offsets[i] + read] @ channels
+    _channel_sums(vectors, out, x, offsets, gt, cells, segments, x_segment, gt_pitch)
+    assert_close(out, expected, dtype)
+
+
 @numba.njit
 def _transpose(src, src_at, pitch, rows, cells, dst, dst_at, shift):
     blocked.transpose_square(src, src_at, pitch, rows, cells, dst, dst_at, shift)
