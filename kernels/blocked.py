@@ -613,7 +613,8 @@ def share(worker, workers, units):
 @serial(inline=True)
 def unit_blocks(unit, block_parts, blocks):
     """(part, b0, b1) of a weight gradient's unit of parts x block_parts: blocks
-    b0..b1-1 of part `part`."""
+    b0..b1-1 of part `part`, one at least (_block_parts makes no more pieces than
+    blocks)."""
     part, piece = unit // block_parts, unit % block_parts
     return part, blocks * piece // block_parts, blocks * (piece + 1) // block_parts
 
@@ -650,8 +651,6 @@ def weight_blocks(x, grad_output, offsets, dots, phased, wide, taps, top, left, 
         flat_x, flat_wide = own_x.reshape(own_x.size), own_wide.reshape(own_wide.size)
         for unit in range(*share(worker, workers, units)):
             part, b0, b1 = unit_blocks(unit, block_parts, blocks)
-            if b0 == b1:
-                continue
             flat_dots = dots[part].reshape(dots[part].size)
             for step in range(steps * part // sample_parts, steps * (part + 1) // sample_parts):
                 in_step = min(samples, runs - step * samples)
