@@ -12,8 +12,8 @@ in LLVM's IR instead (Numba intrinsics), their accumulators in registers:
   VECTORS vectors of output cells, each step one vector load per vector of cells and
   one broadcast weight per channel for ROWS * VECTORS multiply-adds (on one core of
   an AVX-512 Xeon, over cached data: 194 GFLOP/s in float32, 101 in float64),
-  and `narrow_block_sums` for up to 4 channels, in blocks of 4 channels by 6
-  vectors;
+  and `narrow_block_sums` and `thin_block_sums` for 4 channels and for up to 3,
+  in blocks of 4 channels by 6 vectors and of 3 by 7;
 - `channel_sums`, for the weight gradient where the output channels fill vectors:
   rows of the sum by vectors of output channels (6 x 4 with AVX-512), each step one
   vector load per vector of a cell's channels (grad_output transposed by
@@ -74,11 +74,16 @@ VECTOR_BYTES = _vector_bytes()
 # 61-98; on whole layers 5-15% faster than 6x3 (and output channels come in eights
 # more often than in sixes). With AVX2 the usual 6x2 of a 16-register GEMM kernel.
 BLOCK = (8, 3) if VECTOR_BYTES == 64 else (6, 2)
-# For NARROW_ROWS channels or fewer (the input gradient of a first layer of 3
-# channels, an output layer of 3) a block of NARROW_ROWS by more vectors, as many
-# sums: 3 channels fill 3/4 of it where they filled 3/8 of BLOCK.
+# For fewer channels, blocks of fewer rows by more vectors, about as many sums:
+# NARROW_BLOCK for NARROW_ROWS channels, THIN_BLOCK for THIN_ROWS or fewer (the
+# input gradient of a first layer of 3 channels, an output layer of 3), which 3
+# channels fill where they filled 3/4 of NARROW_BLOCK (with AVX-512, 3x7: the input
+# gradient of a 3-channel 3x3 layer 5-7% faster than in 4x6 blocks, of a 7x7
+# stride-2 one 15-18%; 3x6 ran as 3x7, 3x8 spills).
 NARROW_ROWS = 4
 NARROW_BLOCK = (NARROW_ROWS, 6) if VECTOR_BYTES == 64 else (NARROW_ROWS, 3)
+THIN_ROWS = 3
+THIN_BLOCK = (THIN_ROWS, 7) if VECTOR_BYTES == 64 else (THIN_ROWS, 3)
 # block_dots' (rows of grad_output, rows of the sum): their products in registers,
 # with the grad_output rows' vectors and one row's of the sum. With AVX-512 4x6: over
 # cached data 8-10% faster than 4x4 and 6x4 in both dtypes, 8x3 spills. With AVX2
@@ -127,8 +132,9 @@ FOLD_CELLS = 512
 
 def block_shape(dtype, channels):
     """(ROWS, cells) of one block of block_sums (BLOCK), or of narrow_block_sums
-    (NARROW_BLOCK) for NARROW_ROWS channels or fewer, in dtype."""
-    rows, vectors = NARROW_BLOCK if channels <= NARROW_ROWS else BLOCK
+    (NARROW_BLOCK) for NARROW_ROWS channels, or of thin_block_sums (THIN_BLOCK) for
+    THIN_ROWS channels or fewer, in dtype."""
+    rows, vectors = THIN_BLOCK if channels <= THIN_ROWS else NARROW_BLOCK if channels <= NARROW_ROWS else BLOCK
     return rows, vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
@@ -332,14 +338,18 @@ def _block_sums(shape, packed=False):
 
 block_sums = _block_sums(BLOCK)
 narrow_block_sums = _block_sums(NARROW_BLOCK)
+thin_block_sums = _block_sums(THIN_BLOCK)
 packed_block_sums = _block_sums(BLOCK, packed=True)
 narrow_packed_block_sums = _block_sums(NARROW_BLOCK, packed=True)
+thin_packed_block_sums = _block_sums(THIN_BLOCK, packed=True)
 
 
 @serial(inline=True)
 def sums_of_block(block_rows, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
-    """block_sums, or narrow_block_sums for blocks of NARROW_ROWS rows."""
-    if block_rows <= NARROW_ROWS:
+    """block_sums, or narrow_block_sums or thin_block_sums for blocks of their rows."""
+    if block_rows == THIN_ROWS:
+        thin_block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+    elif block_rows == NARROW_ROWS:
         narrow_block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     else:
         block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
@@ -347,8 +357,11 @@ def sums_of_block(block_rows, out, out_at, out_pitch, w, w_at, w_pitch, w_step, 
 
 @serial(inline=True)
 def packed_sums_of_block(block_rows, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
-    """packed_block_sums, or narrow_packed_block_sums for blocks of NARROW_ROWS rows."""
-    if block_rows <= NARROW_ROWS:
+    """packed_block_sums, or narrow_packed_block_sums or thin_packed_block_sums for
+    blocks of their rows."""
+    if block_rows == THIN_ROWS:
+        thin_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
+    elif block_rows == NARROW_ROWS:
         narrow_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     else:
         packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)

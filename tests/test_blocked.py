@@ -22,12 +22,13 @@ from tests.conftest import assert_close
 DTYPES = [np.float32, np.float64]
 
 
+# the channels that pick each block shape: BLOCK, NARROW_BLOCK, THIN_BLOCK
+BLOCK_CHANNELS = [blocked.NARROW_ROWS + 1, blocked.NARROW_ROWS, blocked.THIN_ROWS]
+
+
 @numba.njit
-def _sums(out, w, x, offsets, rows, x_at, w_step, narrow):
-    if narrow:
-        blocked.narrow_block_sums(out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
-    else:
-        blocked.block_sums(out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
+def _sums(out, w, x, offsets, rows, x_at, w_step, block_rows):
+    blocked.sums_of_block(block_rows, out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
 
 
 @numba.njit
@@ -36,10 +37,10 @@ def _dots(out, a, x, offsets, cells, samples, a_step, x_step):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("narrow", [False, True])
-def test_block_sums_against_numpy(dtype, narrow, rng):
-    block_rows, cells = blocked.block_shape(dtype, blocked.NARROW_ROWS if narrow else blocked.NARROW_ROWS + 1)
-    assert block_rows == blocked.NARROW_ROWS or not narrow
+@pytest.mark.parametrize("channels", BLOCK_CHANNELS)
+def test_block_sums_against_numpy(dtype, channels, rng):
+    block_rows, cells = blocked.block_shape(dtype, channels)
+    assert block_rows == {blocked.THIN_ROWS: blocked.THIN_ROWS, blocked.NARROW_ROWS: blocked.NARROW_ROWS}.get(channels, blocked.BLOCK[0])
     rows, w_step = 37, block_rows + 1  # each row's weights side by side, a gap after
     x = rng.standard_normal(500).astype(dtype)
     offsets = rng.integers(0, 500 - cells - 11, rows).astype(np.int64)  # unaligned runs
@@ -50,7 +51,7 @@ def test_block_sums_against_numpy(dtype, narrow, rng):
     for i in range(block_rows):
         for r in range(rows):
             expected[3 + i * pitch : 3 + i * pitch + cells] += w[2 + i + r * w_step] * x[11 + offsets[r] : 11 + offsets[r] + cells]
-    _sums(out, w, x, offsets, rows, 11, w_step, narrow)
+    _sums(out, w, x, offsets, rows, 11, w_step, block_rows)
     assert_close(out, expected, dtype)
 
 
@@ -174,26 +175,22 @@ def test_spread_store_against_numpy(dtype, data):
 
 
 @numba.njit
-def _packed(out, out_rows, packing, stores, w, x, offsets, rows, narrow, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
+def _packed(out, out_rows, packing, stores, w, x, offsets, rows, block_rows, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
     blocked.pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells)
-    pitch = oh * ow + 3
-    if narrow:
-        blocked.narrow_packed_block_sums(out, 5, pitch, out_rows, packing, stores, w, 2, 1, blocked.NARROW_ROWS, x, 11, offsets, rows)
-    else:
-        blocked.packed_block_sums(out, 5, pitch, out_rows, packing, stores, w, 2, 1, blocked.BLOCK[0], x, 11, offsets, rows)
+    blocked.packed_sums_of_block(block_rows, out, 5, oh * ow + 3, out_rows, packing, stores, w, 2, 1, block_rows, x, 11, offsets, rows)
 
 
 @settings(max_examples=80, deadline=None)
 @given(
-    st.sampled_from(DTYPES), st.booleans(), st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(1, 3), st.integers(1, 3),
+    st.sampled_from(DTYPES), st.sampled_from(BLOCK_CHANNELS), st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(1, 3), st.integers(1, 3),
     st.integers(0, 8), st.integers(0, 200),
 )
-def test_packed_block_sums_store_the_outputs_of_a_block(dtype, narrow, oh, ow, gap, runs_of, present, out_rows, first_cell):
+def test_packed_block_sums_store_the_outputs_of_a_block(dtype, channels, oh, ow, gap, runs_of, present, out_rows, first_cell):
     # the block's sums in the wide layout (rows wq apart, runs_of samples' rows
     # interleaved, the first `present` in the batch), stored straight into the
     # outputs' rows (ow apart): every output cell of the block, and nothing else
     present = min(present, runs_of)
-    block_rows, cells = blocked.block_shape(dtype, blocked.NARROW_ROWS if narrow else blocked.NARROW_ROWS + 1)
+    block_rows, cells = blocked.block_shape(dtype, channels)
     wq = ow + gap
     first = min(first_cell, oh * runs_of * wq - 1)
     rng = np.random.default_rng(first * 100 + ow)
@@ -206,7 +203,7 @@ def test_packed_block_sums_store_the_outputs_of_a_block(dtype, narrow, oh, ow, g
     out = np.full(5 + runs_of * sample_cells, np.inf, dtype=dtype)
     stores = blocked._stores(wq, dtype)
     packing = np.empty(2 * stores * cells // (blocked.VECTOR_BYTES // np.dtype(dtype).itemsize), dtype=np.int64)
-    _packed(out, out_rows, packing, stores, w, x, offsets, rows, narrow, first, oh, ow, wq, runs_of, present, sample_cells, cells)
+    _packed(out, out_rows, packing, stores, w, x, offsets, rows, block_rows, first, oh, ow, wq, runs_of, present, sample_cells, cells)
     expected = np.full_like(out, np.inf)
     for i in range(min(out_rows, block_rows)):
         for q in range(first, min(first + cells, oh * runs_of * wq)):
