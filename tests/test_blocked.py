@@ -296,6 +296,37 @@ def test_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, paddi
         assert_close(runs[0], expected, dtype)
 
 
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 14))
+def test_sweeps_take_every_block_once(blocks, kbs, sweep):
+    tasks = [blocked.block_of_task(t, blocks, kbs, sweep) for t in range(blocks * kbs)]
+    assert sorted(tasks) == [(b, kb) for b in range(blocks) for kb in range(kbs)]
+    # sweep after sweep of channel blocks, each over every block of cells in turn
+    sweeps = [kb // sweep for _, kb in tasks]
+    assert sweeps == sorted(sweeps)
+    assert all(tasks[t][0] <= tasks[t + 1][0] for t in range(len(tasks) - 1) if sweeps[t] == sweeps[t + 1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("sweep", [1, 2, 3])
+def test_sums_in_sweeps_of_channel_blocks(sweep, stride, dtype, monkeypatch, rng):
+    # 4 blocks of 8 output channels (the forward) and of input channels (the
+    # input gradient), in sweeps of 1, 2 (even) and 3 (the last one short): the
+    # same sums as in one sweep, on 1 or 2 threads
+    x = rng.standard_normal((3, 30, 11, 9)).astype(dtype)
+    weight = rng.standard_normal((29, 30, 3, 3)).astype(dtype)
+    g = conv2d_geometry(x.shape, weight.shape, stride, 1)
+    gy = rng.standard_normal(g.output_shape).astype(dtype)
+    whole = [blocked.forward(x, weight, g, 2), blocked.input_grad(weight, gy, g, 2)]
+    monkeypatch.setattr(blocked, "SWEEP_BYTES", sweep * blocked.BLOCK[0] * 30 * 9 * np.dtype(dtype).itemsize)
+    assert blocked._sweep(blocked.BLOCK[0], 30 * 9, dtype) == sweep
+    for threads in (1, 2):
+        assert np.array_equal(blocked.forward(x, weight, g, threads), whole[0])
+        assert np.array_equal(blocked.input_grad(weight, gy, g, threads), whole[1])
+    assert_close(whole[0], reference.conv2d(x, weight, stride=stride, padding=1), dtype)
+    assert_close(whole[1], reference.conv2d_input(x.shape, weight, gy, stride=stride, padding=1), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_channel_blocks_hold_the_channels_in_the_fewest_lanes(dtype):
     lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
