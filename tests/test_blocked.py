@@ -336,6 +336,22 @@ def test_channel_blocks_hold_the_channels_in_the_fewest_lanes(dtype):
         assert 1 <= vectors <= blocked.CHANNEL_VECTORS and vectors * kbs == fewest and vectors * kbs * lanes >= kg
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_weight_gradient_by_channels_in_chunks_of_rows(rows, dtype, monkeypatch, rng):
+    # chunks of 1, 2, 3 and 5 output rows of a run's 44 (four samples of 11: the
+    # last chunk short), every block's sums carried from chunk to chunk
+    x = rng.standard_normal((4, 16, 11, 13)).astype(dtype)
+    g = conv2d_geometry(x.shape, (40, 16, 3, 3), 1, 1)
+    gy = rng.standard_normal(g.output_shape).astype(dtype)
+    whole = blocked.weight_grad(x, gy, g, 2, channels=True)
+    kp = np.prod(blocked.channel_vectors(40, dtype)) * blocked.VECTOR_BYTES
+    monkeypatch.setattr(blocked, "CHUNK_BYTES", rows * kp * g.ow)
+    for threads in (1, 2, 3):
+        assert np.array_equal(blocked.weight_grad(x, gy, g, threads, channels=True), whole)
+    assert_close(whole, reference.conv2d_weight(x, (40, 16, 3, 3), gy, padding=1), dtype)
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 2), st.integers(1, 9), st.sampled_from([33, 48, 70, 130]), st.integers(1, 3), st.integers(1, 2),
        st.integers(1, 9), st.sampled_from(DTYPES))
