@@ -218,7 +218,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
         gx = W.forward(cropped, D._flipped(weight, g), a, get_num_threads())
     elif path == "blocked" and g.sh == g.sw == 1:
         cropped, a = _adjoint(grad_output, g)
-        gx = B.forward(cropped, D._flipped(weight, g), a, get_num_threads())
+        gx = B.forward(cropped, weight, a, get_num_threads(), flipped=True)
     elif path == "blocked":
         gx = B.input_grad(weight, grad_output, g, get_num_threads())
     if gx is None:

@@ -918,11 +918,13 @@ def _plan(g, dtype, runs_of):
 
 
 # Scratch kept between calls, per Python thread: the split and transposed planes
-# of a geometry's last calls. The kernels write only the cells of the planes, and
-# the same cells at every call of a geometry, so its padding keeps the zeros it was
-# made with; fresh memory instead faulted its pages in at each call (2-10% of a
-# weight gradient: x_convT3's 0.70 -> 0.63 ms, decoder_up's 3.28 -> 3.08). At most
-# SCRATCH_BYTES a thread, the least recently used dropped first.
+# of a geometry's last calls, and its interleaved weights. The kernels write only
+# the cells of the planes, and the same cells at every call of a geometry, so its
+# padding keeps the zeros it was made with (the weights are written whole); fresh
+# memory instead faulted its pages in at each call (2-10% of a weight gradient:
+# x_convT3's 0.70 -> 0.63 ms, decoder_up's 3.28 -> 3.08; a 512-channel layer's
+# weights interleaved 20% faster). At most SCRATCH_BYTES a thread, the least
+# recently used dropped first.
 SCRATCH_BYTES = 64 << 20
 _scratch = threading.local()
 
@@ -974,24 +976,60 @@ def _block_parts(runs, tasks, threads):
     return parts
 
 
-def _interleaved(w, block_rows):
-    """w (groups, Kp, R) with each block of block_rows rows interleaved, flat: the
-    block's weights of row r of the sum side by side (one cache line for
-    block_sums' broadcasts, where rows R apart made as many streams as the block
-    has rows: forward 8% faster in float32)."""
-    groups, kp, rows = w.shape
-    return np.ascontiguousarray(w.reshape(groups, kp // block_rows, block_rows, rows).transpose(0, 1, 3, 2)).reshape(-1)
+@parallel
+def interleave_weights(weight, groups, taps, across, block_rows, out):
+    """out (groups, blocks, R, block_rows), flat = the weights of each block of
+    block_rows rows of the sums interleaved: row r's weights of the block side by
+    side (one cache line for block_sums' broadcasts, where rows R apart made as
+    many streams as the block has rows: forward 8% faster in float32), zero past
+    the last row. weight (K, C/groups, kernel taps); the sums' row o of group g and
+    term r = a*T + t (T = len(taps)) take weight[g*K/groups + o, a, taps[t]], or
+    with `across` (the input gradient's sums, over the output channels)
+    weight[g*K/groups + a, o, taps[t]]."""
+    k_, cg = weight.shape[0], weight.shape[1]
+    kg, count = k_ // groups, taps.shape[0]
+    outs, inner = (cg, kg) if across else (kg, cg)
+    blocks = -(-outs // block_rows)
+    rows = inner * count
+    for unit in prange(groups * blocks):
+        g, b = unit // blocks, unit % blocks
+        block = out[unit * rows * block_rows : (unit + 1) * rows * block_rows]
+        # written in order, each term's weights of the block's rows read together
+        for a in range(inner):
+            for t in range(count):
+                at = (a * count + t) * block_rows
+                for i in range(block_rows):
+                    o = b * block_rows + i
+                    if o >= outs:
+                        block[at + i] = 0.0
+                    elif across:
+                        block[at + i] = weight[g * kg + a, o, taps[t]]
+                    else:
+                        block[at + i] = weight[g * kg + o, a, taps[t]]
 
 
-def _block_weights(weight, g, block_rows):
+def _interleaved_size(weight, groups, taps, across, block_rows):
+    """The size of interleave_weights' out."""
+    k_, cg = weight.shape[0], weight.shape[1]
+    outs, inner = (cg, k_ // groups) if across else (k_ // groups, cg)
+    return groups * -(-outs // block_rows) * block_rows * inner * len(taps)
+
+
+def _block_weights(weight, g, block_rows, flipped=False):
     """Each group's kernels as rows of taps, (groups, Kp, C/groups * kh * kw) with
-    each block _interleaved, flat; and Kp, the group's output channels rounded up to
-    whole blocks (the extra rows zero)."""
-    kg = g.c_out // g.groups
+    each block interleaved (interleave_weights), flat; and Kp, the group's output
+    channels rounded up to whole blocks (the extra rows zero). `flipped`: g is the
+    adjoint of weight's geometry (direct._adjoint), whose kernels are weight's
+    turned by 180 degrees with their channel axes swapped (direct._flipped), read
+    so from weight (K, C/groups, kh, kw) without a flipped copy."""
+    kg, taps = g.c_out // g.groups, g.kh * g.kw
     kp = -(-kg // block_rows) * block_rows
-    w = np.zeros((g.groups, kp, weight[0].size), dtype=weight.dtype)
-    w[:, :kg] = weight.reshape(g.groups, kg, -1)
-    return _interleaved(w, block_rows), kp
+    order = np.arange(taps, dtype=np.int64)
+    order = order[::-1].copy() if flipped else order
+    size = _interleaved_size(weight, g.groups, order, flipped, block_rows)
+    out = _kept((("weights", g, flipped), size, weight.dtype), lambda: np.empty(size, dtype=weight.dtype))
+    interleave_weights(weight.reshape(weight.shape[0], weight.shape[1], -1), g.groups, order, flipped, block_rows, out)
+    return out, kp
 
 
 def _stores(wq, dtype):
@@ -1017,12 +1055,13 @@ def _packings(g, dtype, runs_of):
     return packings, stores
 
 
-def forward(x, weight, g, threads):
+def forward(x, weight, g, threads, flipped=False):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
-    output (N, K, oh, ow)."""
+    output (N, K, oh, ow). `flipped`: g is the adjoint of weight's geometry, and
+    its kernels weight's flipped (_block_weights): the input gradient at stride 1."""
     plan = _plan(g, x.dtype, forward_runs_of(g, x.dtype))
     out = np.empty(g.output_shape, dtype=x.dtype)
-    w, kp = _block_weights(weight, g, plan.block_rows)
+    w, kp = _block_weights(weight, g, plan.block_rows, flipped)
     block_parts = _block_parts(plan.runs, g.groups * plan.blocks * kp // plan.block_rows, threads)
     phased = _kept_zeros(("forward", g), (min(threads, plan.runs * block_parts), g.c_in, plan.span), x.dtype)
     packings, stores = _packings(g, x.dtype, plan.runs_of)
@@ -1219,19 +1258,17 @@ def _input_plan(g, dtype, runs_of):
 def _phase_weights(weight, g, plan):
     """Each phase's weights, flat, one after the other: (groups, cgp, kg * taps), row c
     the group's input channel c (cgp rounded up to whole blocks, the extra rows
-    zero), column k * taps + t weight[k, c, tap t], blocks _interleaved; and where
-    each phase's start."""
-    kg, cg = g.c_out // g.groups, g.c_in // g.groups
+    zero), column k * taps + t weight[k, c, tap t], blocks interleaved
+    (interleave_weights); and where each phase's start."""
+    cg = g.c_in // g.groups
     cgp = -(-cg // plan.block_rows) * plan.block_rows
-    grouped = weight.reshape(g.groups, kg, cg, g.kh, g.kw)
-    parts = []
-    for phase in plan.taps:
-        w = np.zeros((g.groups, cgp, kg, len(phase)), dtype=weight.dtype)
-        for t, (i, j) in enumerate(phase):
-            w[:, :cg, :, t] = grouped[:, :, :, i, j].transpose(0, 2, 1)
-        parts.append(_interleaved(w.reshape(g.groups, cgp, -1), plan.block_rows))
-    first = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
-    return np.concatenate(parts), first, cgp
+    taps = [np.array([i * g.kw + j for i, j in phase], dtype=np.int64) for phase in plan.taps]
+    first = np.cumsum([0] + [_interleaved_size(weight, g.groups, t, True, plan.block_rows) for t in taps]).astype(np.int64)
+    out = _kept((("phase weights", g), int(first[-1]), weight.dtype), lambda: np.empty(int(first[-1]), dtype=weight.dtype))
+    flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
+    for p, phase in enumerate(taps):
+        interleave_weights(flat, g.groups, phase, True, plan.block_rows, out[first[p] : first[p + 1]])
+    return out, first, cgp
 
 
 def input_grad(weight, grad_output, g, threads):

@@ -296,6 +296,24 @@ def test_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, paddi
         assert_close(runs[0], expected, dtype)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 11), st.integers(1, 11), st.integers(1, 9), st.booleans(), st.sampled_from([3, 4, 6, 8]), st.sampled_from(DTYPES), st.data())
+def test_interleave_weights_against_numpy(groups, kg, cg, kernel_taps, across, block_rows, dtype, data):
+    # any taps of the kernel in any order (a stride-2 phase's, the flipped kernel's)
+    taps = np.array(data.draw(st.lists(st.integers(0, kernel_taps - 1), max_size=kernel_taps, unique=True)), dtype=np.int64)
+    weight = np.random.default_rng(groups * 100 + kg * 10 + cg).standard_normal((groups * kg, cg, kernel_taps)).astype(dtype)
+    picked = weight[:, :, taps].reshape(groups, kg, cg, len(taps))
+    rows = picked.transpose(0, 2, 1, 3) if across else picked  # (groups, outs, inner, T)
+    outs = rows.shape[1]
+    blocks, terms = -(-outs // block_rows), rows.shape[2] * len(taps)
+    padded = np.zeros((groups, blocks * block_rows, terms), dtype=dtype)
+    padded[:, :outs] = rows.reshape(groups, outs, terms)
+    expected = padded.reshape(groups, blocks, block_rows, terms).transpose(0, 1, 3, 2).reshape(-1)
+    out = np.full(expected.size, np.nan, dtype=dtype)
+    blocked.interleave_weights(weight, groups, taps, across, block_rows, out)
+    assert np.array_equal(out, expected)
+
+
 @given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 14))
 def test_sweeps_take_every_block_once(blocks, kbs, sweep):
     tasks = [blocked.block_of_task(t, blocks, kbs, sweep) for t in range(blocks * kbs)]
