@@ -205,6 +205,17 @@ def _adjoint(grad_output, g: ConvGeometry):
     return grad_output, a
 
 
+def _nan_from_non_finite(result, operand):
+    """Whether result holds a NaN and operand a value that is not finite (the
+    kernels' 0 * inf, below), the smaller array read first: each test reads all of
+    its array (a 512-channel 3x3 weight gradient's NaN test took 0.5 ms where its
+    input's took 0.05)."""
+    tests = [lambda: bool(np.isnan(result).any()), lambda: not np.isfinite(operand).all()]
+    if operand.size < result.size:
+        tests.reverse()
+    return tests[0]() and tests[1]()
+
+
 def input_grad(weight, grad_output, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.input_shape, dtype=grad_output.dtype)
@@ -223,7 +234,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
         gx = B.input_grad(weight, grad_output, g, get_num_threads())
     if gx is None:
         gx = D.input_driver(weight, grad_output, g, get_num_threads())
-    if not np.isfinite(weight).all() and np.isnan(gx).any():
+    if _nan_from_non_finite(gx, weight):
         # The kernels multiply every weight tap by the zeros that pad grad_output: an
         # infinite tap there gives 0 * inf = NaN, where PyTorch adds only the taps that
         # land inside (finite or infinite). The reference's col2im adds those same terms.
@@ -246,7 +257,7 @@ def weight_grad(x, grad_output, g: ConvGeometry):
         gw = B.weight_grad(x, grad_output, g, get_num_threads())
     if gw is None:
         gw = D.weight_driver(x, grad_output, g, get_num_threads())
-    if np.isnan(gw).any() and not np.isfinite(x).all():
+    if _nan_from_non_finite(gw, x):
         # Both paths compute whole rows of the wide layout, whose extra cells meet
         # input cells with a zero gradient: an infinite input there gives 0 * inf, NaN
         # where PyTorch's sum is infinite. The reference's exact columns (rare: a

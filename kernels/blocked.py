@@ -724,8 +724,9 @@ def split_run(x, grad_output, phased, wide, r, b0, b1, cg, kg, taps, top, left, 
 
 @parallel
 def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top, left, sh, sw, hq, wq, span, runs_of, vectors, chunk, block_parts):
-    """sums (parts, groups, Rp, Kp), zeros on entry, += channel_sums of each group's
-    rows of the sum (offsets, padded to whole blocks) against its output channels,
+    """sums (parts, groups, Rp, Kp) = channel_sums of each group's rows of the sum
+    (offsets, padded to whole blocks) against its output channels, each unit's rows
+    zeroed by it first (no zeroing of the whole array before the call),
     `vectors` vectors at a time: sums[p] over the runs of samples of part p only, the
     parts' runs fixed by their count (whatever the thread count, each sum in the same
     order). Each worker (one per thread) splits each run it sums over itself into its
@@ -735,7 +736,7 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
     them), both zeros on entry. The work is parts x block_parts units, each a range
     of the row blocks (of every group, in order) over one part's runs, every channel
     block of them; each run `chunk` output rows at a time, grad_output's chunk in
-    L1 across the row blocks, a row block's input rows across its channel blocks."""
+    L2 across the row blocks, a row block's input rows across its channel blocks."""
     n_, c_, oh, ow = x.shape[0], x.shape[1], grad_output.shape[2], grad_output.shape[3]
     cells = oh * runs_of * ow
     sample_parts, groups, rp, kp = sums.shape
@@ -751,6 +752,8 @@ def channel_blocks(x, grad_output, offsets, sums, phased, transposed, taps, top,
         flat_x, flat_t = own_x.reshape(own_x.size), own_t.reshape(own_t.size)
         for unit in range(*share(worker, workers, units)):
             part, b0, b1 = unit_blocks(unit, block_parts, groups * rbs)
+            for blk in range(b0, b1):
+                sums[part, blk // rbs, blk % rbs * rows : (blk % rbs + 1) * rows] = 0.0
             flat_sums = sums[part].reshape(sums[part].size)
             for r in range(runs * part // sample_parts, runs * (part + 1) // sample_parts):
                 transpose_split_run(x, grad_output, own_x, own_t, r, b0, b1, cg, taps, top, left, sh, sw, hq, wq, runs_of, rbs, rows)
@@ -1134,8 +1137,8 @@ def _weight_by_channels(x, grad_output, g, threads):
     parts = _parts(plan.runs, plan.runs * plan.wide_length)
     block_parts = _block_parts(parts, g.groups * len(offsets) // block_rows, threads)
     workers = min(threads, parts * block_parts)
-    sums = _aligned_empty((parts, g.groups, len(offsets), kp), x.dtype)
-    sums[:] = 0.0
+    # kept: transpose_sums copies them out
+    sums = _kept(("weight sums", g, parts, len(offsets), kp, x.dtype), lambda: _aligned_empty((parts, g.groups, len(offsets), kp), x.dtype))
     phased = _kept_zeros(("weight by channels", g), (workers, g.c_in, plan.span), x.dtype)
     transposed = _kept_zeros(("weight transposed", g), (workers, g.groups, plan.runs_of * g.oh * g.ow, kp), x.dtype)
     chunk = max(1, CHUNK_BYTES // (kp * x.itemsize * g.ow))

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import grad, reference
+from fastconv import dispatch, grad, reference
 from fastconv.params import conv2d_geometry
 from tests.conftest import assert_close
 
@@ -391,19 +391,22 @@ def test_weight_gradient_by_channel_blocks(n, groups, cg, kg, kernel, stride, si
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_scratch_kept_between_calls_holds_no_stale_cells(stride, dtype, rng):
-    # each pass's split planes are kept between calls of a geometry: a second call
-    # on other data (NaN-free, after one whose data was all large) gets the same
-    # results as the reference, every path's scratch reused (the weight gradient
-    # both ways), with a partial run of samples at the end of the batch
-    weight = rng.standard_normal((48, 40, 3, 3)).astype(dtype)
+    # each pass's split planes, interleaved weights and sums are kept between calls
+    # of a geometry: a second call on other data (NaN-free, after one whose data
+    # was all large) gets the same results as the reference, every path's scratch
+    # reused (the input gradient by the flipped forward at stride 1, the weight
+    # gradient both ways), with a partial run of samples at the end of the batch
     x_shape = (5, 40, 9, 11)
-    g = conv2d_geometry(x_shape, weight.shape, stride, 1)
+    g = conv2d_geometry(x_shape, (48, 40, 3, 3), stride, 1)
     kw = dict(stride=stride, padding=1)
     for scale in (1e6, 1.0):
+        weight = (scale * rng.standard_normal((48, 40, 3, 3))).astype(dtype)
         x = (scale * rng.standard_normal(x_shape)).astype(dtype)
         gy = (scale * rng.standard_normal(g.output_shape)).astype(dtype)
         assert_close(blocked.forward(x, weight, g, 2), reference.conv2d(x, weight, **kw), dtype)
         assert_close(blocked.input_grad(weight, gy, g, 2), reference.conv2d_input(x_shape, weight, gy, **kw), dtype)
+        with dispatch.force_path("blocked"):
+            assert_close(dispatch.input_grad(weight, gy, g), reference.conv2d_input(x_shape, weight, gy, **kw), dtype)
         for channels in (False, True):
             assert_close(blocked.weight_grad(x, gy, g, 2, channels=channels), reference.conv2d_weight(x, weight.shape, gy, **kw), dtype)
 

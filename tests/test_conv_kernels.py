@@ -355,6 +355,15 @@ def test_input_gradient_with_non_finite_weights(path, dtype, kernel, stride, pad
         assert_close(out, expected_t, dtype)
 
 
+@pytest.mark.parametrize("result_size, operand_size", [(5, 50), (50, 5)])
+def test_nan_from_non_finite_needs_both(result_size, operand_size):
+    # whichever array is read first: a NaN in the result and a non-finite operand
+    for nan, non_finite in [(False, False), (True, False), (False, True), (True, True)]:
+        result, operand = np.ones(result_size), np.ones(operand_size)
+        result[-1], operand[-1] = (np.nan if nan else 1.0), (-np.inf if non_finite else 1.0)
+        assert dispatch._nan_from_non_finite(result, operand) == (nan and non_finite)
+
+
 def test_gemm_rule():
     from fastconv.params import conv2d_geometry
 
