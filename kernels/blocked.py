@@ -997,18 +997,20 @@ def interleave_weights(weight, groups, taps, across, block_rows, out):
     for unit in prange(groups * blocks):
         g, b = unit // blocks, unit % blocks
         block = out[unit * rows * block_rows : (unit + 1) * rows * block_rows]
-        # written in order, each term's weights of the block's rows read together
-        for a in range(inner):
-            for t in range(count):
-                at = (a * count + t) * block_rows
-                for i in range(block_rows):
-                    o = b * block_rows + i
+        # a row of the block at a time: float32 20-35% faster than each term's
+        # rows together (written in order), float64 10-40% slower; the rows at a
+        # time over 8-16 KiB of the block ran between the two in both dtypes
+        for i in range(block_rows):
+            o = b * block_rows + i
+            for a in range(inner):
+                for t in range(count):
+                    at = (a * count + t) * block_rows + i
                     if o >= outs:
-                        block[at + i] = 0.0
+                        block[at] = 0.0
                     elif across:
-                        block[at + i] = weight[g * kg + a, o, taps[t]]
+                        block[at] = weight[g * kg + a, o, taps[t]]
                     else:
-                        block[at + i] = weight[g * kg + o, a, taps[t]]
+                        block[at] = weight[g * kg + o, a, taps[t]]
 
 
 def _interleaved_size(weight, groups, taps, across, block_rows):
