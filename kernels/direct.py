@@ -224,13 +224,19 @@ def tap(src, starts, u, end, length):
 
 
 @serial(fastmath=True, inline=True)
-def add_nine(a, src, starts, u, w, length):
+def add_nine(a, src, starts, u, w, length, first):
     """a[:length] += sum over the nine taps u..u+8 of w[i] * src[starts[u + i]:]: one
-    channel's accumulator read and written once per nine multiply-adds."""
+    channel's accumulator read and written once per nine multiply-adds; `first`
+    (the first channel's first nine taps) sets it instead, where zeroing it first
+    took 5-10% of a depthwise forward."""
     s0, s1, s2 = src[starts[u] :], src[starts[u + 1] :], src[starts[u + 2] :]
     s3, s4, s5 = src[starts[u + 3] :], src[starts[u + 4] :], src[starts[u + 5] :]
     s6, s7, s8 = src[starts[u + 6] :], src[starts[u + 7] :], src[starts[u + 8] :]
     w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+    if first:
+        for q in range(length):
+            a[q] = w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q] + w4 * s4[q] + w5 * s5[q] + w6 * s6[q] + w7 * s7[q] + w8 * s8[q]
+        return
     for q in range(length):
         a[q] += w0 * s0[q] + w1 * s1[q] + w2 * s2[q] + w3 * s3[q] + w4 * s4[q] + w5 * s5[q] + w6 * s6[q] + w7 * s7[q] + w8 * s8[q]
 
@@ -389,13 +395,16 @@ def forward_blocks(x, phased, wtap, starts, nines, passes, out, first, last, gro
     buffer = np.zeros(own, dtype=x.dtype)
     for t in range(first, last):
         r, group, k0, size = channel_block(t, groups, per_group, kg, block)
-        acc[:, :] = 0.0
+        if nines == 0:
+            # else the first add_nine sets the block's one row
+            acc[:, :] = 0.0
         forward_block(x, phased, wtap, starts, nines, passes, out, acc, buffer, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of)
 
 
 @serial(fastmath=True, inline=True)
 def forward_block(x, phased, wtap, starts, nines, passes, out, acc, buffer, r, group, k0, size, top, left, sh, sw, hq, wq, length, runs_of):
-    """forward's work for output channels k0..k0+size-1 of run r (acc zero on entry),
+    """forward's work for output channels k0..k0+size-1 of run r (acc zero on entry,
+    or its one row set by the first add_nine where there are nine-tap passes),
     the taps in `passes` (first, end) of the real taps only: padding taps' zero
     weights would meet real cells, and 0 * inf is NaN where PyTorch's sum is
     infinite."""
@@ -405,7 +414,7 @@ def forward_block(x, phased, wtap, starts, nines, passes, out, acc, buffer, r, g
         src = phases_of(x, phased, r, group * cg + cl, buffer, top, left, sh, sw, hq, wq)
         u = 0
         while u < 9 * nines:
-            add_nine(acc[0], src, starts, u, wtap[k0, cl, u : u + 9], length)
+            add_nine(acc[0], src, starts, u, wtap[k0, cl, u : u + 9], length, cl == 0 and u == 0)
             u += 9
         for p in range(passes.shape[0]):
             first, end = passes[p, 0], passes[p, 1]

@@ -196,6 +196,9 @@ def test_each_kernel_compiles_once_per_dtype(rng):
         (2, (1, 2), 2, 4, 4, 1),
         (3, 1, 2, 8, 16, 2),
         (3, 1, 1, 6, 6, 2),  # 3 channels per group: one at a time
+        (3, 1, 1, 6, 2, 2),  # one output channel a group: nine-tap passes, its first set
+        (5, 2, 1, 6, 3, 3),  # nine-tap passes of 25 taps, then passes of the rest
+        (3, 1, 2, 4, 4, 4),  # depthwise, dilated
     ],
 )
 def test_direct_stride1_channel_blocks(kernel, padding, dilation, channels, out_channels, groups, dtype, rng):
