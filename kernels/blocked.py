@@ -947,6 +947,12 @@ def _kept(key, make):
     return array
 
 
+def _kept_empty(key, shape, dtype):
+    """_kept memory of shape on a VECTOR_BYTES boundary (_aligned_empty), holding
+    what the last call left: for arrays a kernel writes whole."""
+    return _kept((key, tuple(shape), np.dtype(dtype)), lambda: _aligned_empty(shape, dtype))
+
+
 def _kept_zeros(key, shape, dtype):
     """_kept zeros of shape on a VECTOR_BYTES boundary (_aligned_empty)."""
 
@@ -1032,7 +1038,7 @@ def _block_weights(weight, g, block_rows, flipped=False):
     order = np.arange(taps, dtype=np.int64)
     order = order[::-1].copy() if flipped else order
     size = _interleaved_size(weight, g.groups, order, flipped, block_rows)
-    out = _kept((("weights", g, flipped), size, weight.dtype), lambda: np.empty(size, dtype=weight.dtype))
+    out = _kept_empty(("weights", g, flipped), (size,), weight.dtype)
     interleave_weights(weight.reshape(weight.shape[0], weight.shape[1], -1), g.groups, order, flipped, block_rows, out)
     return out, kp
 
@@ -1139,8 +1145,8 @@ def _weight_by_channels(x, grad_output, g, threads):
     parts = _parts(plan.runs, plan.runs * plan.wide_length)
     block_parts = _block_parts(parts, g.groups * len(offsets) // block_rows, threads)
     workers = min(threads, parts * block_parts)
-    # kept: transpose_sums copies them out
-    sums = _kept(("weight sums", g, parts, len(offsets), kp, x.dtype), lambda: _aligned_empty((parts, g.groups, len(offsets), kp), x.dtype))
+    # kept (channel_blocks zeroes them): transpose_sums copies them out
+    sums = _kept_empty(("weight sums", g), (parts, g.groups, len(offsets), kp), x.dtype)
     phased = _kept_zeros(("weight by channels", g), (workers, g.c_in, plan.span), x.dtype)
     transposed = _kept_zeros(("weight transposed", g), (workers, g.groups, plan.runs_of * g.oh * g.ow, kp), x.dtype)
     chunk = max(1, CHUNK_BYTES // (kp * x.itemsize * g.ow))
@@ -1269,7 +1275,7 @@ def _phase_weights(weight, g, plan):
     cgp = -(-cg // plan.block_rows) * plan.block_rows
     taps = [np.array([i * g.kw + j for i, j in phase], dtype=np.int64) for phase in plan.taps]
     first = np.cumsum([0] + [_interleaved_size(weight, g.groups, t, True, plan.block_rows) for t in taps]).astype(np.int64)
-    out = _kept((("phase weights", g), int(first[-1]), weight.dtype), lambda: np.empty(int(first[-1]), dtype=weight.dtype))
+    out = _kept_empty(("phase weights", g), (int(first[-1]),), weight.dtype)
     flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
     for p, phase in enumerate(taps):
         interleave_weights(flat, g.groups, phase, True, plan.block_rows, out[first[p] : first[p + 1]])
