@@ -27,7 +27,7 @@ bench: install
 # write outside its arrays.
 test: install
 	$(PY) -m pytest -q
-	NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR="$$(mktemp -d)" $(PY) -m pytest -q tests/test_conv_kernels.py tests/test_blocked.py tests/test_winograd.py tests/test_pool_kernels.py tests/test_activation_kernels.py
+	NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR="$$(mktemp -d)" $(PY) -m pytest -q tests/test_conv_kernels.py tests/test_blocked.py tests/test_rows.py tests/test_winograd.py tests/test_pool_kernels.py tests/test_activation_kernels.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -51,22 +51,14 @@ import threading
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils, codegen, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import parallel, serial
 from .direct import place_run, widen_run
+from .emitter import VECTOR_BYTES, Emitter
 from .phases import phase_shape, tap_starts
 
-
-def _vector_bytes():
-    """The width of the vectors Numba compiles for: 64 bytes with AVX-512 (32
-    registers), else 32 (AVX2's 16 registers; wider vectors would be split in two)."""
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
-    return 64 if "+avx512f" in features.split(",") else 32
-
-
-VECTOR_BYTES = _vector_bytes()
 # block_sums' (ROWS output channels, VECTORS vectors of cells): ROWS * VECTORS
 # accumulators, plus VECTORS loaded cells and a broadcast weight, within the vector
 # registers. With AVX-512 8x3: over cached data 194 GFLOP/s on one core of a Xeon
@@ -147,132 +139,6 @@ def block_shape(dtype, channels):
     return rows, vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-class _Emitter:
-    """LLVM IR for one intrinsic's call: vectors of VECTOR_BYTES of the arrays' dtype,
-    their loads and stores (any alignment: cells start anywhere), broadcasts and
-    fused multiply-adds."""
-
-    def __init__(self, context, builder, signature, args):
-        self.context, self.builder = context, builder
-        dtype = np.dtype(str(signature.args[0].dtype))
-        self.dtype = dtype
-        self.lanes = VECTOR_BYTES // dtype.itemsize
-        self.align = dtype.itemsize
-        self.vector = ir.VectorType(context.get_value_type(signature.args[0].dtype), self.lanes)
-        self._suffix = "f32" if dtype == np.float32 else "f64"
-        name = f"llvm.fma.v{self.lanes}{self._suffix}"
-        self.fma_function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vector, [self.vector] * 3), name)
-        self.index = ir.IntType(64)
-
-    def data(self, arraytype, array):
-        return self.context.make_array(arraytype)(self.context, self.builder, array).data
-
-    def constant(self, value):
-        return ir.Constant(self.index, value)
-
-    def at(self, base, step, count):
-        """base + step * i for i < count."""
-        return [self.builder.add(base, self.builder.mul(step, self.constant(i))) for i in range(count)]
-
-    def load(self, data, at):
-        pointer = self.builder.bitcast(self.builder.gep(data, [at]), self.vector.as_pointer())
-        return self.builder.load(pointer, align=self.align)
-
-    def store(self, value, data, at):
-        pointer = self.builder.bitcast(self.builder.gep(data, [at]), self.vector.as_pointer())
-        self.builder.store(value, pointer, align=self.align)
-
-    def broadcast(self, data, at):
-        b = self.builder
-        one = b.insert_element(ir.Constant(self.vector, ir.Undefined), b.load(b.gep(data, [at])), ir.Constant(ir.IntType(32), 0))
-        return b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), self.lanes), [0] * self.lanes))
-
-    def lane_sums(self, values):
-        """Vectors whose lanes hold the lane sums of `values` in order (lanes of them
-        a vector, the last one's lanes past them undefined): pairs of vectors folded
-        into one of half-length sums (two shuffles and an add) until one vector
-        remains, then that one folded onto itself; 2 + 2/lanes shuffles a sum where
-        adding each vector's halves pairwise took 2 log2(lanes) (on port 5, beside
-        the multiply-adds)."""
-        b, lanes, sums = self.builder, self.lanes, []
-        mask = ir.VectorType(ir.IntType(32), lanes)
-        for first in range(0, len(values), lanes):
-            vectors = list(values[first : first + lanes])
-            while len(vectors) & (len(vectors) - 1):
-                vectors.append(ir.Constant(self.vector, [0.0] * lanes))
-            group = lanes
-            while group > 1:
-                half = group // 2
-                # the first and second halves of each group, of u's groups then v's
-                low = [base + g + c for base in (0, lanes) for g in range(0, lanes, group) for c in range(half)]
-                high = [i + half for i in low]
-                if len(vectors) == 1:
-                    vectors = vectors * 2
-                vectors = [b.fadd(b.shuffle_vector(u, v, ir.Constant(mask, low)), b.shuffle_vector(u, v, ir.Constant(mask, high))) for u, v in zip(vectors[::2], vectors[1::2])]
-                group = half
-            sums.append(vectors[0])
-        return sums
-
-    def add_lanes(self, data, at, value, first, count):
-        """data[at + l - first] += value's lane l, for first <= l < first + count."""
-        bits = self.constant(((1 << count) - 1) << first)
-        at = self.builder.sub(at, self.constant(first))
-        self.masked_store(self.builder.fadd(self.masked_load(data, at, bits), value), data, at, bits)
-
-    def accumulators(self, data, starts):
-        """One register (an entry-block alloca, which LLVM promotes) per start, loaded
-        from data there."""
-        slots = [cgutils.alloca_once(self.builder, self.vector) for _ in starts]
-        for slot, at in zip(slots, starts):
-            self.builder.store(self.load(data, at), slot)
-        return slots
-
-    def fma(self, a, b, slot):
-        self.builder.store(self.builder.call(self.fma_function, [a, b, self.builder.load(slot)]), slot)
-
-    def masked_store(self, value, data, at, mask):
-        """The lanes of value whose bits are set in the integer mask, stored at
-        data[at + lane]; the others not touched. (The intrinsic's name with typed
-        pointers: LLVM's with opaque ones upgrades it.)"""
-        b, kind = self.builder, ir.VectorType(ir.IntType(1), self.lanes)
-        name = f"llvm.masked.store.v{self.lanes}{self._suffix}.p0v{self.lanes}{self._suffix}"
-        function = cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), [self.vector, self.vector.as_pointer(), ir.IntType(32), kind]), name)
-        pointer = b.bitcast(b.gep(data, [at]), self.vector.as_pointer())
-        b.call(function, [value, pointer, ir.Constant(ir.IntType(32), self.align), b.bitcast(b.trunc(mask, ir.IntType(self.lanes)), kind)])
-
-    def masked_load(self, data, at, mask):
-        """The lanes of data[at + lane] whose bits are set in the integer mask, zeros
-        in the others (none of their memory read)."""
-        b, kind = self.builder, ir.VectorType(ir.IntType(1), self.lanes)
-        name = f"llvm.masked.load.v{self.lanes}{self._suffix}.p0v{self.lanes}{self._suffix}"
-        function = cgutils.get_or_insert_function(b.module, ir.FunctionType(self.vector, [self.vector.as_pointer(), ir.IntType(32), kind, self.vector]), name)
-        pointer = b.bitcast(b.gep(data, [at]), self.vector.as_pointer())
-        zeros = ir.Constant(self.vector, [0.0] * self.lanes)
-        return b.call(function, [pointer, ir.Constant(ir.IntType(32), self.align), b.bitcast(b.trunc(mask, ir.IntType(self.lanes)), kind), zeros])
-
-    def transposed(self, rows):
-        """The columns of the square of vectors `rows` (lanes of them): log2(lanes)
-        rounds of two-vector shuffles, each swapping one bit of the row index with
-        the same bit of the lane index."""
-        b, lanes, rows = self.builder, self.lanes, list(rows)
-        bit = 1
-        while bit < lanes:
-            for i in range(lanes):
-                if i & bit:
-                    continue
-                j = i | bit
-                low = [c if not c & bit else lanes + c - bit for c in range(lanes)]
-                high = [c + bit if not c & bit else lanes + c for c in range(lanes)]
-                mask = ir.VectorType(ir.IntType(32), lanes)
-                rows[i], rows[j] = b.shuffle_vector(rows[i], rows[j], ir.Constant(mask, low)), b.shuffle_vector(rows[i], rows[j], ir.Constant(mask, high))
-            bit *= 2
-        return rows
-
-    def store_all(self, slots, data, starts):
-        for slot, at in zip(slots, starts):
-            self.store(self.builder.load(slot), data, at)
-
-
 def _block_sums(shape, packed=False):
     """The intrinsic block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x,
     x_at, offsets, rows) for blocks of shape (ROWS, VECTORS):
@@ -306,7 +172,7 @@ def _block_sums(shape, packed=False):
         sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
         def codegen(context, builder, signature, args):
-            e = _Emitter(context, builder, signature, args)
+            e = Emitter(context, builder, signature, args)
             out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
             kinds = signature.args
             out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[7], x_), e.data(kinds[9], offsets_)
@@ -322,7 +188,7 @@ def _block_sums(shape, packed=False):
         sig = types.void(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
         def codegen(context, builder, signature, args):
-            e = _Emitter(context, builder, signature, args)
+            e = Emitter(context, builder, signature, args)
             out_, out_at_, out_pitch_, out_rows_, packing_, stores_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
             kinds = signature.args
             out_data, packing_data = e.data(kinds[0], out_), e.data(kinds[4], packing_)
@@ -385,7 +251,7 @@ def block_dots(typingctx, out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x
     sig = types.void(out, out_at, out_pitch, a, a_at, a_pitch, a_step, x, x_at, x_step, offsets, cells, samples)
 
     def codegen(context, builder, signature, args):
-        e = _Emitter(context, builder, signature, args)
+        e = Emitter(context, builder, signature, args)
         out_, out_at_, out_pitch_, a_, a_at_, a_pitch_, a_step_, x_, x_at_, x_step_, offsets_, cells_, samples_ = args
         kinds = signature.args
         out_data, a_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], a_), e.data(kinds[7], x_), e.data(kinds[10], offsets_)
@@ -427,7 +293,7 @@ def transpose_square(typingctx, src, src_at, src_pitch, rows, cells, dst, dst_at
     sig = types.void(src, src_at, src_pitch, rows, cells, dst, dst_at, dst_shift)
 
     def codegen(context, builder, signature, args):
-        e = _Emitter(context, builder, signature, args)
+        e = Emitter(context, builder, signature, args)
         src_, src_at_, src_pitch_, rows_, cells_, dst_, dst_at_, dst_shift_ = args
         kinds = signature.args
         src_data, dst_data, dst_at_data = e.data(kinds[0], src_), e.data(kinds[5], dst_), e.data(kinds[6], dst_at_)
@@ -454,7 +320,7 @@ def spread_store(typingctx, src, src_at, count, dst, dst_at):
     sig = types.void(src, src_at, count, dst, dst_at)
 
     def codegen(context, builder, signature, args):
-        e = _Emitter(context, builder, signature, args)
+        e = Emitter(context, builder, signature, args)
         src_, src_at_, count_, dst_, dst_at_ = args
         src_data, dst_data = e.data(signature.args[0], src_), e.data(signature.args[3], dst_)
         lanes, b = e.lanes, builder
@@ -500,7 +366,7 @@ def _channel_sums(vectors):
         sig = types.void(out, out_at, out_pitch, x, x_at, offsets, gt, gt_at, gt_pitch, cells, segments, x_segment)
 
         def codegen(context, builder, signature, args):
-            e = _Emitter(context, builder, signature, args)
+            e = Emitter(context, builder, signature, args)
             out_, out_at_, out_pitch_, x_, x_at_, offsets_, gt_, gt_at_, gt_pitch_, cells_, segments_, x_segment_ = args
             kinds = signature.args
             out_data, x_data, offsets_data, gt_data = e.data(kinds[0], out_), e.data(kinds[3], x_), e.data(kinds[5], offsets_), e.data(kinds[6], gt_)

@@ -413,12 +413,16 @@ def test_conv_path_order(monkeypatch):
     monkeypatch.undo()
     # blocks the channels do not fill (one channel in blocks of 4, 4 per group in
     # blocks of 8 for the forward): depthwise, the input gradient of a first layer
-    # of one channel; a first layer of 3 channels in narrow blocks; the weight
-    # gradient's dot products from 16 terms and 4 output channels
+    # of one channel, by rows; a first layer of 3 channels in narrow blocks; the
+    # weight gradient's dot products from 16 terms and 4 output channels
     assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["blocked"] * 3
-    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["blocked", "direct", "blocked"]
-    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["blocked", "direct", "direct"]
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["direct"] * 3
+    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["blocked", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["blocked", "rows", "rows"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["rows"] * 3
+    # rows along the width at stride 1 only: a strided depthwise layer's passes
+    # direct, its forward and weight gradient by rows at stride 2 down the height
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)) == ["direct"] * 3
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=(2, 1), padding=1, groups=64)) == ["rows", "direct", "rows"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)) == ["blocked", "direct", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked"] * 3
