@@ -8,22 +8,22 @@ each plane into a padded buffer and copy out of the wide accumulator rows took
 about half of each pass. On 2 cores of an AVX-512 Xeon, float32, the catalogue's
 depthwise layer (128 channels of 32x32, 3x3) ran its forward in 0.72 ms where the
 direct kernels took 1.31, its input gradient in 0.70 (1.39), its weight gradient
-in 0.82-0.92 (1.42); a 5x5 depthwise layer's passes 2-2.3x faster.
+in 0.82-0.92 (1.42); 5x5 and 7x7 depthwise layers' passes 2-2.5x faster.
 
 - `row_sums`, for the forward (and the input gradient at stride 1, the forward of
   the adjoint geometry): ROWS output rows by ROW_VECTORS vectors of cells in
   registers, every (tap column, channel, tap row) product a fused multiply-add
   into them, the edge masks of a tap column computed once for all its rows and
-  channels. `row_sums3` and `row_sums5`, for 3 and 5 tap rows at stride and
-  dilation 1 down the height: SHARED_ROWS output rows, each input row's vectors
-  loaded once for every output row that reads it, the tap rows' weights in
-  registers (one load per multiply-add took the forward of the depthwise layer
-  1.22 ms, shared 0.72);
+  channels. `row_sums3`, `row_sums5` and `row_sums7`, for 3, 5 and 7 tap rows at
+  stride and dilation 1 down the height: SHARED_ROWS output rows, each input
+  row's vectors loaded once for every output row that reads it, the tap rows'
+  weights in registers (one load per multiply-add took the forward of the
+  depthwise layer 1.22 ms, shared 0.72);
 - `row_dots`, for the weight gradient: the dot products of the rows of
   grad_output with the input rows that DOT_TAPS tap columns of one tap row read,
   in registers over all the rows of a plane, their lanes added at the end;
-  `row_dots3` and `row_dots5` for all 3 or 5 tap rows at once, each input row's
-  vectors loaded once for the rows of grad_output that read it.
+  `row_dots3`, `row_dots5` and `row_dots7` for all 3, 5 or 7 tap rows at once,
+  each input row's vectors loaded once for the rows of grad_output that read it.
 
 The cells a row reads along its width are unit stride: stride 1 along the width
 (any stride along the height, any dilation and padding, negative included). The
@@ -43,7 +43,7 @@ from .direct import _adjoint, _flipped
 from .emitter import Emitter
 
 # row_sums' vectors of an output row at a time (a 32-cell row of float32), by ROWS
-# output rows, or SHARED_ROWS for row_sums3 and row_sums5 (their input rows shared
+# output rows, or SHARED_ROWS for row_sums3, 5 and 7 (their input rows shared
 # between more output rows): 8 and 16 accumulators. A row at a time, its
 # multiply-adds waited on each other (the depthwise forward 1.8 ms).
 ROW_VECTORS = 2
@@ -130,7 +130,7 @@ def _row_sums(tap_rows=None):
 
 
 row_sums = _row_sums()
-row_sums3, row_sums5 = _row_sums(3), _row_sums(5)
+row_sums3, row_sums5, row_sums7 = _row_sums(3), _row_sums(5), _row_sums(7)
 
 
 @intrinsic
@@ -232,7 +232,7 @@ def _shared_row_dots(tap_rows):
     return intrinsic(shared_row_dots)
 
 
-row_dots3, row_dots5 = _shared_row_dots(3), _shared_row_dots(5)
+row_dots3, row_dots5, row_dots7 = _shared_row_dots(3), _shared_row_dots(5), _shared_row_dots(7)
 
 
 @parallel
@@ -249,14 +249,16 @@ def forward_planes(x, w, out, groups, pt, pl, sh, dh, dw):
     for t in prange(n_ * k_):
         n, k = t // k_, t % k_
         c0 = k // kg * cg
-        shared = sh == 1 and dh == 1 and (kh == 3 or kh == 5)
+        shared = sh == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
         step = SHARED_ROWS if shared else ROWS
         for y in range(0, oh, step):
             args = (flat_out, (t * oh + y) * ow, ow, min(step, oh - y), ow, flat_x, (n * c_ + c0) * h * wd, h * wd, y * sh - pt, sh, h, cg, flat_w, k * cg * kh * kw, kh * kw, kh, kw, dh, dw, pl, wd)
             if shared and kh == 3:
                 row_sums3(*args)
-            elif shared:
+            elif shared and kh == 5:
                 row_sums5(*args)
+            elif shared:
+                row_sums7(*args)
             else:
                 row_sums(*args)
 
@@ -279,13 +281,15 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, dh, dw):
         c0 = k // kg * cg
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
             for cl in range(cg):
-                if sh == 1 and dh == 1 and (kh == 3 or kh == 5):
+                if sh == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7):
                     for j0 in range(0, kw, DOT_TAPS):
                         args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, (n * k_ + k) * oh * ow, ow, oh, flat_x, (n * c_ + c0 + cl) * h * wd, -pt, h, ow, dw, pl - j0 * dw, wd)
                         if kh == 3:
                             row_dots3(*args)
-                        else:
+                        elif kh == 5:
                             row_dots5(*args)
+                        else:
+                            row_dots7(*args)
                     continue
                 for i in range(kh):
                     # output rows y with 0 <= y*sh - pt + i*dh < h

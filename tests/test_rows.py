@@ -30,6 +30,8 @@ SENTINEL = 7.5  # cells the intrinsics must not write
 def _row_sums(variant, out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width):
     if variant == 3:
         rows.row_sums3(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
+    elif variant == 7:
+        rows.row_sums7(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
     elif variant == 5:
         rows.row_sums5(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
     else:
@@ -45,13 +47,15 @@ def _row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, 
 def _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width):
     if variant == 3:
         rows.row_dots3(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
-    else:
+    elif variant == 5:
         rows.row_dots5(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
+    else:
+        rows.row_dots7(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
 
 
 @st.composite
 def row_sums_args(draw):
-    variant = draw(st.sampled_from([0, 3, 5]))
+    variant = draw(st.sampled_from([0, 3, 5, 7]))
     kh = variant or draw(st.integers(1, 4))
     sh, dh = (1, 1) if variant else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     most = rows.SHARED_ROWS if variant else rows.ROWS
@@ -116,7 +120,7 @@ def test_row_dots_against_numpy(count, rows_, cells, width, left, dw, dtype, see
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.sampled_from([3, 5]), st.integers(1, rows.DOT_TAPS), st.integers(1, 10), st.integers(1, 12), st.integers(-6, 8),
+    st.sampled_from([3, 5, 7]), st.integers(1, rows.DOT_TAPS), st.integers(1, 10), st.integers(1, 12), st.integers(-6, 8),
     st.integers(1, 40), st.integers(1, 40), st.integers(-5, 8), st.integers(1, 3), st.sampled_from(DTYPES), st.integers(0, 2**16),
 )
 def test_shared_row_dots_against_numpy(variant, count, g_rows, height, top, cells, width, left, dw, dtype, seed):
