@@ -124,15 +124,32 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
     return cg * taps >= BLOCKED_WEIGHT_ROWS and kg >= BLOCKED_GRADIENT_CHANNELS
 
 
-# Where the rows read in place (fastconv.kernels.rows) beat the direct loops: one
-# input channel a group (per-pass timings of both paths, float32 and float64, on
-# 2 cores of an AVX-512 Xeon: depthwise layers of 3x3, 5x5 and 7x7 kernels, dilated
-# and with two outputs a channel, forward 1.2-2.4x faster, input gradient 1.1-2.2x,
-# weight gradient 1.2-2.3x; first layers of one channel, the input gradient
-# 1.5-3x, the weight gradient 1.2x at 32 outputs, as fast at 6). With more input
-# channels the direct loops' blocks of output channels share each plane's loads.
-def _rows_pay(g: ConvGeometry) -> bool:
-    return g.c_in == g.groups
+# Where the rows read in place (fastconv.kernels.rows) beat the other paths (per-pass
+# timings of every path, float32 and float64, on 2 cores of an AVX-512 Xeon):
+# - the forward and input gradient over shared rows (R.shares_rows) of layers of
+#   few input or output channels a group (at most ROWS_CHANNELS), whose rows fill
+#   ROWS_FILL of the row chunks of float32 or more: first layers of 1 and 3 channels
+#   by 3x3 to 7x7, forward as fast as the blocked sums to 25% faster, input gradient
+#   15-50% (which the blocked sums computed in blocks of 3 rows, from a split copy
+#   of every output channel's gradient); layers of 3 outputs 30-45%; where both
+#   counts are larger (8 to 64 channels), the blocked sums' blocks of 8 outputs are
+#   as fast or faster, and rows of 8 cells (lenet_c2) leave chunks of 32 3/4 empty;
+# - every pass of layers of one input channel a group that the blocked sums leave
+#   (depthwise layers of 3x3 to 7x7 kernels, dilated and with two outputs a channel,
+#   forward 1.2-2.4x faster than the direct loops, input gradient 1.1-2.2x, weight
+#   gradient 1.2-2.3x; the weight gradient of first layers of one channel, 1.2x at
+#   32 outputs).
+ROWS_CHANNELS = 3
+ROWS_FILL = 0.75
+
+
+def _rows_pay(g: ConvGeometry, computation: str) -> bool:
+    cg, kg = g.c_in // g.groups, g.c_out // g.groups
+    cells = g.ow if computation == "forward" else g.w
+    chunk = R.row_chunk(np.float32)
+    if computation != "weight" and R.shares_rows(g) and min(cg, kg) <= ROWS_CHANNELS and cells >= ROWS_FILL * -(-cells // chunk) * chunk:
+        return True
+    return g.c_in == g.groups and not _blocked_pays(g, computation)
 
 
 def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None) -> str:
@@ -144,12 +161,14 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
       pays for (_gemm_pays, on up to gemm.MOST_THREADS) and the blocked sums leave:
       3-4x faster than the direct loops on batch-1 layers of 256 channels and 8x8
       planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
+    - 'rows' where they apply (R.applicable: stride 1 along the width) and pay
+      (_rows_pay), checked next: the forward and input gradient of layers of few
+      channels on one side, 1-1.5x faster than the blocked sums; the layers of one
+      input channel a group (depthwise) that the blocked sums leave, 1.1-2.4x faster
+      than the direct loops;
     - 'blocked' for sums over more than one tap whose channels fill the blocks
-      (_blocked_pays), checked next: 1.1-2x faster than the direct loops on most
-      layers of 3-128 channels and kernels of 3x3 to 7x7, and than GEMM;
-    - 'rows' for the layers of one input channel a group left (depthwise), where
-      the rows apply (R.applicable: stride 1 along the width): 1.1-2.4x faster than
-      the direct loops (_rows_pay);
+      (_blocked_pays): 1.1-2x faster than the direct loops on most layers of
+      3-128 channels and kernels of 3x3 to 7x7, and than GEMM;
     - 'winograd' for the stride-1 3x3 convolutions of one group left, where it pays
       (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
@@ -163,10 +182,10 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
+    if R.applicable(g, computation) and _rows_pay(g, computation):
+        return "rows"
     if _blocked_pays(g, computation):
         return "blocked"
-    if R.applicable(g, computation) and _rows_pay(g):
-        return "rows"
     if W.applicable(g) and _winograd_pays(g):
         return "winograd"
     if _gemm_pays(g, computation, threads):

@@ -411,20 +411,24 @@ def test_conv_path_order(monkeypatch):
     monkeypatch.setattr(dispatch, "BLOCKED_GRADIENT_CHANNELS", 10**6)
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd"] * 3
     monkeypatch.undo()
-    # blocks the channels do not fill (one channel in blocks of 4, 4 per group in
-    # blocks of 8 for the forward): depthwise, the input gradient of a first layer
-    # of one channel, by rows; a first layer of 3 channels in narrow blocks; the
-    # weight gradient's dot products from 16 terms and 4 output channels
-    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["blocked"] * 3
-    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["blocked", "rows", "blocked"]
-    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["blocked", "rows", "rows"]
+    # rows read in place: the forward and input gradient of first layers of 1 and 3
+    # channels and of 2 inputs a group over shared rows (3x3 to 7x7 at stride 1),
+    # every pass of depthwise layers, the weight gradient of a first layer of one
+    # channel where the blocked dot products do not pay (9 terms); not rows of 8
+    # cells (a 5x5 valid layer of 12x12 planes)
+    assert paths(conv2d_geometry((8, 3, 32, 32), (32, 3, 3, 3), padding=1)) == ["rows", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (6, 1, 5, 5))) == ["rows", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["rows", "rows", "rows"]
+    assert paths(conv2d_geometry((8, 1, 12, 12), (6, 1, 5, 5))) == ["blocked", "rows", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["rows"] * 3
+    assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)) == ["rows", "rows", "blocked"]
     # rows along the width at stride 1 only: a strided depthwise layer's passes
     # direct, its forward and weight gradient by rows at stride 2 down the height
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)) == ["direct"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=(2, 1), padding=1, groups=64)) == ["rows", "direct", "rows"]
+    # blocks the channels do not fill (4 per group in blocks of 8 for the forward);
+    # the weight gradient's dot products from 16 terms and 4 output channels
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3
-    assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)) == ["blocked", "direct", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 12, 24, 24), (24, 12, 5, 5), padding=2)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["direct", "direct", "blocked"]

@@ -26,16 +26,21 @@ DTYPES = [np.float32, np.float64]
 SENTINEL = 7.5  # cells the intrinsics must not write
 
 
-@numba.njit
-def _row_sums(variant, out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width):
-    if variant == 3:
-        rows.row_sums3(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
-    elif variant == 7:
-        rows.row_sums7(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
-    elif variant == 5:
-        rows.row_sums5(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
-    else:
-        rows.row_sums(out, out_at, out_row, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_channel, kh, kw, dh, dw, left, width)
+ROW_SUMS = {(0, 1): rows.row_sums, (3, 1): rows.row_sums3, (5, 1): rows.row_sums5, (7, 1): rows.row_sums7,
+            (3, 3): rows.block_row_sums3, (5, 3): rows.block_row_sums5, (7, 3): rows.block_row_sums7}
+
+
+def _row_sums_of(variant):
+    intrinsic = ROW_SUMS[variant]
+
+    @numba.njit
+    def call(*args):
+        intrinsic(*args)
+
+    return call
+
+
+_ROW_SUMS_CALLS = {}
 
 
 @numba.njit
@@ -55,44 +60,53 @@ def _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_row
 
 @st.composite
 def row_sums_args(draw):
-    variant = draw(st.sampled_from([0, 3, 5, 7]))
-    kh = variant or draw(st.integers(1, 4))
-    sh, dh = (1, 1) if variant else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    most = rows.SHARED_ROWS if variant else rows.ROWS
+    variant = draw(st.sampled_from(sorted(ROW_SUMS)))
+    tap_rows, outputs = variant
+    kh = tap_rows or draw(st.integers(1, 4))
+    sh, dh = (1, 1) if tap_rows else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    most = rows.ROWS if not tap_rows else rows.SHARED_ROWS if outputs == 1 else rows.BLOCK_ROWS
     return dict(
         variant=variant, kh=kh, sh=sh, dh=dh, kw=draw(st.integers(1, 6)), dw=draw(st.integers(1, 3)),
         height=draw(st.integers(1, 12)), width=draw(st.integers(1, 40)), cells=draw(st.integers(1, 40)),
         left=draw(st.integers(-5, 8)), top=draw(st.integers(-6, 10)), channels=draw(st.integers(1, 3)),
-        count=draw(st.integers(1, most)), dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2**16)),
+        count=draw(st.integers(1, most)), present=draw(st.integers(1, outputs)),
+        dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2**16)),
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(row_sums_args())
 def test_row_sums_against_numpy(a):
     rng = np.random.default_rng(a["seed"])
     dtype, kh, kw, width, height = a["dtype"], a["kh"], a["kw"], a["width"], a["height"]
     x_at, x_channel = 5, height * width + 3
     w_at, w_channel = 2, kh * kw + 1
+    w_out = a["channels"] * w_channel + 2
     out_at, out_row = 3, a["cells"] + 7
+    out_channel = rows.SHARED_ROWS * out_row + 4
     x = rng.standard_normal(x_at + a["channels"] * x_channel).astype(dtype)
-    w = rng.standard_normal(w_at + a["channels"] * w_channel).astype(dtype)
-    out = np.full(out_at + rows.SHARED_ROWS * out_row, SENTINEL, dtype=dtype)
+    # the weights of the present output channels only: the others' are never read
+    w = rng.standard_normal(w_at + a["present"] * w_out).astype(dtype)
+    out = np.full(out_at + rows.OUTPUTS * out_channel, SENTINEL, dtype=dtype)
     expected = out.copy()
-    for m in range(a["count"]):
-        row = np.zeros(a["cells"])
-        for c in range(a["channels"]):
-            for i in range(kh):
-                y = a["top"] + m * a["sh"] + i * a["dh"]
-                if not 0 <= y < height:
-                    continue
-                for j in range(kw):
-                    for q in range(a["cells"]):
-                        col = q - a["left"] + j * a["dw"]
-                        if 0 <= col < width:
-                            row[q] += w[w_at + c * w_channel + i * kw + j] * x[x_at + c * x_channel + y * width + col]
-        expected[out_at + m * out_row : out_at + m * out_row + a["cells"]] = row
-    _row_sums(a["variant"], out, out_at, out_row, a["count"], a["cells"], x, x_at, x_channel, a["top"], a["sh"], height, a["channels"], w, w_at, w_channel, kh, kw, a["dh"], a["dw"], a["left"], width)
+    for o in range(a["present"]):
+        for m in range(a["count"]):
+            row = np.zeros(a["cells"])
+            for c in range(a["channels"]):
+                for i in range(kh):
+                    y = a["top"] + m * a["sh"] + i * a["dh"]
+                    if not 0 <= y < height:
+                        continue
+                    for j in range(kw):
+                        for q in range(a["cells"]):
+                            col = q - a["left"] + j * a["dw"]
+                            if 0 <= col < width:
+                                row[q] += w[w_at + o * w_out + c * w_channel + i * kw + j] * x[x_at + c * x_channel + y * width + col]
+            at = out_at + o * out_channel + m * out_row
+            expected[at : at + a["cells"]] = row
+    call = _ROW_SUMS_CALLS.setdefault(a["variant"], _row_sums_of(a["variant"]))
+    call(out, out_at, out_row, out_channel, a["present"], a["count"], a["cells"], x, x_at, x_channel, a["top"], a["sh"], height, a["channels"],
+         w, w_at, w_out, w_channel, kh, kw, a["dh"], a["dw"], a["left"], width)
     assert_close(out, expected, dtype)
 
 
@@ -145,9 +159,10 @@ def test_shared_row_dots_against_numpy(variant, count, g_rows, height, top, cell
 
 @st.composite
 def geometries(draw):
-    """Layers of one input channel a group or a few, any kernel, dilation and
-    padding (bottom and right too), stride 1 along the width."""
-    groups, cg, kg = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    """Layers of one input channel a group or a few, of one output channel a group
+    up to blocks of OUTPUTS and a part, any kernel, dilation and padding (bottom
+    and right too), stride 1 along the width."""
+    groups, cg, kg = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
     kh, kw = draw(st.sampled_from([1, 2, 3, 4, 5, 7])), draw(st.integers(1, 5))
     dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     padding = tuple(draw(st.integers(0, 4)) for _ in range(4))
@@ -232,6 +247,9 @@ for dtype in (np.float32, np.float64):
         ((2, 2, 7, 33), (2, 1, 3, 2), dict(padding=((0, 2), (3, 1)), dilation=(2, 3), groups=2)),
         ((1, 3, 9, 5), (3, 1, 4, 3), dict(stride=(2, 1), padding=2, groups=3)),
         ((1, 1, 3, 3), (1, 1, 3, 3), dict(padding=4, dilation=2)),
+        ((2, 2, 6, 11), (5, 2, 3, 3), dict(padding=1)),
+        ((1, 4, 9, 13), (8, 2, 5, 5), dict(padding=2, groups=2)),
+        ((1, 2, 8, 8), (4, 1, 7, 7), dict(padding=(3, 0), groups=2)),
     ]:
         g = conv2d_geometry(x_shape, w_shape, **kw)
         for at_end in (False, True):
