@@ -90,8 +90,9 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # blocks of 4 output channels by 6 terms, pay from BLOCKED_WEIGHT_ROWS terms to
 # BLOCKED_GRADIENT_CHANNELS outputs or more (first layers of 1-3 channels by 5x5
 # and 3x3, grouped layers of 2-8 channels a group, 1-30% faster than the direct
-# loops; one channel by 3x3, 9 terms, 25% slower; depthwise, one output channel a
-# group, 5-30% slower). GEMM and
+# loops; output layers of 3 channels from 32, strided and dilated too, 25-60%
+# faster, of 2 from 16 and 32 30-40%; one channel by 3x3, 9 terms, 25% slower;
+# depthwise, one output channel a group, 5-30% slower). GEMM and
 # Winograd run on fastconv's GEMM threads (up to gemm.MOST_THREADS), and a layer
 # that goes from Numba's parallel loops to them pays for the OpenMP workers still
 # spinning (PyTorch's libgomp, when PyTorch is imported first). So the blocked sums
@@ -105,7 +106,7 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # blocked.
 BLOCKED_FILL = 0.75
 BLOCKED_WEIGHT_ROWS = 16
-BLOCKED_GRADIENT_CHANNELS = 4
+BLOCKED_GRADIENT_CHANNELS = 2
 
 
 def _fills_blocks(channels: int) -> bool:
@@ -126,29 +127,34 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
 
 # Where the rows read in place (fastconv.kernels.rows) beat the other paths (per-pass
 # timings of every path, float32 and float64, on 2 cores of an AVX-512 Xeon):
-# - the forward and input gradient over shared rows (R.shares_rows) of layers of
-#   few input or output channels a group (at most ROWS_CHANNELS), whose rows fill
-#   ROWS_FILL of the row chunks of float32 or more: first layers of 1 and 3 channels
-#   by 3x3 to 7x7, forward as fast as the blocked sums to 25% faster, input gradient
+# - over shared rows (R.shares_rows) that fill ROWS_FILL of float32's row chunks
+#   or more: the forward and input gradient of layers of few input or output
+#   channels a group (at most ROWS_CHANNELS): first layers of 1 and 3 channels by
+#   3x3 to 7x7, forward as fast as the blocked sums to 25% faster, input gradient
 #   15-50% (which the blocked sums computed in blocks of 3 rows, from a split copy
-#   of every output channel's gradient); layers of 3 outputs 30-45%; where both
-#   counts are larger (8 to 64 channels), the blocked sums' blocks of 8 outputs are
+#   of every output channel's gradient); layers of 1 to 3 outputs 30-45%; and the
+#   weight gradient of up to ROWS_WEIGHT_CHANNELS outputs a group (one or two
+#   outputs from 16 to 64 channels, 5-25% faster than the blocked dot products, 2x
+#   than the direct loops; of 3 the dot products are 15% faster). Where both
+#   channel counts are larger (8 to 64), the blocked sums' blocks of 8 outputs are
 #   as fast or faster, and rows of 8 cells (lenet_c2) leave chunks of 32 3/4 empty;
 # - every pass of layers of one input channel a group that the blocked sums leave
-#   (depthwise layers of 3x3 to 7x7 kernels, dilated and with two outputs a channel,
-#   forward 1.2-2.4x faster than the direct loops, input gradient 1.1-2.2x, weight
-#   gradient 1.2-2.3x; the weight gradient of first layers of one channel, 1.2x at
-#   32 outputs).
+#   (depthwise layers, dilated and strided down the height too: forward 1.2-2.4x
+#   faster than the direct loops, input gradient 1.1-2.2x, weight gradient
+#   1.2-2.3x; the weight gradient of first layers of one channel, 1.2x at 32
+#   outputs).
 ROWS_CHANNELS = 3
+ROWS_WEIGHT_CHANNELS = 2
 ROWS_FILL = 0.75
 
 
 def _rows_pay(g: ConvGeometry, computation: str) -> bool:
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
-    cells = g.ow if computation == "forward" else g.w
+    cells = g.w if computation == "input" else g.ow
     chunk = R.row_chunk(np.float32)
-    if computation != "weight" and R.shares_rows(g) and min(cg, kg) <= ROWS_CHANNELS and cells >= ROWS_FILL * -(-cells // chunk) * chunk:
-        return True
+    if R.shares_rows(g) and cells >= ROWS_FILL * -(-cells // chunk) * chunk:
+        if kg <= ROWS_WEIGHT_CHANNELS if computation == "weight" else min(cg, kg) <= ROWS_CHANNELS:
+            return True
     return g.c_in == g.groups and not _blocked_pays(g, computation)
 
 

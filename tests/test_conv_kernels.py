@@ -422,6 +422,12 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((8, 1, 12, 12), (6, 1, 5, 5))) == ["blocked", "rows", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)) == ["rows", "rows", "blocked"]
+    # output layers: every pass by rows for one output channel, the weight
+    # gradient by the blocked dot products from three (and at stride 2, where
+    # rows do not apply, every pass blocked)
+    assert paths(conv2d_geometry((8, 64, 32, 32), (1, 64, 3, 3), padding=1)) == ["rows"] * 3
+    assert paths(conv2d_geometry((8, 32, 32, 32), (3, 32, 3, 3), padding=1)) == ["rows", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 32, 32, 32), (3, 32, 3, 3), stride=2, padding=1)) == ["blocked"] * 3
     # rows along the width at stride 1 only: a strided depthwise layer's passes
     # direct, its forward and weight gradient by rows at stride 2 down the height
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)) == ["direct"] * 3
