@@ -139,10 +139,10 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
 #   channel counts are larger (8 to 64), the blocked sums' blocks of 8 outputs are
 #   as fast or faster, and rows of 8 cells (lenet_c2) leave chunks of 32 3/4 empty;
 # - every pass of layers of one input channel a group that the blocked sums leave
-#   (depthwise layers, dilated and strided down the height too: forward 1.2-2.4x
-#   faster than the direct loops, input gradient 1.1-2.2x, weight gradient
-#   1.2-2.3x; the weight gradient of first layers of one channel, 1.2x at 32
-#   outputs).
+#   (depthwise layers, dilated too: forward 1.2-2.4x faster than the direct loops,
+#   input gradient 1.1-2.2x, weight gradient 1.2-2.3x; at stride 2 the forward
+#   1.1-1.4x, the input gradient 1.4-4x, the weight gradient 1.2-1.9x; the weight
+#   gradient of first layers of one channel, 1.2x at 32 outputs).
 ROWS_CHANNELS = 3
 ROWS_WEIGHT_CHANNELS = 2
 ROWS_FILL = 0.75
@@ -167,7 +167,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
       pays for (_gemm_pays, on up to gemm.MOST_THREADS) and the blocked sums leave:
       3-4x faster than the direct loops on batch-1 layers of 256 channels and 8x8
       planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
-    - 'rows' where they apply (R.applicable: stride 1 along the width) and pay
+    - 'rows' where they apply (R.applicable: stride 1 or 2 along the width) and pay
       (_rows_pay), checked next: the forward and input gradient of layers of few
       channels on one side, 1-1.5x faster than the blocked sums; the layers of one
       input channel a group (depthwise) that the blocked sums leave, 1.1-2.4x faster

@@ -27,13 +27,17 @@ in 0.82-0.92 (1.42); 5x5 and 7x7 depthwise layers' passes 2-2.5x faster.
   grad_output with the input rows that DOT_TAPS tap columns of one tap row read,
   in registers over all the rows of a plane, their lanes added at the end;
   `row_dots3`, `row_dots5` and `row_dots7` for all 3, 5 or 7 tap rows at once,
-  each input row's vectors loaded once for the rows of grad_output that read it.
+  each input row's vectors loaded once for the rows of grad_output that read it;
+- `strided_row_sums` and `strided_row_dots`, the same at stride 2 along the width:
+  each vector of cells the even lanes of two loaded vectors;
+- `phase_row_sums`, for the input gradient at stride 2 along the width: each input
+  row's even and odd cells summed apart, each from unit-stride rows of
+  grad_output, and interleaved by shuffles into the row (`input_planes`).
 
-The cells a row reads along its width are unit stride: stride 1 along the width
-(any stride along the height, any dilation and padding, negative included). The
-intrinsics' masked loads and stores are not bounds-checked, even under
-NUMBA_BOUNDSCHECK: their masks keep them inside the planes (tested against pages
-that may not be touched).
+Stride 1 or 2 along the width, any stride along the height, any dilation and
+padding (negative included). The intrinsics' masked loads and stores are not
+bounds-checked, even under NUMBA_BOUNDSCHECK: their masks keep them inside the
+planes (tested against pages that may not be touched).
 """
 
 import numpy as np
@@ -67,18 +71,43 @@ DOT_ACCUMULATORS = 18 if VECTOR_BYTES == 64 else 9
 PARTS = 4
 
 
-def _row_sums(tap_rows=None, outputs=1):
+def _cell_masks(e, start, width, stride, within=None):
+    """The lane masks of the loads of `stride` vectors of a row from `start` (the
+    cells start + l for l below stride * lanes) that lie inside 0 <= cell < width,
+    and, given `within`, whose cells l // stride < within."""
+    b = e.builder
+    masks = [e.lanes_between(b.add(start, e.constant(s * e.lanes)), width) for s in range(stride)]
+    if within is not None and stride == 1:
+        masks = [b.and_(masks[0], e.lanes_between(e.constant(0), within))]
+    elif within is not None:
+        twice = b.mul(within, e.constant(stride))
+        masks = [b.and_(m, e.lanes_between(e.constant(s * e.lanes), twice)) for s, m in enumerate(masks)]
+    return masks
+
+
+def _cells(e, data, at, masks):
+    """The vector of data[at + stride*l] for its lanes l (stride = len(masks), 1 or
+    2), loaded by _cell_masks' masks: for stride 2, two vectors and their even
+    lanes."""
+    loaded = [e.masked_load(data, e.builder.add(at, e.constant(s * e.lanes)), m) for s, m in enumerate(masks)]
+    if len(loaded) == 1:
+        return loaded[0]
+    even = ir.Constant(ir.VectorType(ir.IntType(32), e.lanes), list(range(0, 2 * e.lanes, 2)))
+    return e.builder.shuffle_vector(loaded[0], loaded[1], even)
+
+
+def _row_sums(tap_rows=None, outputs=1, stride=1):
     """The intrinsic row_sums(out, out_at, out_row, out_channel, present, count,
     cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel,
     kh, kw, dh, dw, left, width): for the output channels o < present (at most
     `outputs`) and output rows m < count (at most ROWS):
     out[out_at + o*out_channel + m*out_row + q] = the sum over c < channels, i < kh
     and j < kw of w[w_at + o*w_out + c*w_channel + i*kw + j] *
-    x[x_at + c*x_channel + y*width + q - left + j*dw], y = top + m*sh + i*dh, for
-    q < cells, the terms whose x cell lies outside the plane (0 <= y < height,
-    0 <= q - left + j*dw < width) left out. The arrays flat and contiguous, of one
-    dtype, the integers int64. Each term a fused multiply-add, in order of j, c,
-    then i.
+    x[x_at + c*x_channel + y*width + q*stride - left + j*dw], y = top + m*sh + i*dh,
+    for q < cells, the terms whose x cell lies outside the plane (0 <= y < height,
+    0 <= q*stride - left + j*dw < width) left out. The arrays flat and contiguous,
+    of one dtype, the integers int64. Each term a fused multiply-add, in order of
+    j, c, then i. `stride` 1 or 2 along the row (2: the general sums only).
 
     `tap_rows`: for kh == tap_rows and sh == dh == 1 only (the arguments kh, sh and
     dh unused), SHARED_ROWS output rows (BLOCK_ROWS for several outputs), each input
@@ -86,6 +115,7 @@ def _row_sums(tap_rows=None, outputs=1):
     that reads it (the terms in order of j, c, then i from the last), with the
     tap rows' weights in registers."""
     rows = ROWS if tap_rows is None else SHARED_ROWS if outputs == 1 else BLOCK_ROWS
+    assert tap_rows is None or stride == 1
     assert tap_rows is not None or outputs == 1
 
     def row_sums(typingctx, out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width):
@@ -109,8 +139,8 @@ def _row_sums(tap_rows=None, outputs=1):
                     b.store(ir.Constant(e.vector, [0.0] * lanes), slot)
                 with cgutils.for_range(b, kw_) as column:
                     j = column.index
-                    start = b.add(b.sub(q0, left_), b.mul(j, dw_))
-                    masks = [e.lanes_between(b.add(start, e.constant(v * lanes)), width_) for v in range(ROW_VECTORS)]
+                    start = b.add(b.sub(b.mul(q0, e.constant(stride)), left_), b.mul(j, dw_))
+                    masks = [_cell_masks(e, b.add(start, e.constant(v * lanes * stride)), width_, stride) for v in range(ROW_VECTORS)]
                     with cgutils.for_range(b, channels_) as channel:
                         c = channel.index
                         plane = b.add(b.add(x_at_, b.mul(c, x_channel_)), start)
@@ -120,7 +150,7 @@ def _row_sums(tap_rows=None, outputs=1):
                             # the products of input row y with the (weight, output, row) triples
                             with cgutils.if_likely(b, b.icmp_unsigned("<", y, height_)):
                                 base = b.add(plane, b.mul(y, width_))
-                                cells = [e.masked_load(x_data, b.add(base, e.constant(v * lanes)), masks[v]) for v in range(ROW_VECTORS)]
+                                cells = [_cells(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(ROW_VECTORS)]
                                 for weight, o, m in products:
                                     for v in range(ROW_VECTORS):
                                         e.fma(weight, cells[v], acc[o][m][v])
@@ -153,47 +183,58 @@ def _row_sums(tap_rows=None, outputs=1):
 
 
 row_sums = _row_sums()
+strided_row_sums = _row_sums(stride=2)
 row_sums3, row_sums5, row_sums7 = _row_sums(3), _row_sums(5), _row_sums(7)
 block_row_sums3, block_row_sums5, block_row_sums7 = (_row_sums(rows, OUTPUTS) for rows in (3, 5, 7))
 
 
-@intrinsic
-def row_dots(typingctx, out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows, cells, dw, left, width):
-    """out[out_at + j] += the sum over r < rows and q < cells of
-    g[g_at + r*g_row + q] * x[x_at + r*x_row + q - left + j*dw] for j < count (at most
-    DOT_TAPS), the terms whose x cell lies outside 0 <= q - left + j*dw < width left
-    out. The arrays flat and contiguous, of one dtype, the integers int64. Each sum
-    lane by lane in order of q's vectors, then r, then its lanes added pairwise (a
-    fixed order)."""
-    sig = types.void(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows, cells, dw, left, width)
+def _row_dots(stride):
+    """The intrinsic row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows,
+    cells, dw, left, width): out[out_at + j] += the sum over r < rows and q < cells
+    of g[g_at + r*g_row + q] * x[x_at + r*x_row + q*stride - left + j*dw] for
+    j < count (at most DOT_TAPS), the terms whose x cell lies outside
+    0 <= q*stride - left + j*dw < width left out. The arrays flat and contiguous, of
+    one dtype, the integers int64. Each sum lane by lane in order of q's vectors,
+    then r, then its lanes added pairwise (a fixed order)."""
 
-    def codegen(context, builder, signature, args):
-        e = Emitter(context, builder, signature, args)
-        out_, out_at_, count_, g_, g_at_, g_row_, x_, x_at_, x_row_, rows_, cells_, dw_, left_, width_ = args
-        kinds = signature.args
-        out_data, g_data, x_data = e.data(kinds[0], out_), e.data(kinds[3], g_), e.data(kinds[6], x_)
-        b, lanes = builder, e.lanes
-        acc = [cgutils.alloca_once_value(b, ir.Constant(e.vector, [0.0] * lanes)) for _ in range(DOT_TAPS)]
-        none = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [0] * lanes)
-        with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(lanes - 1)), e.constant(lanes))) as vector:
-            q0 = b.mul(vector.index, e.constant(lanes))
-            g_mask = e.lanes_between(q0, cells_)
-            starts = [b.add(b.sub(q0, left_), b.mul(e.constant(j), dw_)) for j in range(DOT_TAPS)]
-            # the x cells of g's cells only: an infinite x cell met by the zeros past g's
-            # would make a NaN that PyTorch's sum does not have
-            masks = [b.select(b.icmp_signed("<", e.constant(j), count_), b.and_(e.lanes_between(start, width_), g_mask), none) for j, start in enumerate(starts)]
-            with cgutils.for_range(b, rows_) as row:
-                r = row.index
-                cells = e.masked_load(g_data, b.add(b.add(g_at_, b.mul(r, g_row_)), q0), g_mask)
-                x_start = b.add(x_at_, b.mul(r, x_row_))
-                for j in range(DOT_TAPS):
-                    e.fma(cells, e.masked_load(x_data, b.add(x_start, starts[j]), masks[j]), acc[j])
-        (sums,) = e.lane_sums([b.load(slot) for slot in acc])
-        first = e.lanes_between(e.constant(0), count_)
-        e.masked_store(b.fadd(e.masked_load(out_data, out_at_, first), sums), out_data, out_at_, first)
-        return context.get_dummy_value()
+    def row_dots(typingctx, out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows, cells, dw, left, width):
+        sig = types.void(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows, cells, dw, left, width)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args)
+            out_, out_at_, count_, g_, g_at_, g_row_, x_, x_at_, x_row_, rows_, cells_, dw_, left_, width_ = args
+            kinds = signature.args
+            out_data, g_data, x_data = e.data(kinds[0], out_), e.data(kinds[3], g_), e.data(kinds[6], x_)
+            b, lanes = builder, e.lanes
+            acc = [cgutils.alloca_once_value(b, ir.Constant(e.vector, [0.0] * lanes)) for _ in range(DOT_TAPS)]
+            none = ir.Constant(ir.VectorType(ir.IntType(1), lanes), [0] * lanes)
+            with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(lanes - 1)), e.constant(lanes))) as vector:
+                q0 = b.mul(vector.index, e.constant(lanes))
+                g_mask = e.lanes_between(q0, cells_)
+                starts = [b.add(b.sub(b.mul(q0, e.constant(stride)), left_), b.mul(e.constant(j), dw_)) for j in range(DOT_TAPS)]
+                # the x cells of g's cells only: an infinite x cell met by the zeros
+                # past g's would make a NaN that PyTorch's sum does not have
+                masks = [
+                    [b.select(b.icmp_signed("<", e.constant(j), count_), m, none) for m in _cell_masks(e, start, width_, stride, b.sub(cells_, q0))]
+                    for j, start in enumerate(starts)
+                ]
+                with cgutils.for_range(b, rows_) as row:
+                    r = row.index
+                    cells = e.masked_load(g_data, b.add(b.add(g_at_, b.mul(r, g_row_)), q0), g_mask)
+                    x_start = b.add(x_at_, b.mul(r, x_row_))
+                    for j in range(DOT_TAPS):
+                        e.fma(cells, _cells(e, x_data, b.add(x_start, starts[j]), masks[j]), acc[j])
+            (sums,) = e.lane_sums([b.load(slot) for slot in acc])
+            first = e.lanes_between(e.constant(0), count_)
+            e.masked_store(b.fadd(e.masked_load(out_data, out_at_, first), sums), out_data, out_at_, first)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(row_dots)
+
+
+row_dots, strided_row_dots = _row_dots(1), _row_dots(2)
 
 
 def _shared_row_dots(tap_rows):
@@ -274,10 +315,73 @@ def _shared_row_dots(tap_rows):
 row_dots3, row_dots5, row_dots7 = _shared_row_dots(3), _shared_row_dots(5), _shared_row_dots(7)
 
 
+@intrinsic
+def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width):
+    """The input gradient's rows at stride 2 along the width: for the rows m < count
+    (at most ROWS) and the cells p < cells of each,
+    out[out_at + m*out_row + p] = the sum over c < channels, r < rows and the j < kw
+    with p + left - j*dw even of w[w_at + c*w_channel + r*w_step + j] *
+    g[g_at + c*g_channel + y*g_width + (p + left - j*dw) / 2], y = g_top + m +
+    r*g_step (rows of the same tap rows, one row of g apart), the terms whose g cell
+    lies outside the plane (0 <= y < g_height, 0 <= column < g_width) left out.
+    Cells of even and odd p are summed apart, each along unit-stride rows of g, and
+    interleaved into the row by shuffles. The arrays flat and contiguous, of one
+    dtype, the integers int64. Each term a fused multiply-add, in order of j, c,
+    then r."""
+    sig = types.void(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args)
+        (out_, out_at_, out_row_, count_, cells_, g_, g_at_, g_channel_, g_top_, g_height_, channels_, rows_, g_step_,
+         w_, w_at_, w_channel_, w_step_, kw_, dw_, left_, g_width_) = args
+        kinds = signature.args
+        out_data, g_data, w_data = e.data(kinds[0], out_), e.data(kinds[5], g_), e.data(kinds[13], w_)
+        b, lanes = builder, e.lanes
+        acc = [[cgutils.alloca_once(b, e.vector) for _ in range(2)] for _ in range(ROWS)]
+        step = e.constant(2 * lanes)
+        with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(2 * lanes - 1)), step)) as chunk:
+            p0 = b.mul(chunk.index, step)
+            for slot in (slot for row in acc for slot in row):
+                b.store(ir.Constant(e.vector, [0.0] * lanes), slot)
+            for phase in range(2):
+                with cgutils.for_range(b, kw_) as column:
+                    j = column.index
+                    shift = b.sub(b.add(b.add(p0, e.constant(phase)), left_), b.mul(j, dw_))
+                    with cgutils.if_likely(b, b.icmp_signed("==", b.and_(shift, e.constant(1)), e.constant(0))):
+                        start = b.ashr(shift, e.constant(1))
+                        mask = e.lanes_between(start, g_width_)
+                        with cgutils.for_range(b, channels_) as channel:
+                            c = channel.index
+                            plane = b.add(b.add(g_at_, b.mul(c, g_channel_)), start)
+                            weights = b.add(b.add(w_at_, b.mul(c, w_channel_)), j)
+                            with cgutils.for_range(b, rows_) as tap_row:
+                                r = tap_row.index
+                                weight = e.broadcast(w_data, b.add(weights, b.mul(r, w_step_)))
+                                first = b.add(g_top_, b.mul(r, g_step_))
+                                for m in range(ROWS):
+                                    y = b.add(first, e.constant(m))
+                                    with cgutils.if_likely(b, b.icmp_unsigned("<", y, g_height_)):
+                                        e.fma(weight, e.masked_load(g_data, b.add(plane, b.mul(y, g_width_)), mask), acc[m][phase])
+            mask_kind = ir.VectorType(ir.IntType(32), lanes)
+            half = lanes // 2
+            low = ir.Constant(mask_kind, [k // 2 + (lanes if k % 2 else 0) for k in range(lanes)])
+            high = ir.Constant(mask_kind, [half + k // 2 + (lanes if k % 2 else 0) for k in range(lanes)])
+            for m in range(ROWS):
+                with cgutils.if_likely(b, b.icmp_signed("<", e.constant(m), count_)):
+                    even, odd = b.load(acc[m][0]), b.load(acc[m][1])
+                    row = b.add(out_at_, b.mul(e.constant(m), out_row_))
+                    for v, order in enumerate((low, high)):
+                        at = b.add(p0, e.constant(v * lanes))
+                        e.masked_store(b.shuffle_vector(even, odd, order), out_data, b.add(row, at), e.lanes_between(at, cells_))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @parallel
-def forward_planes(x, w, out, groups, pt, pl, sh, dh, dw):
+def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w (K, C/groups,
-    kh, kw): stride sh along the height, 1 along the width, dilation (dh, dw),
+    kh, kw): stride sh along the height, sw (1 or 2) along the width, dilation (dh, dw),
     padding pt on top and pl on the left (any sign). An iteration a block of a
     group's output planes: OUTPUTS where rows are shared and the group has as many,
     else one; a row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) of their rows."""
@@ -285,7 +389,7 @@ def forward_planes(x, w, out, groups, pt, pl, sh, dh, dw):
     k_, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
-    shared = sh == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
+    shared = sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
     block = OUTPUTS if shared and kg >= OUTPUTS else 1
     step = ROWS if not shared else SHARED_ROWS if block == 1 else BLOCK_ROWS
     per_group = -(-kg // block)
@@ -296,7 +400,9 @@ def forward_planes(x, w, out, groups, pt, pl, sh, dh, dw):
         present = min(block, (group + 1) * kg - k0)
         for y in range(0, oh, step):
             args = (flat_out, ((n * k_ + k0) * oh + y) * ow, ow, oh * ow, present, min(step, oh - y), ow, flat_x, (n * c_ + group * cg) * h * wd, h * wd, y * sh - pt, sh, h, cg, flat_w, k0 * cg * kh * kw, cg * kh * kw, kh * kw, kh, kw, dh, dw, pl, wd)
-            if not shared:
+            if not shared and sw == 2:
+                strided_row_sums(*args)
+            elif not shared:
                 row_sums(*args)
             elif block == 1 and kh == 3:
                 row_sums3(*args)
@@ -313,7 +419,38 @@ def forward_planes(x, w, out, groups, pt, pl, sh, dh, dw):
 
 
 @parallel
-def weight_planes(x, grad_output, partial, groups, pt, pl, sh, dh, dw):
+def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw):
+    """gx (N, C, H, W) = the input gradient of the convolution of stride (sh, 2) with
+    weight (K, C/groups, kh, kw), from grad_output (N, K, oh, ow): an iteration an
+    input plane; its rows in classes of rows that take the same tap rows (every
+    sh-th row), a phase_row_sums call ROWS rows of a class."""
+    n_, c_, h, wd = gx.shape
+    k_, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
+    cg, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    kg, taps = k_ // groups, kh * kw
+    flat_w, flat_g, flat_gx = weight.reshape(weight.size), grad_output.reshape(grad_output.size), gx.reshape(gx.size)
+    for t in prange(n_ * c_):
+        n, c = t // c_, t % c_
+        group, cl = c // cg, c % cg
+        for a in range(min(sh, h)):
+            # the tap rows i of input row a: a + pt - i*dh a multiple of sh
+            i0 = 0
+            while i0 < kh and (a + pt - i0 * dh) % sh != 0:
+                i0 += 1
+            i_step = 1
+            while (i_step * dh) % sh != 0:
+                i_step += 1
+            tap_rows = 0 if i0 >= kh else (kh - 1 - i0) // i_step + 1
+            for y in range(a, h, sh * ROWS):
+                count = min(ROWS, (h - 1 - y) // sh + 1)
+                phase_row_sums(
+                    flat_gx, (t * h + y) * wd, sh * wd, count, wd, flat_g, (n * k_ + group * kg) * oh * ow, oh * ow, (y + pt - i0 * dh) // sh, oh,
+                    kg, tap_rows, -(i_step * dh) // sh, flat_w, ((group * kg) * cg + cl) * taps + i0 * kw, cg * taps, i_step * kw, kw, dw, pl, ow,
+                )
+
+
+@parallel
+def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw):
     """partial[b] (K, C/groups, kh, kw) = the weight gradient over batch chunk b of
     the convolution forward computes: an iteration an output channel of a chunk,
     a row_dots call up to DOT_TAPS tap columns of one tap row over the output rows
@@ -330,7 +467,7 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, dh, dw):
         c0 = k // kg * cg
         for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
             for cl in range(cg):
-                if sh == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7):
+                if sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7):
                     for j0 in range(0, kw, DOT_TAPS):
                         args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, (n * k_ + k) * oh * ow, ow, oh, flat_x, (n * c_ + c0 + cl) * h * wd, -pt, h, ow, dw, pl - j0 * dw, wd)
                         if kh == 3:
@@ -347,7 +484,11 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, dh, dw):
                     if y1 <= y0:
                         continue
                     for j0 in range(0, kw, DOT_TAPS):
-                        row_dots(flat_p, at + (cl * kh + i) * kw + j0, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + y0) * ow, ow, flat_x, ((n * c_ + c0 + cl) * h + y0 * sh - pt + i * dh) * wd, sh * wd, y1 - y0, ow, dw, pl - j0 * dw, wd)
+                        args = (flat_p, at + (cl * kh + i) * kw + j0, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + y0) * ow, ow, flat_x, ((n * c_ + c0 + cl) * h + y0 * sh - pt + i * dh) * wd, sh * wd, y1 - y0, ow, dw, pl - j0 * dw, wd)
+                        if sw == 2:
+                            strided_row_dots(*args)
+                        else:
+                            row_dots(*args)
 
 
 def row_chunk(dtype):
@@ -358,35 +499,40 @@ def row_chunk(dtype):
 def shares_rows(g):
     """Whether geometry g's forward loads each input row once for all the output
     rows that read it (row_sums3, 5 and 7)."""
-    return g.sh == 1 and g.dh == 1 and g.kh in (3, 5, 7)
+    return g.sh == g.sw == 1 and g.dh == 1 and g.kh in (3, 5, 7)
 
 
 def applicable(g, computation):
     """Whether the rows compute `computation` ('forward', 'input' or 'weight') of
-    geometry g: rows of unit stride along the width, and at stride 1 for the input
-    gradient (the forward of the adjoint geometry)."""
-    return g.sw == 1 and (computation != "input" or g.sh == 1)
+    geometry g: at stride 1 or 2 along the width; the input gradient at stride 1
+    both ways (the forward of the adjoint geometry) or 2 along the width."""
+    return g.sw == 1 and (computation != "input" or g.sh == 1) or g.sw == 2
 
 
 def forward(x, weight, g):
-    """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g (sw == 1):
+    """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g (sw <= 2):
     the output (N, K, oh, ow)."""
     out = np.empty(g.output_shape, dtype=x.dtype)
-    forward_planes(x, weight, out, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+    forward_planes(x, weight, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
     return out
 
 
 def input_grad(weight, grad_output, g):
-    """The input gradient (N, C, H, W) of geometry g (stride 1): the forward of the
-    adjoint geometry, grad_output by the flipped kernel."""
-    return forward(grad_output, _flipped(weight, g), _adjoint(g))
+    """The input gradient (N, C, H, W) of geometry g: at stride 1 the forward of the
+    adjoint geometry, grad_output by the flipped kernel; at stride 2 along the
+    width (input_planes), each row's even and odd cells summed apart."""
+    if g.sw == 1:
+        return forward(grad_output, _flipped(weight, g), _adjoint(g))
+    gx = np.empty(g.input_shape, dtype=grad_output.dtype)
+    input_planes(weight, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+    return gx
 
 
 def weight_grad(x, grad_output, g, threads):
-    """The weight gradient (K, C/groups, kh, kw) of geometry g (sw == 1): an output
+    """The weight gradient (K, C/groups, kh, kw) of geometry g (sw <= 2): an output
     channel's over the whole batch on one thread where there are PARTS channels a
     thread or more, else over chunks of the batch, summed after in a fixed order."""
     chunks = min(g.n, max(1, -(-PARTS * threads // g.c_out)))
     partial = np.empty((chunks, *g.weight_shape), dtype=x.dtype)
-    weight_planes(x, grad_output, partial, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+    weight_planes(x, grad_output, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
     return partial[0] if chunks == 1 else partial.sum(axis=0)

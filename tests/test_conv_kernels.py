@@ -428,10 +428,12 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((8, 64, 32, 32), (1, 64, 3, 3), padding=1)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 32, 32, 32), (3, 32, 3, 3), padding=1)) == ["rows", "rows", "blocked"]
     assert paths(conv2d_geometry((8, 32, 32, 32), (3, 32, 3, 3), stride=2, padding=1)) == ["blocked"] * 3
-    # rows along the width at stride 1 only: a strided depthwise layer's passes
-    # direct, its forward and weight gradient by rows at stride 2 down the height
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)) == ["direct"] * 3
+    # rows at stride 1 and 2 along the width; the input gradient by rows at stride
+    # 2 along the width or 1 both ways (a depthwise layer at stride 2 down the
+    # height only takes the direct loops), at stride 3 none
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=(2, 1), padding=1, groups=64)) == ["rows", "direct", "rows"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=3, padding=1, groups=64)) == ["direct"] * 3
     # blocks the channels do not fill (4 per group in blocks of 8 for the forward);
     # the weight gradient's dot products from 16 terms and 4 output channels
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3

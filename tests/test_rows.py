@@ -26,8 +26,9 @@ DTYPES = [np.float32, np.float64]
 SENTINEL = 7.5  # cells the intrinsics must not write
 
 
-ROW_SUMS = {(0, 1): rows.row_sums, (3, 1): rows.row_sums3, (5, 1): rows.row_sums5, (7, 1): rows.row_sums7,
-            (3, 3): rows.block_row_sums3, (5, 3): rows.block_row_sums5, (7, 3): rows.block_row_sums7}
+# (tap rows, outputs, stride along the row): the intrinsics
+ROW_SUMS = {(0, 1, 1): rows.row_sums, (0, 1, 2): rows.strided_row_sums, (3, 1, 1): rows.row_sums3, (5, 1, 1): rows.row_sums5,
+            (7, 1, 1): rows.row_sums7, (3, 3, 1): rows.block_row_sums3, (5, 3, 1): rows.block_row_sums5, (7, 3, 1): rows.block_row_sums7}
 
 
 def _row_sums_of(variant):
@@ -44,8 +45,11 @@ _ROW_SUMS_CALLS = {}
 
 
 @numba.njit
-def _row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width):
-    rows.row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width)
+def _row_dots(stride, out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width):
+    if stride == 2:
+        rows.strided_row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width)
+    else:
+        rows.row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width)
 
 
 @numba.njit
@@ -61,12 +65,12 @@ def _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_row
 @st.composite
 def row_sums_args(draw):
     variant = draw(st.sampled_from(sorted(ROW_SUMS)))
-    tap_rows, outputs = variant
+    tap_rows, outputs, stride = variant
     kh = tap_rows or draw(st.integers(1, 4))
     sh, dh = (1, 1) if tap_rows else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     most = rows.ROWS if not tap_rows else rows.SHARED_ROWS if outputs == 1 else rows.BLOCK_ROWS
     return dict(
-        variant=variant, kh=kh, sh=sh, dh=dh, kw=draw(st.integers(1, 6)), dw=draw(st.integers(1, 3)),
+        variant=variant, stride=stride, kh=kh, sh=sh, dh=dh, kw=draw(st.integers(1, 6)), dw=draw(st.integers(1, 3)),
         height=draw(st.integers(1, 12)), width=draw(st.integers(1, 40)), cells=draw(st.integers(1, 40)),
         left=draw(st.integers(-5, 8)), top=draw(st.integers(-6, 10)), channels=draw(st.integers(1, 3)),
         count=draw(st.integers(1, most)), present=draw(st.integers(1, outputs)),
@@ -99,7 +103,7 @@ def test_row_sums_against_numpy(a):
                         continue
                     for j in range(kw):
                         for q in range(a["cells"]):
-                            col = q - a["left"] + j * a["dw"]
+                            col = q * a["stride"] - a["left"] + j * a["dw"]
                             if 0 <= col < width:
                                 row[q] += w[w_at + o * w_out + c * w_channel + i * kw + j] * x[x_at + c * x_channel + y * width + col]
             at = out_at + o * out_channel + m * out_row
@@ -112,23 +116,29 @@ def test_row_sums_against_numpy(a):
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.integers(1, rows.DOT_TAPS), st.integers(1, 6), st.integers(1, 40), st.integers(1, 40), st.integers(-5, 8), st.integers(1, 3),
-    st.sampled_from(DTYPES), st.integers(0, 2**16),
+    st.integers(1, 2), st.integers(1, rows.DOT_TAPS), st.integers(1, 6), st.integers(1, 40), st.integers(1, 40), st.integers(-5, 8),
+    st.integers(1, 3), st.sampled_from(DTYPES), st.integers(0, 2**16),
 )
-def test_row_dots_against_numpy(count, rows_, cells, width, left, dw, dtype, seed):
+def test_row_dots_against_numpy(stride, count, rows_, cells, width, left, dw, dtype, seed):
     rng = np.random.default_rng(seed)
     g_at, g_row, x_at, x_row, out_at = 4, cells + 2, 6, width + 5, 1
     g = rng.standard_normal(g_at + rows_ * g_row).astype(dtype)
-    x = rng.standard_normal(x_at + rows_ * x_row).astype(dtype)
+    # infinities past the cells g reaches: never multiplied by the zeros past g
+    x = np.full(x_at + rows_ * x_row, np.inf, dtype=dtype)
+    for r in range(rows_):
+        x[x_at + r * x_row : x_at + r * x_row + width] = rng.standard_normal(width)
+        for col in range(width):
+            if not any(0 <= col + left - j * dw < stride * cells and (col + left - j * dw) % stride == 0 for j in range(count)):
+                x[x_at + r * x_row + col] = np.inf
     out = rng.standard_normal(out_at + rows.DOT_TAPS + 2).astype(dtype)
     expected = out.astype(np.float64)
     for j in range(count):
         for r in range(rows_):
             for q in range(cells):
-                col = q - left + j * dw
+                col = q * stride - left + j * dw
                 if 0 <= col < width:
                     expected[out_at + j] += g[g_at + r * g_row + q] * x[x_at + r * x_row + col]
-    _row_dots(out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width)
+    _row_dots(stride, out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_, cells, dw, left, width)
     assert_close(out, expected, dtype, scale=np.abs(expected).max() + cells * rows_)
 
 
@@ -157,20 +167,55 @@ def test_shared_row_dots_against_numpy(variant, count, g_rows, height, top, cell
     assert_close(out, expected, dtype, scale=np.abs(expected).max() + cells * g_rows)
 
 
+@numba.njit
+def _phase_row_sums(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width):
+    rows.phase_row_sums(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, rows.ROWS), st.integers(1, 40), st.integers(-3, 6), st.integers(1, 10), st.integers(1, 3), st.integers(0, 3),
+    st.integers(-2, 0), st.integers(1, 5), st.integers(1, 3), st.integers(-3, 5), st.integers(1, 20), st.sampled_from(DTYPES), st.integers(0, 2**16),
+)
+def test_phase_row_sums_against_numpy(count, cells, g_top, g_height, channels, rows_, g_step, kw, dw, left, g_width, dtype, seed):
+    rng = np.random.default_rng(seed)
+    g_at, g_channel, w_at, w_step, out_at, out_row = 3, g_height * g_width + 2, 1, kw + 1, 2, cells + 5
+    w_channel = max(1, rows_) * w_step + 1
+    g = rng.standard_normal(g_at + channels * g_channel).astype(dtype)
+    w = rng.standard_normal(w_at + channels * w_channel).astype(dtype)
+    out = np.full(out_at + rows.ROWS * out_row, SENTINEL, dtype=dtype)
+    expected = out.copy()
+    for m in range(count):
+        row = np.zeros(cells)
+        for c in range(channels):
+            for r in range(rows_):
+                y = g_top + m + r * g_step
+                if not 0 <= y < g_height:
+                    continue
+                for j in range(kw):
+                    for p in range(cells):
+                        shift = p + left - j * dw
+                        if shift % 2 == 0 and 0 <= shift // 2 < g_width:
+                            row[p] += w[w_at + c * w_channel + r * w_step + j] * g[g_at + c * g_channel + y * g_width + shift // 2]
+        expected[out_at + m * out_row : out_at + m * out_row + cells] = row
+    _phase_row_sums(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+    assert_close(out, expected, dtype)
+
+
 @st.composite
 def geometries(draw):
     """Layers of one input channel a group or a few, of one output channel a group
     up to blocks of OUTPUTS and a part, any kernel, dilation and padding (bottom
-    and right too), stride 1 along the width."""
+    and right too), stride 1 or 2 along the width."""
     groups, cg, kg = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 5))
     kh, kw = draw(st.sampled_from([1, 2, 3, 4, 5, 7])), draw(st.integers(1, 5))
     dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     padding = tuple(draw(st.integers(0, 4)) for _ in range(4))
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - padding[0] - padding[1]), 24))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - padding[2] - padding[3]), 40))
-    sh = draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 2))
     x_shape, w_shape = (draw(st.integers(1, 3)), groups * cg, h, w), (groups * kg, cg, kh, kw)
-    kw_ = dict(stride=(sh, 1), padding=((padding[0], padding[1]), (padding[2], padding[3])), dilation=(dh, dw), groups=groups)
+    kw_ = dict(stride=(sh, sw), padding=((padding[0], padding[1]), (padding[2], padding[3])), dilation=(dh, dw), groups=groups)
     return x_shape, w_shape, kw_
 
 
@@ -250,18 +295,23 @@ for dtype in (np.float32, np.float64):
         ((2, 2, 6, 11), (5, 2, 3, 3), dict(padding=1)),
         ((1, 4, 9, 13), (8, 2, 5, 5), dict(padding=2, groups=2)),
         ((1, 2, 8, 8), (4, 1, 7, 7), dict(padding=(3, 0), groups=2)),
+        ((2, 3, 9, 17), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3)),
+        ((1, 2, 11, 34), (4, 1, 5, 4), dict(stride=(3, 2), padding=((2, 0), (0, 3)), dilation=(1, 2), groups=2)),
+        ((1, 1, 4, 5), (1, 1, 3, 3), dict(stride=2, padding=3, dilation=2)),
     ]:
         g = conv2d_geometry(x_shape, w_shape, **kw)
         for at_end in (False, True):
             x, w = guarded(x_shape, dtype, at_end), guarded(w_shape, dtype, at_end)
             out, gy = guarded(g.output_shape, dtype, at_end), guarded(g.output_shape, dtype, not at_end)
-            rows.forward_planes(x, w, out, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+            rows.forward_planes(x, w, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
             partial = guarded((1, *g.weight_shape), dtype, at_end)
-            rows.weight_planes(x, gy, partial, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
-            if rows.applicable(g, "input"):
+            rows.weight_planes(x, gy, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
+            gx = guarded(g.input_shape, dtype, at_end)
+            if g.sw == 2:
+                rows.input_planes(w, gy, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+            elif g.sh == 1:
                 a = rows._adjoint(g)
-                gx = guarded(g.input_shape, dtype, at_end)
-                rows.forward_planes(gy, guarded((x_shape[1], w_shape[0] // g.groups) + w_shape[2:], dtype, at_end), gx, a.groups, a.pt, a.pl, a.sh, a.dh, a.dw)
+                rows.forward_planes(gy, guarded((x_shape[1], w_shape[0] // g.groups) + w_shape[2:], dtype, at_end), gx, a.groups, a.pt, a.pl, a.sh, a.sw, a.dh, a.dw)
 print("inside")
 """
 
