@@ -56,11 +56,12 @@ from .emitter import VECTOR_BYTES, Emitter
 # multiply-adds waited on each other (the depthwise forward 1.8 ms). For OUTPUTS
 # output channels, BLOCK_ROWS rows: 18 accumulators, 9 to 21 weights (a first
 # layer's input gradient 0.90 ms in float64 by 3 rows, 1.13 by 2, 1.08 by 4).
+# With AVX2's 16 registers, half the rows and one row of a block.
 ROW_VECTORS = 2
 ROWS = 4
-SHARED_ROWS = 8
+SHARED_ROWS = 8 if VECTOR_BYTES == 64 else 4
 OUTPUTS = 3
-BLOCK_ROWS = 3
+BLOCK_ROWS = 3 if VECTOR_BYTES == 64 else 1
 # row_dots' tap columns at a time (a 3x3 kernel's row in one pass; more spill), and
 # the sums row_dots3, 5 and 7 keep in registers: a 3x3 kernel's 9 for 2 vectors of
 # cells at a time with AVX-512 (its weight gradient 10-20% faster than a vector at a

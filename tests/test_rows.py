@@ -325,13 +325,13 @@ def test_rows_stay_inside_their_arrays(tmp_path):
 
 
 def test_avx2_rows(tmp_path):
-    # Without AVX-512 the vectors are of 32 bytes: the row tests again, compiled
-    # for an AVX2 machine.
+    # Without AVX-512 the vectors are of 32 bytes: the row tests and the path's
+    # grid and property tests again, compiled for an AVX2 machine.
     if os.environ.get("NUMBA_CPU_NAME"):
         pytest.skip("already run for another CPU")
     from tests.test_blocked import HASWELL
 
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=",".join(HASWELL), NUMBA_CACHE_DIR=str(tmp_path))
-    tests = ["tests/test_rows.py", "-k", "not avx2 and not inside"]
+    tests = ["tests/test_rows.py", "tests/test_conv_kernels.py", "-k", "(rows and not avx2 and not inside) or (rows and (paths or random))"]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
