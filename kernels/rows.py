@@ -382,10 +382,10 @@ def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_cha
 @parallel
 def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w (K, C/groups,
-    kh, kw): stride sh along the height, sw (1 or 2) along the width, dilation (dh, dw),
-    padding pt on top and pl on the left (any sign). An iteration a block of a
-    group's output planes: OUTPUTS where rows are shared and the group has as many,
-    else one; a row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) of their rows."""
+    kh, kw): stride sh along the height and sw (1 or 2) along the width, dilation
+    (dh, dw), padding pt on top and pl on the left (any sign). An iteration a block
+    of a group's output planes: OUTPUTS where rows are shared and the group has as
+    many, else one; a row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) of their rows."""
     n_, c_, h, wd = x.shape
     k_, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
@@ -453,9 +453,10 @@ def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw):
 @parallel
 def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw):
     """partial[b] (K, C/groups, kh, kw) = the weight gradient over batch chunk b of
-    the convolution forward computes: an iteration an output channel of a chunk,
-    a row_dots call up to DOT_TAPS tap columns of one tap row over the output rows
-    whose input row lies inside the plane."""
+    the convolution forward_planes computes: an iteration an output channel of a
+    chunk, a row_dots call up to DOT_TAPS tap columns of one tap row over the
+    output rows whose input row lies inside the plane (row_dots3, 5 and 7: of every
+    tap row)."""
     n_, c_, h, wd = x.shape
     k_, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
     chunks, _, cg, kh, kw = partial.shape
