@@ -150,10 +150,12 @@ ROWS_FILL = 0.75
 
 def _rows_pay(g: ConvGeometry, computation: str) -> bool:
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
+    # the rows a computation writes: the input gradient's are the input's
     cells = g.w if computation == "input" else g.ow
     chunk = R.row_chunk(np.float32)
     if R.shares_rows(g) and cells >= ROWS_FILL * -(-cells // chunk) * chunk:
-        if kg <= ROWS_WEIGHT_CHANNELS if computation == "weight" else min(cg, kg) <= ROWS_CHANNELS:
+        few = kg <= ROWS_WEIGHT_CHANNELS if computation == "weight" else min(cg, kg) <= ROWS_CHANNELS
+        if few:
             return True
     return g.c_in == g.groups and not _blocked_pays(g, computation)
 
@@ -233,7 +235,7 @@ def forward(x, weight, g: ConvGeometry):
     if path == "blocked":
         return B.forward(x, weight, g, get_num_threads())
     if path == "rows":
-        return R.forward(x, weight, g)
+        return R.forward(x, weight, g, get_num_threads())
     if path == "winograd":
         out = W.forward(x, weight, g, get_num_threads())
         if out is not None:
@@ -283,7 +285,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
     elif path == "blocked":
         gx = B.input_grad(weight, grad_output, g, get_num_threads())
     elif path == "rows":
-        gx = R.input_grad(weight, grad_output, g)
+        gx = R.input_grad(weight, grad_output, g, get_num_threads())
     if gx is None:
         gx = D.input_driver(weight, grad_output, g, get_num_threads())
     if _nan_from_non_finite(gx, weight):

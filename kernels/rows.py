@@ -380,12 +380,13 @@ def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_cha
 
 
 @parallel
-def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw):
+def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w (K, C/groups,
     kh, kw): stride sh along the height and sw (1 or 2) along the width, dilation
-    (dh, dw), padding pt on top and pl on the left (any sign). An iteration a block
-    of a group's output planes: OUTPUTS where rows are shared and the group has as
-    many, else one; a row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) of their rows."""
+    (dh, dw), padding pt on top and pl on the left (any sign). An iteration a part
+    of the rows (`parts` a block) of a block of a group's output planes: OUTPUTS
+    where rows are shared and the group has as many, else one; a row_sums call
+    ROWS (SHARED_ROWS, BLOCK_ROWS) rows."""
     n_, c_, h, wd = x.shape
     k_, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
@@ -393,13 +394,15 @@ def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw):
     shared = sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
     block = OUTPUTS if shared and kg >= OUTPUTS else 1
     step = ROWS if not shared else SHARED_ROWS if block == 1 else BLOCK_ROWS
-    per_group = -(-kg // block)
+    per_group, steps = -(-kg // block), -(-oh // step)
     flat_x, flat_w, flat_out = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
-    for t in prange(n_ * groups * per_group):
-        n, group = t // (groups * per_group), t // per_group % groups
-        k0 = group * kg + t % per_group * block
+    for t in prange(n_ * groups * per_group * parts):
+        b, part = t // parts, t % parts
+        n, group = b // (groups * per_group), b // per_group % groups
+        k0 = group * kg + b % per_group * block
         present = min(block, (group + 1) * kg - k0)
-        for y in range(0, oh, step):
+        for s in range(steps * part // parts, steps * (part + 1) // parts):
+            y = s * step
             args = (flat_out, ((n * k_ + k0) * oh + y) * ow, ow, oh * ow, present, min(step, oh - y), ow, flat_x, (n * c_ + group * cg) * h * wd, h * wd, y * sh - pt, sh, h, cg, flat_w, k0 * cg * kh * kw, cg * kh * kw, kh * kw, kh, kw, dh, dw, pl, wd)
             if not shared and sw == 2:
                 strided_row_sums(*args)
@@ -420,18 +423,20 @@ def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw):
 
 
 @parallel
-def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw):
+def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw, parts):
     """gx (N, C, H, W) = the input gradient of the convolution of stride (sh, 2) with
-    weight (K, C/groups, kh, kw), from grad_output (N, K, oh, ow): an iteration an
-    input plane; its rows in classes of rows that take the same tap rows (every
-    sh-th row), a phase_row_sums call ROWS rows of a class."""
+    weight (K, C/groups, kh, kw), from grad_output (N, K, oh, ow): an iteration a
+    part of an input plane's rows (`parts` a plane); its rows in classes of rows
+    that take the same tap rows (every sh-th row), a phase_row_sums call ROWS rows
+    of a class."""
     n_, c_, h, wd = gx.shape
     k_, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
     cg, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
     kg, taps = k_ // groups, kh * kw
     flat_w, flat_g, flat_gx = weight.reshape(weight.size), grad_output.reshape(grad_output.size), gx.reshape(gx.size)
-    for t in prange(n_ * c_):
-        n, c = t // c_, t % c_
+    for t in prange(n_ * c_ * parts):
+        plane, part = t // parts, t % parts
+        n, c = plane // c_, plane % c_
         group, cl = c // cg, c % cg
         for a in range(min(sh, h)):
             # the tap rows i of input row a: a + pt - i*dh a multiple of sh
@@ -442,36 +447,41 @@ def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw):
             while (i_step * dh) % sh != 0:
                 i_step += 1
             tap_rows = 0 if i0 >= kh else (kh - 1 - i0) // i_step + 1
-            for y in range(a, h, sh * ROWS):
+            steps = -(-(h - a) // (sh * ROWS))
+            for s in range(steps * part // parts, steps * (part + 1) // parts):
+                y = a + s * sh * ROWS
                 count = min(ROWS, (h - 1 - y) // sh + 1)
                 phase_row_sums(
-                    flat_gx, (t * h + y) * wd, sh * wd, count, wd, flat_g, (n * k_ + group * kg) * oh * ow, oh * ow, (y + pt - i0 * dh) // sh, oh,
+                    flat_gx, (plane * h + y) * wd, sh * wd, count, wd, flat_g, (n * k_ + group * kg) * oh * ow, oh * ow, (y + pt - i0 * dh) // sh, oh,
                     kg, tap_rows, -(i_step * dh) // sh, flat_w, ((group * kg) * cg + cl) * taps + i0 * kw, cg * taps, i_step * kw, kw, dw, pl, ow,
                 )
 
 
 @parallel
-def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw):
-    """partial[b] (K, C/groups, kh, kw) = the weight gradient over batch chunk b of
-    the convolution forward_planes computes: an iteration an output channel of a
-    chunk, a row_dots call up to DOT_TAPS tap columns of one tap row over the
-    output rows whose input row lies inside the plane (row_dots3, 5 and 7: of every
-    tap row)."""
+def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw, parts):
+    """partial[b] (K, C/groups, kh, kw) = the weight gradient over chunk b of the
+    (sample, part of its output rows) pairs, `parts` a sample, of the convolution
+    forward_planes computes: an iteration an output channel of a chunk, a row_dots
+    call up to DOT_TAPS tap columns of one tap row over the part's output rows
+    whose input row lies inside the plane (row_dots3, 5 and 7: of every tap row)."""
     n_, c_, h, wd = x.shape
     k_, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
     chunks, _, cg, kh, kw = partial.shape
     kg = k_ // groups
+    items = n_ * parts
     flat_x, flat_g, flat_p = x.reshape(x.size), grad_output.reshape(grad_output.size), partial.reshape(partial.size)
     for t in prange(chunks * k_):
         b, k = t // k_, t % k_
         at = t * cg * kh * kw
         flat_p[at : at + cg * kh * kw] = 0.0
         c0 = k // kg * cg
-        for n in range(b * n_ // chunks, (b + 1) * n_ // chunks):
+        for item in range(items * b // chunks, items * (b + 1) // chunks):
+            n, part = item // parts, item % parts
+            r0, r1 = oh * part // parts, oh * (part + 1) // parts
             for cl in range(cg):
                 if sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7):
                     for j0 in range(0, kw, DOT_TAPS):
-                        args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, (n * k_ + k) * oh * ow, ow, oh, flat_x, (n * c_ + c0 + cl) * h * wd, -pt, h, ow, dw, pl - j0 * dw, wd)
+                        args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + r0) * ow, ow, r1 - r0, flat_x, (n * c_ + c0 + cl) * h * wd, r0 - pt, h, ow, dw, pl - j0 * dw, wd)
                         if kh == 3:
                             row_dots3(*args)
                         elif kh == 5:
@@ -480,9 +490,9 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw):
                             row_dots7(*args)
                     continue
                 for i in range(kh):
-                    # output rows y with 0 <= y*sh - pt + i*dh < h
-                    y0 = max(0, -((i * dh - pt) // sh))
-                    y1 = min(oh, -((i * dh - pt - h) // sh))
+                    # the part's output rows y with 0 <= y*sh - pt + i*dh < h
+                    y0 = max(r0, -((i * dh - pt) // sh))
+                    y1 = min(r1, -((i * dh - pt - h) // sh))
                     if y1 <= y0:
                         continue
                     for j0 in range(0, kw, DOT_TAPS):
@@ -511,30 +521,42 @@ def applicable(g, computation):
     return g.sw == 1 and (computation != "input" or g.sh == 1) or g.sw == 2
 
 
-def forward(x, weight, g):
+def _parts(units, steps, threads):
+    """Parts to split each of `units` units of work (planes) into, along its
+    `steps` steps of rows, so that there are PARTS units a thread where there are
+    fewer (a batch of one still on every core)."""
+    return max(1, min(steps, -(-PARTS * threads // max(1, units))))
+
+
+def forward(x, weight, g, threads):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g (sw <= 2):
     the output (N, K, oh, ow)."""
     out = np.empty(g.output_shape, dtype=x.dtype)
-    forward_planes(x, weight, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
+    parts = _parts(g.n * g.c_out, -(-g.oh // ROWS), threads)
+    forward_planes(x, weight, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, parts)
     return out
 
 
-def input_grad(weight, grad_output, g):
+def input_grad(weight, grad_output, g, threads):
     """The input gradient (N, C, H, W) of geometry g: at stride 1 the forward of the
     adjoint geometry, grad_output by the flipped kernel; at stride 2 along the
     width (input_planes), each row's even and odd cells summed apart."""
     if g.sw == 1:
-        return forward(grad_output, _flipped(weight, g), _adjoint(g))
+        return forward(grad_output, _flipped(weight, g), _adjoint(g), threads)
     gx = np.empty(g.input_shape, dtype=grad_output.dtype)
-    input_planes(weight, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+    parts = _parts(g.n * g.c_in, -(-g.h // (g.sh * ROWS)), threads)
+    input_planes(weight, grad_output, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw, parts)
     return gx
 
 
 def weight_grad(x, grad_output, g, threads):
     """The weight gradient (K, C/groups, kh, kw) of geometry g (sw <= 2): an output
     channel's over the whole batch on one thread where there are PARTS channels a
-    thread or more, else over chunks of the batch, summed after in a fixed order."""
-    chunks = min(g.n, max(1, -(-PARTS * threads // g.c_out)))
+    thread or more, else over chunks of the samples (and of their rows, where
+    there are fewer samples than chunks), summed after in a fixed order."""
+    want = -(-PARTS * threads // g.c_out)
+    parts = 1 if want <= g.n else min(g.oh, -(-want // g.n))
+    chunks = min(want, g.n * parts)
     partial = np.empty((chunks, *g.weight_shape), dtype=x.dtype)
-    weight_planes(x, grad_output, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
+    weight_planes(x, grad_output, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, parts)
     return partial[0] if chunks == 1 else partial.sum(axis=0)

@@ -232,15 +232,44 @@ def test_rows_against_reference(shapes, dtype, threads, seed):
     g = conv2d_geometry(x.shape, w.shape, **kw)
     assert rows.applicable(g, "forward") and rows.applicable(g, "weight")
     with fastconv.num_threads(min(threads, cpu_count())):
-        out = rows.forward(x, w, g)
+        out = rows.forward(x, w, g, threads)
         gw = rows.weight_grad(x, gy, g, threads)
         assert np.array_equal(rows.weight_grad(x, gy, g, threads), gw)
         assert_close(out, y, dtype)
         assert_close(gw, reference.conv2d_weight(x, w.shape, gy, **kw), dtype)
         if rows.applicable(g, "input"):
-            assert_close(rows.input_grad(w, gy, g), reference.conv2d_input(x.shape, w, gy, **kw), dtype)
+            gx = rows.input_grad(w, gy, g, threads)
+            assert_close(gx, reference.conv2d_input(x.shape, w, gy, **kw), dtype)
+    # on one thread, the planes in one part each: the same cells, the same sums
     with fastconv.num_threads(1):
-        assert np.array_equal(rows.forward(x, w, g), out)
+        assert np.array_equal(rows.forward(x, w, g, 1), out)
+        if rows.applicable(g, "input"):
+            assert np.array_equal(rows.input_grad(w, gy, g, 1), gx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_batch_of_one_in_parts_of_rows(dtype, rng):
+    # one plane out (the forward of a 1-channel output layer, the weight gradient
+    # of one sample): its rows split between threads, as many parts as asked for
+    x = rng.standard_normal((1, 6, 19, 37)).astype(dtype)
+    w = rng.standard_normal((1, 6, 3, 3)).astype(dtype)
+    kw = dict(padding=1)
+    g = conv2d_geometry(x.shape, w.shape, **kw)
+    gy = rng.standard_normal(g.output_shape).astype(dtype)
+    expected = reference.conv2d_weight(x, w.shape, gy, **kw)
+    whole = rows.forward(x, w, g, 1)
+    assert_close(whole, reference.conv2d(x, w, **kw), dtype)
+    for threads in (2, 3, 8):
+        assert rows._parts(1, 5, threads) > 1
+        assert np.array_equal(rows.forward(x, w, g, threads), whole)
+        assert_close(rows.weight_grad(x, gy, g, threads), expected, dtype)
+    xs = rng.standard_normal((1, 2, 19, 37)).astype(dtype)
+    ws = rng.standard_normal((2, 1, 3, 3)).astype(dtype)
+    gs = conv2d_geometry(xs.shape, ws.shape, stride=2, padding=1, groups=2)
+    gys = rng.standard_normal(gs.output_shape).astype(dtype)
+    expected = reference.conv2d_input(xs.shape, ws, gys, stride=2, padding=1, groups=2)
+    assert np.array_equal(rows.input_grad(ws, gys, gs, 5), rows.input_grad(ws, gys, gs, 1))
+    assert_close(rows.input_grad(ws, gys, gs, 5), expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -303,15 +332,15 @@ for dtype in (np.float32, np.float64):
         for at_end in (False, True):
             x, w = guarded(x_shape, dtype, at_end), guarded(w_shape, dtype, at_end)
             out, gy = guarded(g.output_shape, dtype, at_end), guarded(g.output_shape, dtype, not at_end)
-            rows.forward_planes(x, w, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
+            rows.forward_planes(x, w, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, 2)
             partial = guarded((1, *g.weight_shape), dtype, at_end)
-            rows.weight_planes(x, gy, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw)
+            rows.weight_planes(x, gy, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, 2)
             gx = guarded(g.input_shape, dtype, at_end)
             if g.sw == 2:
-                rows.input_planes(w, gy, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw)
+                rows.input_planes(w, gy, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw, 2)
             elif g.sh == 1:
                 a = rows._adjoint(g)
-                rows.forward_planes(gy, guarded((x_shape[1], w_shape[0] // g.groups) + w_shape[2:], dtype, at_end), gx, a.groups, a.pt, a.pl, a.sh, a.sw, a.dh, a.dw)
+                rows.forward_planes(gy, guarded((x_shape[1], w_shape[0] // g.groups) + w_shape[2:], dtype, at_end), gx, a.groups, a.pt, a.pl, a.sh, a.sw, a.dh, a.dw, 2)
 print("inside")
 """
 
