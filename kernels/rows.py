@@ -68,7 +68,9 @@ BLOCK_ROWS = 3 if VECTOR_BYTES == 64 else 1
 # time), the others' 15 and 21 for one
 DOT_TAPS = 3
 DOT_ACCUMULATORS = 18 if VECTOR_BYTES == 64 else 9
-# weight_grad's output channels a thread, at least, before it splits the batch
+# units of work a thread, at least (planes; the weight gradient's output channels),
+# below which the kernels split planes into parts of their rows, or the weight
+# gradient's batch into chunks
 PARTS = 4
 
 
