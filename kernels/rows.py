@@ -46,7 +46,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import parallel
+from ._jit import parallel, serial
 from .direct import _adjoint, _flipped
 from .emitter import VECTOR_BYTES, Emitter
 
@@ -381,6 +381,14 @@ def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_cha
     return sig, codegen
 
 
+@serial(inline=True)
+def rows_shared(kh, sh, sw, dh):
+    """Whether the input rows of a kernel of kh rows at stride (sh, sw) and dilation
+    dh down the height are loaded once for all the output rows that read them
+    (row_sums3, 5 and 7, row_dots3, 5 and 7)."""
+    return sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
+
+
 @parallel
 def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w (K, C/groups,
@@ -393,7 +401,7 @@ def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
     k_, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
-    shared = sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
+    shared = rows_shared(kh, sh, sw, dh)
     block = OUTPUTS if shared and kg >= OUTPUTS else 1
     step = ROWS if not shared else SHARED_ROWS if block == 1 else BLOCK_ROWS
     per_group, steps = -(-kg // block), -(-oh // step)
@@ -481,7 +489,7 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw, parts
             n, part = item // parts, item % parts
             r0, r1 = oh * part // parts, oh * (part + 1) // parts
             for cl in range(cg):
-                if sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7):
+                if rows_shared(kh, sh, sw, dh):
                     for j0 in range(0, kw, DOT_TAPS):
                         args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + r0) * ow, ow, r1 - r0, flat_x, (n * c_ + c0 + cl) * h * wd, r0 - pt, h, ow, dw, pl - j0 * dw, wd)
                         if kh == 3:
@@ -511,9 +519,9 @@ def row_chunk(dtype):
 
 
 def shares_rows(g):
-    """Whether geometry g's forward loads each input row once for all the output
-    rows that read it (row_sums3, 5 and 7)."""
-    return g.sh == g.sw == 1 and g.dh == 1 and g.kh in (3, 5, 7)
+    """Whether geometry g's input rows are loaded once for all the output rows that
+    read them (rows_shared)."""
+    return rows_shared(g.kh, g.sh, g.sw, g.dh)
 
 
 def applicable(g, computation):
