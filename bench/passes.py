@@ -124,7 +124,8 @@ def main(argv=None) -> int:
         flops = case.flops()
         geometry = case.geometry()
         for name in PASS_NAMES:
-            chosen = dispatch.conv_path(geometry, name if case.op == "conv" else {"forward": "input", "input": "forward"}.get(name, name))
+            computation = name if case.op == "conv" else {"forward": "input", "input": "forward"}.get(name, name)
+            chosen = dispatch.conv_path(geometry, computation, dtype=args.dtype)
             cells = "  ".join(
                 f"{label}{f' [{chosen}]' if label == 'chosen' else ''} {times[(name, label)] * 1e3:.2f} ({flops / times[(name, label)] / 1e9:.0f})"
                 for n, label in times

@@ -78,12 +78,13 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 
 # Where the register-blocked sums (fastconv.kernels.blocked) beat the other paths
 # (per-pass timings of every path on 32 shapes, both dtypes, 2 cores of an AVX-512
-# Xeon): the sums over a kernel of more than one tap, computed for blocks of
-# channels (8, or 6 with AVX2; 4 for up to 4 channels) that the channels per group
-# fill to BLOCKED_FILL or more (the forward's output channels, the input
-# gradient's input channels: 3-4, 6-8, 12-16, ...; 3 channels in blocks of 8 ran
-# 5-60% slower than the direct loops, in blocks of 4 10-30% faster, 6 and 8
-# channels 15-35% faster; one channel in blocks of 4 10-55% slower), whatever the
+# Xeon, and on 40 more of an AMD EPYC): the sums over a kernel of more than one
+# tap, computed for blocks of channels (8, or 6 with AVX2; 4 for up to 4 channels)
+# that the channels per group fill to BLOCKED_FILL or more (the forward's output
+# channels, the input gradient's input channels: 2-4, 5-8, 9-16, ...; 3 channels
+# in blocks of 8 ran 5-60% slower than the direct loops, in blocks of 4 10-30%
+# faster, 6 and 8 channels 15-35% faster, 5, 9 and 10 in blocks of 8 0-30%, 2 in
+# blocks of 3 15-35%; one channel in blocks of 4 10-55% slower), whatever the
 # terms a sum (first layers of 1 to 3 channels by 3x3 and 5x5, 9 to 27 terms, and
 # stride-2 layers of 4 to 16 channels: forward 10-45% faster than the direct loops,
 # input gradient 5-30%). The weight gradient's dot products, in
@@ -104,14 +105,23 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # 21.7 with the weight gradient alone blocked; of 128-channel layers of 28x28 and
 # 56x56 planes 31.2 and 27.7 ms, 34.7 and 30.7 by GEMM; in float64 5-12% faster
 # blocked.
-BLOCKED_FILL = 0.75
+BLOCKED_FILL = 0.55
 BLOCKED_WEIGHT_ROWS = 16
 BLOCKED_GRADIENT_CHANNELS = 2
 
 
+def _fill(channels: int, block: int) -> float:
+    """The share of blocks of `block` channels that `channels` channels fill."""
+    return channels / (-(-channels // block) * block)
+
+
+def _block_fill(channels: int) -> float:
+    """The share of the blocked sums' blocks that `channels` channels fill."""
+    return _fill(channels, B.block_shape(np.float32, channels)[0])
+
+
 def _fills_blocks(channels: int) -> bool:
-    rows = B.block_shape(np.float32, channels)[0]
-    return channels >= BLOCKED_FILL * -(-channels // rows) * rows
+    return _block_fill(channels) >= BLOCKED_FILL
 
 
 def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
@@ -126,18 +136,30 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
 
 
 # Where the rows read in place (fastconv.kernels.rows) beat the other paths (per-pass
-# timings of every path, float32 and float64, on 2 cores of an AVX-512 Xeon):
-# - over shared rows (R.shares_rows) that fill ROWS_FILL of float32's row chunks
-#   or more: the forward and input gradient of layers of few input or output
-#   channels a group (at most ROWS_CHANNELS): first layers of 1 and 3 channels by
-#   3x3 to 7x7, forward as fast as the blocked sums to 25% faster, input gradient
-#   15-50% (which the blocked sums computed in blocks of 3 rows, from a split copy
-#   of every output channel's gradient); layers of 1 to 3 outputs 30-45%; and the
-#   weight gradient of up to ROWS_WEIGHT_CHANNELS outputs a group (one or two
-#   outputs from 16 to 64 channels, 5-25% faster than the blocked dot products, 2x
-#   than the direct loops; of 3 the dot products are 15% faster). Where both
-#   channel counts are larger (8 to 64), the blocked sums' blocks of 8 outputs are
-#   as fast or faster, and rows of 8 cells (lenet_c2) leave chunks of 32 3/4 empty;
+# timings of every path, float32 and float64, on 2 cores of an AVX-512 Xeon and of
+# an AMD EPYC):
+# - over shared rows (R.shares_rows) that fill ROWS_FILL of the dtype's row chunks
+#   (R.row_chunk: 32 cells of float32, 16 of float64) or more: the forward and
+#   input gradient of layers of few input or output channels a group (at most
+#   ROWS_CHANNELS): first layers of 1 and 3 channels by 3x3 to 7x7, forward as fast
+#   as the blocked sums to 25% faster, input gradient 15-50% (which the blocked
+#   sums computed in blocks of 3 rows, from a split copy of every output channel's
+#   gradient); layers of 1 to 3 outputs 30-45%. Where both channel counts are
+#   larger, the forward and input gradient where the channels they compute (the
+#   forward's outputs, the input gradient's inputs) fill the rows' blocks of
+#   R.OUTPUTS better than the blocked sums' blocks: 5, 6, 9 and 10 channels 10-45%
+#   faster (lenet_c2's input gradient in float64, 6 channels, 0.40 ms against
+#   0.57), 12 channels 30-50%; 8 to 64 in the blocked sums' full blocks of 8 as
+#   fast or faster;
+# - the weight gradient of up to ROWS_WEIGHT_CHANNELS outputs a group over shared
+#   rows (one or two outputs from 16 to 64 channels, 5-25% faster than the blocked
+#   dot products, 2x than the direct loops; of 3 the dot products are 15% faster),
+#   and of one output (the direct loops' case), or two of few inputs (2 a group),
+#   at any stride and dilation: 10-45% faster (two outputs of 16 and 32 channels
+#   on small, strided or dilated planes: the dot products as fast or faster);
+# - the input gradient at stride 2 along the width where the input channels fill
+#   less than ROWS_STRIDED_FILL of the blocked sums' blocks (2, 5 and 10 channels:
+#   25-45% faster; 8 as fast as the blocked sums, 12 to 32 slower);
 # - every pass of layers of one input channel a group that the blocked sums leave
 #   (depthwise layers, dilated too: forward 1.2-2.4x faster than the direct loops,
 #   input gradient 1.1-2.2x, weight gradient 1.2-2.3x; at stride 2 the forward
@@ -146,23 +168,28 @@ def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
 ROWS_CHANNELS = 3
 ROWS_WEIGHT_CHANNELS = 2
 ROWS_FILL = 0.75
+ROWS_STRIDED_FILL = 0.75
 
 
-def _rows_pay(g: ConvGeometry, computation: str) -> bool:
+def _rows_pay(g: ConvGeometry, computation: str, dtype) -> bool:
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
     # the rows a computation writes: the input gradient's are the input's
     cells = g.w if computation == "input" else g.ow
-    chunk = R.row_chunk(np.float32)
+    computed = cg if computation == "input" else kg
+    chunk = R.row_chunk(dtype)
     if R.shares_rows(g) and cells >= ROWS_FILL * -(-cells // chunk) * chunk:
-        few = kg <= ROWS_WEIGHT_CHANNELS if computation == "weight" else min(cg, kg) <= ROWS_CHANNELS
-        if few:
+        if computation != "weight" and (min(cg, kg) <= ROWS_CHANNELS or _fill(computed, R.OUTPUTS) > _block_fill(computed)):
             return True
+    if computation == "weight" and kg <= ROWS_WEIGHT_CHANNELS and (kg == 1 or cg <= ROWS_CHANNELS):
+        return True
+    if computation == "input" and g.sw == 2 and _block_fill(cg) < ROWS_STRIDED_FILL:
+        return True
     return g.c_in == g.groups and not _blocked_pays(g, computation)
 
 
-def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None) -> str:
-    """The path of one computation (a PASSES name) of geometry g on `threads` threads
-    (default: fastconv's count in this Python thread):
+def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None = None, dtype=np.float32) -> str:
+    """The path of one computation (a PASSES name) of geometry g in dtype on
+    `threads` threads (default: fastconv's count in this Python thread):
 
     - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
       direct kernels would pad the one tap to three), and for the passes that it
@@ -190,7 +217,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
         return "gemm"
-    if R.applicable(g, computation) and _rows_pay(g, computation):
+    if R.applicable(g, computation) and _rows_pay(g, computation, dtype):
         return "rows"
     if _blocked_pays(g, computation):
         return "blocked"
@@ -229,7 +256,7 @@ def forward(x, weight, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.output_shape, dtype=x.dtype)
     x, weight = _contiguous(x, weight)
-    path = conv_path(g, "forward")
+    path = conv_path(g, "forward", dtype=x.dtype)
     if path == "gemm":
         return K.gemm_forward(x, weight, g, get_num_threads())
     if path == "blocked":
@@ -272,7 +299,7 @@ def input_grad(weight, grad_output, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.input_shape, dtype=grad_output.dtype)
     weight, grad_output = _contiguous(weight, grad_output)
-    path = conv_path(g, "input")
+    path = conv_path(g, "input", dtype=grad_output.dtype)
     gx = None
     if path == "gemm":
         gx = K.gemm_input(weight, grad_output, g, get_num_threads())
@@ -301,7 +328,7 @@ def weight_grad(x, grad_output, g: ConvGeometry):
     if g.n == 0:
         return np.zeros(g.weight_shape, dtype=x.dtype)
     x, grad_output = _contiguous(x, grad_output)
-    path = conv_path(g, "weight")
+    path = conv_path(g, "weight", dtype=x.dtype)
     gw = None
     if path == "gemm":
         gw = K.gemm_weight(x, grad_output, g, get_num_threads())

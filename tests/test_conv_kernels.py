@@ -434,12 +434,27 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=2, padding=1, groups=64)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=(2, 1), padding=1, groups=64)) == ["rows", "direct", "rows"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=3, padding=1, groups=64)) == ["direct"] * 3
-    # blocks the channels do not fill (4 per group in blocks of 8 for the forward);
-    # the weight gradient's dot products from 16 terms and 4 output channels
+    # blocks of 4 and 8 that the channels fill; the weight gradient's dot products
+    # from 16 terms and 2 output channels
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked"] * 3
-    assert paths(conv2d_geometry((8, 12, 24, 24), (24, 12, 5, 5), padding=2)) == ["blocked"] * 3
-    assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["direct", "direct", "blocked"]
+    assert paths(conv2d_geometry((8, 16, 24, 24), (24, 16, 5, 5), padding=2)) == ["blocked"] * 3
+    # the rows' blocks of 3 fuller than blocks of 8 (12 input channels, 9 both sides)
+    # over rows that fill their chunks: in float64 from 12 cells (lenet_c2's input
+    # gradient), in float32 from 24
+    assert paths(conv2d_geometry((8, 12, 24, 24), (24, 12, 5, 5), padding=2)) == ["blocked", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 9, 24, 24), (9, 9, 5, 5), padding=2)) == ["rows", "rows", "blocked"]
+    lenet_c2 = conv2d_geometry((8, 6, 12, 12), (16, 6, 5, 5))
+    assert paths(lenet_c2) == ["blocked"] * 3
+    assert [dispatch.conv_path(lenet_c2, c, 2, np.float64) for c in dispatch.PASSES] == ["blocked", "rows", "blocked"]
+    # channels that fill blocks of 8 or 3 to less than 3/4 (10 and 2): blocked sums
+    # rather than the direct loops; at stride 2 the input gradient by rows; the
+    # weight gradient of one output, or two of two inputs, by rows
+    assert paths(conv2d_geometry((8, 5, 32, 32), (10, 5, 3, 3), stride=2, padding=1)) == ["blocked", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), stride=2, padding=1, groups=32)) == ["blocked", "rows", "rows"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), dilation=2, padding=2, groups=32)) == ["blocked", "blocked", "rows"]
+    assert paths(conv2d_geometry((8, 64, 16, 16), (1, 64, 3, 3), stride=2, padding=1))[2] == "rows"
+    assert paths(conv2d_geometry((8, 32, 8, 8), (2, 32, 3, 3), padding=1))[2] == "blocked"
 
 
 @given(st.integers(1, 60), st.integers(0, 60))
