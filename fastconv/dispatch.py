@@ -198,9 +198,12 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
       planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
     - 'rows' where they apply (R.applicable: stride 1 or 2 along the width) and pay
       (_rows_pay), checked next: the forward and input gradient of layers of few
-      channels on one side, 1-1.5x faster than the blocked sums; the layers of one
-      input channel a group (depthwise) that the blocked sums leave, 1.1-2.4x faster
-      than the direct loops;
+      channels on one side, or of channels that fill blocks of 3 better than the
+      blocked sums' blocks, 1-1.5x faster than the blocked sums; the strided input
+      gradient and the one-output weight gradient that the blocked sums fill
+      poorly or leave, 1.1-1.8x; the layers of one input channel a group
+      (depthwise) that the blocked sums leave, 1.1-2.4x faster than the direct
+      loops;
     - 'blocked' for sums over more than one tap whose channels fill the blocks
       (_blocked_pays): 1.1-2x faster than the direct loops on most layers of
       3-128 channels and kernels of 3x3 to 7x7, and than GEMM;
