@@ -29,7 +29,10 @@ in 0.82-0.92 (1.42); 5x5 and 7x7 depthwise layers' passes 2-2.5x faster.
   `row_dots3`, `row_dots5` and `row_dots7` for all 3, 5 or 7 tap rows at once,
   each input row's vectors loaded once for the rows of grad_output that read it;
 - `strided_row_sums` and `strided_row_dots`, the same at stride 2 along the width:
-  each vector of cells the even lanes of two loaded vectors;
+  each vector of cells the even lanes of two loaded vectors; `strided_row_sums3`,
+  5 and 7 at stride 2 both ways, each input row loaded once for the one or two
+  output rows of each tap row parity that read it, a vector of cells a row (the
+  output rows are half as long);
 - `phase_row_sums`, for the input gradient at stride 2 along the width: each input
   row's even and odd cells summed apart, each from unit-stride rows of
   grad_output, and interleaved by shuffles into the row (`input_planes`).
@@ -62,6 +65,10 @@ ROWS = 4
 SHARED_ROWS = 8 if VECTOR_BYTES == 64 else 4
 OUTPUTS = 3
 BLOCK_ROWS = 3 if VECTOR_BYTES == 64 else 1
+# strided_row_sums3, 5 and 7 (stride 2 both ways): a vector of cells of a row at a
+# time, the half of a plane's width that its output rows have (16 output cells
+# from 32 input cells of float32 in one vector, where two left one empty)
+STRIDED_VECTORS = 1
 # row_dots' tap columns at a time (a 3x3 kernel's row in one pass; more spill), and
 # the sums row_dots3, 5 and 7 keep in registers: a 3x3 kernel's 9 for 2 vectors of
 # cells at a time with AVX-512 (its weight gradient 10-20% faster than a vector at a
@@ -99,7 +106,7 @@ def _cells(e, data, at, masks):
     return e.builder.shuffle_vector(loaded[0], loaded[1], even)
 
 
-def _row_sums(tap_rows=None, outputs=1, stride=1):
+def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     """The intrinsic row_sums(out, out_at, out_row, out_channel, present, count,
     cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel,
     kh, kw, dh, dw, left, width): for the output channels o < present (at most
@@ -112,14 +119,17 @@ def _row_sums(tap_rows=None, outputs=1, stride=1):
     of one dtype, the integers int64. Each term a fused multiply-add, in order of
     j, c, then i. `stride` 1 or 2 along the row (2: the general sums only).
 
-    `tap_rows`: for kh == tap_rows and sh == dh == 1 only (the arguments kh, sh and
-    dh unused), SHARED_ROWS output rows (BLOCK_ROWS for several outputs), each input
-    row's vectors loaded once for the tap rows of every output row and channel
-    that reads it (the terms in order of j, c, then i from the last), with the
-    tap rows' weights in registers."""
+    `tap_rows`: for kh == tap_rows, sh == stride and dh == 1 only (the arguments kh,
+    sh and dh unused), SHARED_ROWS output rows (BLOCK_ROWS for several outputs),
+    each input row's vectors loaded once for the tap rows of every output row and
+    channel that reads it (the terms in order of j, c, then i from the last), with
+    the tap rows' weights in registers. `vectors`: the vectors of cells of a row
+    computed at a time (row_chunk)."""
     rows = ROWS if tap_rows is None else SHARED_ROWS if outputs == 1 else BLOCK_ROWS
-    assert tap_rows is None or stride == 1
     assert tap_rows is not None or outputs == 1
+    # at stride 2 the input rows of output row m are 2m + i: row r serves the
+    # output rows (r - i) / 2 of the tap rows i of its parity
+    row_step = 1 if tap_rows is None else stride
 
     def row_sums(typingctx, out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width):
         sig = types.void(out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width)
@@ -131,19 +141,19 @@ def _row_sums(tap_rows=None, outputs=1, stride=1):
             kinds = signature.args
             out_data, x_data, w_data = e.data(kinds[0], out_), e.data(kinds[7], x_), e.data(kinds[14], w_)
             b, lanes = builder, e.lanes
-            step = e.constant(ROW_VECTORS * lanes)
-            acc = [[[cgutils.alloca_once(b, e.vector) for _ in range(ROW_VECTORS)] for _ in range(rows)] for _ in range(outputs)]
+            step = e.constant(vectors * lanes)
+            acc = [[[cgutils.alloca_once(b, e.vector) for _ in range(vectors)] for _ in range(rows)] for _ in range(outputs)]
             # output channel o's weights; past `present`, the last present one's
             # (computed, never stored: its weights would lie past the array)
             w_ats = [b.add(w_at_, b.mul(b.select(b.icmp_signed("<", e.constant(o), present_), e.constant(o), b.sub(present_, e.constant(1))), w_out_)) for o in range(outputs)]
-            with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(ROW_VECTORS * lanes - 1)), step)) as chunk:
+            with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(vectors * lanes - 1)), step)) as chunk:
                 q0 = b.mul(chunk.index, step)
                 for slot in (slot for output in acc for row in output for slot in row):
                     b.store(ir.Constant(e.vector, [0.0] * lanes), slot)
                 with cgutils.for_range(b, kw_) as column:
                     j = column.index
                     start = b.add(b.sub(b.mul(q0, e.constant(stride)), left_), b.mul(j, dw_))
-                    masks = [_cell_masks(e, b.add(start, e.constant(v * lanes * stride)), width_, stride) for v in range(ROW_VECTORS)]
+                    masks = [_cell_masks(e, b.add(start, e.constant(v * lanes * stride)), width_, stride) for v in range(vectors)]
                     with cgutils.for_range(b, channels_) as channel:
                         c = channel.index
                         plane = b.add(b.add(x_at_, b.mul(c, x_channel_)), start)
@@ -153,9 +163,9 @@ def _row_sums(tap_rows=None, outputs=1, stride=1):
                             # the products of input row y with the (weight, output, row) triples
                             with cgutils.if_likely(b, b.icmp_unsigned("<", y, height_)):
                                 base = b.add(plane, b.mul(y, width_))
-                                cells = [_cells(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(ROW_VECTORS)]
+                                cells = [_cells(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(vectors)]
                                 for weight, o, m in products:
-                                    for v in range(ROW_VECTORS):
+                                    for v in range(vectors):
                                         e.fma(weight, cells[v], acc[o][m][v])
 
                         if tap_rows is None:
@@ -167,15 +177,16 @@ def _row_sums(tap_rows=None, outputs=1, stride=1):
                                     add_row(b.add(first, b.mul(e.constant(m), sh_)), [(weight, 0, m)])
                         else:
                             taps = [[e.broadcast(w_data, b.add(at, b.mul(e.constant(i), kw_))) for i in range(tap_rows)] for at in weights]
-                            for r in range(rows + tap_rows - 1):
-                                products = [(taps[o][i], o, r - i) for i in reversed(range(tap_rows)) if 0 <= r - i < rows for o in range(outputs)]
+                            for r in range((rows - 1) * row_step + tap_rows):
+                                reads = [i for i in reversed(range(tap_rows)) if (r - i) % row_step == 0 and 0 <= (r - i) // row_step < rows]
+                                products = [(taps[o][i], o, (r - i) // row_step) for i in reads for o in range(outputs)]
                                 add_row(b.add(top_, e.constant(r)), products)
                 for o in range(outputs):
                     with cgutils.if_likely(b, b.icmp_signed("<", e.constant(o), present_)):
                         for m in range(rows):
                             with cgutils.if_likely(b, b.icmp_signed("<", e.constant(m), count_)):
                                 row = b.add(b.add(out_at_, b.mul(e.constant(o), out_channel_)), b.mul(e.constant(m), out_row_))
-                                for v in range(ROW_VECTORS):
+                                for v in range(vectors):
                                     at = b.add(q0, e.constant(v * lanes))
                                     e.masked_store(b.load(acc[o][m][v]), out_data, b.add(row, at), e.lanes_between(at, cells_))
             return context.get_dummy_value()
@@ -188,6 +199,7 @@ def _row_sums(tap_rows=None, outputs=1, stride=1):
 row_sums = _row_sums()
 strided_row_sums = _row_sums(stride=2)
 row_sums3, row_sums5, row_sums7 = _row_sums(3), _row_sums(5), _row_sums(7)
+strided_row_sums3, strided_row_sums5, strided_row_sums7 = (_row_sums(rows, stride=2, vectors=STRIDED_VECTORS) for rows in (3, 5, 7))
 block_row_sums3, block_row_sums5, block_row_sums7 = (_row_sums(rows, OUTPUTS) for rows in (3, 5, 7))
 
 
@@ -389,21 +401,29 @@ def rows_shared(kh, sh, sw, dh):
     return sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
 
 
+@serial(inline=True)
+def strided_rows_shared(kh, sh, sw, dh):
+    """Whether the forward's input rows at stride 2 both ways are loaded once for
+    all the output rows that read them (strided_row_sums3, 5 and 7)."""
+    return sh == 2 and sw == 2 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
+
+
 @parallel
 def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w (K, C/groups,
     kh, kw): stride sh along the height and sw (1 or 2) along the width, dilation
     (dh, dw), padding pt on top and pl on the left (any sign). An iteration a part
     of the rows (`parts` a block) of a block of a group's output planes: OUTPUTS
-    where rows are shared and the group has as many, else one; a row_sums call
-    ROWS (SHARED_ROWS, BLOCK_ROWS) rows."""
+    where rows are shared at stride 1 and the group has as many, else one; a
+    row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) rows."""
     n_, c_, h, wd = x.shape
     k_, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     shared = rows_shared(kh, sh, sw, dh)
+    strided = strided_rows_shared(kh, sh, sw, dh)
     block = OUTPUTS if shared and kg >= OUTPUTS else 1
-    step = ROWS if not shared else SHARED_ROWS if block == 1 else BLOCK_ROWS
+    step = SHARED_ROWS if strided or shared and block == 1 else BLOCK_ROWS if shared else ROWS
     per_group, steps = -(-kg // block), -(-oh // step)
     flat_x, flat_w, flat_out = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
     for t in prange(n_ * groups * per_group * parts):
@@ -414,7 +434,13 @@ def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
         for s in range(steps * part // parts, steps * (part + 1) // parts):
             y = s * step
             args = (flat_out, ((n * k_ + k0) * oh + y) * ow, ow, oh * ow, present, min(step, oh - y), ow, flat_x, (n * c_ + group * cg) * h * wd, h * wd, y * sh - pt, sh, h, cg, flat_w, k0 * cg * kh * kw, cg * kh * kw, kh * kw, kh, kw, dh, dw, pl, wd)
-            if not shared and sw == 2:
+            if strided and kh == 3:
+                strided_row_sums3(*args)
+            elif strided and kh == 5:
+                strided_row_sums5(*args)
+            elif strided:
+                strided_row_sums7(*args)
+            elif not shared and sw == 2:
                 strided_row_sums(*args)
             elif not shared:
                 row_sums(*args)

@@ -26,9 +26,11 @@ DTYPES = [np.float32, np.float64]
 SENTINEL = 7.5  # cells the intrinsics must not write
 
 
-# (tap rows, outputs, stride along the row): the intrinsics
+# (tap rows, outputs, stride along the row, and down the height for shared rows):
+# the intrinsics
 ROW_SUMS = {(0, 1, 1): rows.row_sums, (0, 1, 2): rows.strided_row_sums, (3, 1, 1): rows.row_sums3, (5, 1, 1): rows.row_sums5,
-            (7, 1, 1): rows.row_sums7, (3, 3, 1): rows.block_row_sums3, (5, 3, 1): rows.block_row_sums5, (7, 3, 1): rows.block_row_sums7}
+            (7, 1, 1): rows.row_sums7, (3, 3, 1): rows.block_row_sums3, (5, 3, 1): rows.block_row_sums5, (7, 3, 1): rows.block_row_sums7,
+            (3, 1, 2): rows.strided_row_sums3, (5, 1, 2): rows.strided_row_sums5, (7, 1, 2): rows.strided_row_sums7}
 
 
 def _row_sums_of(variant):
@@ -67,7 +69,7 @@ def row_sums_args(draw):
     variant = draw(st.sampled_from(sorted(ROW_SUMS)))
     tap_rows, outputs, stride = variant
     kh = tap_rows or draw(st.integers(1, 4))
-    sh, dh = (1, 1) if tap_rows else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    sh, dh = (stride, 1) if tap_rows else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     most = rows.ROWS if not tap_rows else rows.SHARED_ROWS if outputs == 1 else rows.BLOCK_ROWS
     return dict(
         variant=variant, stride=stride, kh=kh, sh=sh, dh=dh, kw=draw(st.integers(1, 6)), dw=draw(st.integers(1, 3)),
@@ -325,6 +327,8 @@ for dtype in (np.float32, np.float64):
         ((1, 4, 9, 13), (8, 2, 5, 5), dict(padding=2, groups=2)),
         ((1, 2, 8, 8), (4, 1, 7, 7), dict(padding=(3, 0), groups=2)),
         ((2, 3, 9, 17), (3, 1, 3, 3), dict(stride=2, padding=1, groups=3)),
+        ((1, 2, 12, 31), (2, 1, 5, 5), dict(stride=2, padding=((2, 4), (3, 2)), groups=2)),
+        ((2, 1, 15, 16), (1, 1, 7, 7), dict(stride=2, padding=3)),
         ((1, 2, 11, 34), (4, 1, 5, 4), dict(stride=(3, 2), padding=((2, 0), (0, 3)), dilation=(1, 2), groups=2)),
         ((1, 1, 4, 5), (1, 1, 3, 3), dict(stride=2, padding=3, dilation=2)),
     ]:
