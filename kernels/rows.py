@@ -31,8 +31,9 @@ in 0.82-0.92 (1.42); 5x5 and 7x7 depthwise layers' passes 2-2.5x faster.
 - `strided_row_sums` and `strided_row_dots`, the same at stride 2 along the width:
   each vector of cells the even lanes of two loaded vectors; `strided_row_sums3`,
   5 and 7 at stride 2 both ways, each input row loaded once for the one or two
-  output rows of each tap row parity that read it, a vector of cells a row (the
-  output rows are half as long);
+  output rows of each tap row parity that read it and for two tap columns (their
+  cells the even and the odd lanes of the same loads), a vector of cells a row
+  (the output rows are half as long);
 - `phase_row_sums`, for the input gradient at stride 2 along the width: each input
   row's even and odd cells summed apart, each from unit-stride rows of
   grad_output, and interleaved by shuffles into the row (`input_planes`).
@@ -95,15 +96,23 @@ def _cell_masks(e, start, width, stride, within=None):
     return masks
 
 
+def _loaded(e, data, at, masks):
+    """The vectors data[at + s*lanes + l] loaded by _cell_masks' masks (one a mask)."""
+    return [e.masked_load(data, e.builder.add(at, e.constant(s * e.lanes)), m) for s, m in enumerate(masks)]
+
+
+def _parity_lanes(e, loaded, parity):
+    """The even (parity 0) or odd (1) lanes of the two vectors `loaded`, in order."""
+    order = ir.Constant(ir.VectorType(ir.IntType(32), e.lanes), list(range(parity, 2 * e.lanes, 2)))
+    return e.builder.shuffle_vector(loaded[0], loaded[1], order)
+
+
 def _cells(e, data, at, masks):
     """The vector of data[at + stride*l] for its lanes l (stride = len(masks), 1 or
     2), loaded by _cell_masks' masks: for stride 2, two vectors and their even
     lanes."""
-    loaded = [e.masked_load(data, e.builder.add(at, e.constant(s * e.lanes)), m) for s, m in enumerate(masks)]
-    if len(loaded) == 1:
-        return loaded[0]
-    even = ir.Constant(ir.VectorType(ir.IntType(32), e.lanes), list(range(0, 2 * e.lanes, 2)))
-    return e.builder.shuffle_vector(loaded[0], loaded[1], even)
+    loaded = _loaded(e, data, at, masks)
+    return loaded[0] if len(loaded) == 1 else _parity_lanes(e, loaded, 0)
 
 
 def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
@@ -123,13 +132,18 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     sh and dh unused), SHARED_ROWS output rows (BLOCK_ROWS for several outputs),
     each input row's vectors loaded once for the tap rows of every output row and
     channel that reads it (the terms in order of j, c, then i from the last), with
-    the tap rows' weights in registers. `vectors`: the vectors of cells of a row
+    the tap rows' weights in registers; at stride 2 also dw == 1, and the input
+    row's vectors loaded once for the tap columns j and j + 1 (the terms in order
+    of j // 2, c, i from the last, then j). `vectors`: the vectors of cells of a row
     computed at a time (row_chunk)."""
     rows = ROWS if tap_rows is None else SHARED_ROWS if outputs == 1 else BLOCK_ROWS
     assert tap_rows is not None or outputs == 1
     # at stride 2 the input rows of output row m are 2m + i: row r serves the
     # output rows (r - i) / 2 of the tap rows i of its parity
     row_step = 1 if tap_rows is None else stride
+    # and two tap columns j, j + 1 (dw == 1) from one load of each row's cells: the
+    # even lanes of two vectors from column j's first cell, then their odd lanes
+    pairs = tap_rows is not None and stride == 2
 
     def row_sums(typingctx, out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width):
         sig = types.void(out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width)
@@ -150,23 +164,36 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
                 q0 = b.mul(chunk.index, step)
                 for slot in (slot for output in acc for row in output for slot in row):
                     b.store(ir.Constant(e.vector, [0.0] * lanes), slot)
-                with cgutils.for_range(b, kw_) as column:
-                    j = column.index
+                with cgutils.for_range(b, b.udiv(b.add(kw_, e.constant(1)), e.constant(2)) if pairs else kw_) as column:
+                    j = b.mul(column.index, e.constant(2)) if pairs else column.index
                     start = b.add(b.sub(b.mul(q0, e.constant(stride)), left_), b.mul(j, dw_))
                     masks = [_cell_masks(e, b.add(start, e.constant(v * lanes * stride)), width_, stride) for v in range(vectors)]
                     with cgutils.for_range(b, channels_) as channel:
                         c = channel.index
                         plane = b.add(b.add(x_at_, b.mul(c, x_channel_)), start)
                         weights = [b.add(b.add(at, b.mul(c, w_channel_)), j) for at in w_ats]
+                        if pairs:
+                            odd = b.icmp_signed("<", b.add(j, e.constant(1)), kw_)
+                            # past the last column, this one's weights (read, never used)
+                            odd_weights = [b.add(at, b.zext(odd, e.index)) for at in weights]
 
-                        def add_row(y, products):
-                            # the products of input row y with the (weight, output, row) triples
+                        def add_products(cells, products):
+                            for weight, o, m in products:
+                                for v in range(vectors):
+                                    e.fma(weight, cells[v], acc[o][m][v])
+
+                        def add_row(y, products, odd_products=()):
+                            # the products of input row y with the (weight, output, row)
+                            # triples (and those of the odd column)
                             with cgutils.if_likely(b, b.icmp_unsigned("<", y, height_)):
                                 base = b.add(plane, b.mul(y, width_))
-                                cells = [_cells(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(vectors)]
-                                for weight, o, m in products:
-                                    for v in range(vectors):
-                                        e.fma(weight, cells[v], acc[o][m][v])
+                                if not pairs:
+                                    add_products([_cells(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(vectors)], products)
+                                    return
+                                loaded = [_loaded(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(vectors)]
+                                add_products([_parity_lanes(e, pair, 0) for pair in loaded], products)
+                                with cgutils.if_likely(b, odd):
+                                    add_products([_parity_lanes(e, pair, 1) for pair in loaded], odd_products)
 
                         if tap_rows is None:
                             with cgutils.for_range(b, kh_) as tap_row:
@@ -176,11 +203,16 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
                                 for m in range(rows):
                                     add_row(b.add(first, b.mul(e.constant(m), sh_)), [(weight, 0, m)])
                         else:
-                            taps = [[e.broadcast(w_data, b.add(at, b.mul(e.constant(i), kw_))) for i in range(tap_rows)] for at in weights]
+                            def tap_weights(ats):
+                                return [[e.broadcast(w_data, b.add(at, b.mul(e.constant(i), kw_))) for i in range(tap_rows)] for at in ats]
+
+                            taps = tap_weights(weights)
+                            odd_taps = tap_weights(odd_weights) if pairs else taps
                             for r in range((rows - 1) * row_step + tap_rows):
                                 reads = [i for i in reversed(range(tap_rows)) if (r - i) % row_step == 0 and 0 <= (r - i) // row_step < rows]
                                 products = [(taps[o][i], o, (r - i) // row_step) for i in reads for o in range(outputs)]
-                                add_row(b.add(top_, e.constant(r)), products)
+                                odd_products = [(odd_taps[o][i], o, (r - i) // row_step) for i in reads for o in range(outputs)]
+                                add_row(b.add(top_, e.constant(r)), products, odd_products)
                 for o in range(outputs):
                     with cgutils.if_likely(b, b.icmp_signed("<", e.constant(o), present_)):
                         for m in range(rows):
@@ -402,10 +434,11 @@ def rows_shared(kh, sh, sw, dh):
 
 
 @serial(inline=True)
-def strided_rows_shared(kh, sh, sw, dh):
-    """Whether the forward's input rows at stride 2 both ways are loaded once for
-    all the output rows that read them (strided_row_sums3, 5 and 7)."""
-    return sh == 2 and sw == 2 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
+def strided_rows_shared(kh, sh, sw, dh, dw):
+    """Whether the forward's input rows at stride 2 both ways, dilation 1, are
+    loaded once for all the output rows that read them, and once for two tap
+    columns (strided_row_sums3, 5 and 7)."""
+    return sh == 2 and sw == 2 and dh == 1 and dw == 1 and (kh == 3 or kh == 5 or kh == 7)
 
 
 @parallel
@@ -421,7 +454,7 @@ def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
     shared = rows_shared(kh, sh, sw, dh)
-    strided = strided_rows_shared(kh, sh, sw, dh)
+    strided = strided_rows_shared(kh, sh, sw, dh, dw)
     block = OUTPUTS if shared and kg >= OUTPUTS else 1
     step = SHARED_ROWS if strided or shared and block == 1 else BLOCK_ROWS if shared else ROWS
     per_group, steps = -(-kg // block), -(-oh // step)
