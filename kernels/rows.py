@@ -66,6 +66,9 @@ ROWS = 4
 SHARED_ROWS = 8 if VECTOR_BYTES == 64 else 4
 OUTPUTS = 3
 BLOCK_ROWS = 3 if VECTOR_BYTES == 64 else 1
+# phase_row_sums1 to 4 (rows of grad_output shared): PHASE_ROWS rows of even and
+# odd cells, 16 accumulators (AVX2: 8)
+PHASE_ROWS = 8 if VECTOR_BYTES == 64 else 4
 # strided_row_sums3, 5 and 7 (stride 2 both ways): a vector of cells of a row at a
 # time, the half of a plane's width that its output rows have (16 output cells
 # from 32 input cells of float32 in one vector, where two left one empty)
@@ -362,10 +365,11 @@ def _shared_row_dots(tap_rows):
 row_dots3, row_dots5, row_dots7 = _shared_row_dots(3), _shared_row_dots(5), _shared_row_dots(7)
 
 
-@intrinsic
-def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width):
-    """The input gradient's rows at stride 2 along the width: for the rows m < count
-    (at most ROWS) and the cells p < cells of each,
+def _phase_row_sums(tap_rows=None):
+    """The intrinsic phase_row_sums(out, out_at, out_row, count, cells, g, g_at,
+    g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step,
+    kw, dw, left, g_width): the input gradient's rows at stride 2 along the width:
+    for the rows m < count (at most ROWS) and the cells p < cells of each,
     out[out_at + m*out_row + p] = the sum over c < channels, r < rows and the j < kw
     with p + left - j*dw even of w[w_at + c*w_channel + r*w_step + j] *
     g[g_at + c*g_channel + y*g_width + (p + left - j*dw) / 2], y = g_top + m +
@@ -374,55 +378,82 @@ def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_cha
     Cells of even and odd p are summed apart, each along unit-stride rows of g, and
     interleaved into the row by shuffles. The arrays flat and contiguous, of one
     dtype, the integers int64. Each term a fused multiply-add, in order of j, c,
-    then r."""
-    sig = types.void(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+    then r.
 
-    def codegen(context, builder, signature, args):
-        e = Emitter(context, builder, signature, args)
-        (out_, out_at_, out_row_, count_, cells_, g_, g_at_, g_channel_, g_top_, g_height_, channels_, rows_, g_step_,
-         w_, w_at_, w_channel_, w_step_, kw_, dw_, left_, g_width_) = args
-        kinds = signature.args
-        out_data, g_data, w_data = e.data(kinds[0], out_), e.data(kinds[5], g_), e.data(kinds[13], w_)
-        b, lanes = builder, e.lanes
-        acc = [[cgutils.alloca_once(b, e.vector) for _ in range(2)] for _ in range(ROWS)]
-        step = e.constant(2 * lanes)
-        with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(2 * lanes - 1)), step)) as chunk:
-            p0 = b.mul(chunk.index, step)
-            for slot in (slot for row in acc for slot in row):
-                b.store(ir.Constant(e.vector, [0.0] * lanes), slot)
-            for phase in range(2):
-                with cgutils.for_range(b, kw_) as column:
-                    j = column.index
-                    shift = b.sub(b.add(b.add(p0, e.constant(phase)), left_), b.mul(j, dw_))
-                    with cgutils.if_likely(b, b.icmp_signed("==", b.and_(shift, e.constant(1)), e.constant(0))):
-                        start = b.ashr(shift, e.constant(1))
-                        mask = e.lanes_between(start, g_width_)
-                        with cgutils.for_range(b, channels_) as channel:
-                            c = channel.index
-                            plane = b.add(b.add(g_at_, b.mul(c, g_channel_)), start)
-                            weights = b.add(b.add(w_at_, b.mul(c, w_channel_)), j)
-                            with cgutils.for_range(b, rows_) as tap_row:
-                                r = tap_row.index
-                                weight = e.broadcast(w_data, b.add(weights, b.mul(r, w_step_)))
-                                first = b.add(g_top_, b.mul(r, g_step_))
-                                for m in range(ROWS):
-                                    y = b.add(first, e.constant(m))
+    `tap_rows`: for rows == tap_rows and g_step == -1 only (the arguments rows and
+    g_step unused), PHASE_ROWS rows, each row of g loaded once for the tap rows of
+    every row that reads it (the terms in order of j, c, then r from the last),
+    with the tap rows' weights in registers."""
+    count_most = ROWS if tap_rows is None else PHASE_ROWS
+
+    def phase_row_sums(typingctx, out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width):
+        sig = types.void(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args)
+            (out_, out_at_, out_row_, count_, cells_, g_, g_at_, g_channel_, g_top_, g_height_, channels_, rows_, g_step_,
+             w_, w_at_, w_channel_, w_step_, kw_, dw_, left_, g_width_) = args
+            kinds = signature.args
+            out_data, g_data, w_data = e.data(kinds[0], out_), e.data(kinds[5], g_), e.data(kinds[13], w_)
+            b, lanes = builder, e.lanes
+            acc = [[cgutils.alloca_once(b, e.vector) for _ in range(2)] for _ in range(count_most)]
+            step = e.constant(2 * lanes)
+            with cgutils.for_range(b, b.udiv(b.add(cells_, e.constant(2 * lanes - 1)), step)) as chunk:
+                p0 = b.mul(chunk.index, step)
+                for slot in (slot for row in acc for slot in row):
+                    b.store(ir.Constant(e.vector, [0.0] * lanes), slot)
+                for phase in range(2):
+                    with cgutils.for_range(b, kw_) as column:
+                        j = column.index
+                        shift = b.sub(b.add(b.add(p0, e.constant(phase)), left_), b.mul(j, dw_))
+                        with cgutils.if_likely(b, b.icmp_signed("==", b.and_(shift, e.constant(1)), e.constant(0))):
+                            start = b.ashr(shift, e.constant(1))
+                            mask = e.lanes_between(start, g_width_)
+                            with cgutils.for_range(b, channels_) as channel:
+                                c = channel.index
+                                plane = b.add(b.add(g_at_, b.mul(c, g_channel_)), start)
+                                weights = b.add(b.add(w_at_, b.mul(c, w_channel_)), j)
+
+                                def add_row(y, products, plane=plane, mask=mask, phase=phase):
+                                    # the products of g's row y with the (weight, row) pairs
                                     with cgutils.if_likely(b, b.icmp_unsigned("<", y, g_height_)):
-                                        e.fma(weight, e.masked_load(g_data, b.add(plane, b.mul(y, g_width_)), mask), acc[m][phase])
-            mask_kind = ir.VectorType(ir.IntType(32), lanes)
-            half = lanes // 2
-            low = ir.Constant(mask_kind, [k // 2 + (lanes if k % 2 else 0) for k in range(lanes)])
-            high = ir.Constant(mask_kind, [half + k // 2 + (lanes if k % 2 else 0) for k in range(lanes)])
-            for m in range(ROWS):
-                with cgutils.if_likely(b, b.icmp_signed("<", e.constant(m), count_)):
-                    even, odd = b.load(acc[m][0]), b.load(acc[m][1])
-                    row = b.add(out_at_, b.mul(e.constant(m), out_row_))
-                    for v, order in enumerate((low, high)):
-                        at = b.add(p0, e.constant(v * lanes))
-                        e.masked_store(b.shuffle_vector(even, odd, order), out_data, b.add(row, at), e.lanes_between(at, cells_))
-        return context.get_dummy_value()
+                                        cells = e.masked_load(g_data, b.add(plane, b.mul(y, g_width_)), mask)
+                                        for weight, m in products:
+                                            e.fma(weight, cells, acc[m][phase])
 
-    return sig, codegen
+                                if tap_rows is None:
+                                    with cgutils.for_range(b, rows_) as tap_row:
+                                        r = tap_row.index
+                                        weight = e.broadcast(w_data, b.add(weights, b.mul(r, w_step_)))
+                                        first = b.add(g_top_, b.mul(r, g_step_))
+                                        for m in range(ROWS):
+                                            add_row(b.add(first, e.constant(m)), [(weight, m)])
+                                else:
+                                    # row m, tap row r reads g's row g_top + m - r
+                                    taps = [e.broadcast(w_data, b.add(weights, b.mul(e.constant(r), w_step_))) for r in range(tap_rows)]
+                                    for u in range(1 - tap_rows, count_most):
+                                        products = [(taps[r], u + r) for r in reversed(range(tap_rows)) if 0 <= u + r < count_most]
+                                        add_row(b.add(g_top_, e.constant(u)), products)
+                mask_kind = ir.VectorType(ir.IntType(32), lanes)
+                half = lanes // 2
+                low = ir.Constant(mask_kind, [k // 2 + (lanes if k % 2 else 0) for k in range(lanes)])
+                high = ir.Constant(mask_kind, [half + k // 2 + (lanes if k % 2 else 0) for k in range(lanes)])
+                for m in range(count_most):
+                    with cgutils.if_likely(b, b.icmp_signed("<", e.constant(m), count_)):
+                        even, odd = b.load(acc[m][0]), b.load(acc[m][1])
+                        row = b.add(out_at_, b.mul(e.constant(m), out_row_))
+                        for v, order in enumerate((low, high)):
+                            at = b.add(p0, e.constant(v * lanes))
+                            e.masked_store(b.shuffle_vector(even, odd, order), out_data, b.add(row, at), e.lanes_between(at, cells_))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(phase_row_sums)
+
+
+phase_row_sums = _phase_row_sums()
+phase_row_sums1, phase_row_sums2, phase_row_sums3, phase_row_sums4 = (_phase_row_sums(rows) for rows in range(1, 5))
 
 
 @serial(inline=True)
@@ -497,7 +528,8 @@ def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw, parts):
     weight (K, C/groups, kh, kw), from grad_output (N, K, oh, ow): an iteration a
     part of an input plane's rows (`parts` a plane); its rows in classes of rows
     that take the same tap rows (every sh-th row), a phase_row_sums call ROWS rows
-    of a class."""
+    of a class (PHASE_ROWS where the class's 1-4 tap rows read rows of
+    grad_output one apart: phase_row_sums1 to 4)."""
     n_, c_, h, wd = gx.shape
     k_, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
     cg, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
@@ -516,14 +548,26 @@ def input_planes(weight, grad_output, gx, groups, pt, pl, sh, dh, dw, parts):
             while (i_step * dh) % sh != 0:
                 i_step += 1
             tap_rows = 0 if i0 >= kh else (kh - 1 - i0) // i_step + 1
-            steps = -(-(h - a) // (sh * ROWS))
+            g_step = -(i_step * dh) // sh
+            shared = g_step == -1 and 1 <= tap_rows <= 4
+            rows_a_call = PHASE_ROWS if shared else ROWS
+            steps = -(-(h - a) // (sh * rows_a_call))
             for s in range(steps * part // parts, steps * (part + 1) // parts):
-                y = a + s * sh * ROWS
-                count = min(ROWS, (h - 1 - y) // sh + 1)
-                phase_row_sums(
-                    flat_gx, (plane * h + y) * wd, sh * wd, count, wd, flat_g, (n * k_ + group * kg) * oh * ow, oh * ow, (y + pt - i0 * dh) // sh, oh,
-                    kg, tap_rows, -(i_step * dh) // sh, flat_w, ((group * kg) * cg + cl) * taps + i0 * kw, cg * taps, i_step * kw, kw, dw, pl, ow,
+                y = a + s * sh * rows_a_call
+                args = (
+                    flat_gx, (plane * h + y) * wd, sh * wd, min(rows_a_call, (h - 1 - y) // sh + 1), wd, flat_g, (n * k_ + group * kg) * oh * ow, oh * ow,
+                    (y + pt - i0 * dh) // sh, oh, kg, tap_rows, g_step, flat_w, ((group * kg) * cg + cl) * taps + i0 * kw, cg * taps, i_step * kw, kw, dw, pl, ow,
                 )
+                if not shared:
+                    phase_row_sums(*args)
+                elif tap_rows == 1:
+                    phase_row_sums1(*args)
+                elif tap_rows == 2:
+                    phase_row_sums2(*args)
+                elif tap_rows == 3:
+                    phase_row_sums3(*args)
+                else:
+                    phase_row_sums4(*args)
 
 
 @parallel

@@ -170,22 +170,38 @@ def test_shared_row_dots_against_numpy(variant, count, g_rows, height, top, cell
 
 
 @numba.njit
-def _phase_row_sums(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width):
-    rows.phase_row_sums(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+def _phase_row_sums(shared, out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width):
+    args = (out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+    if not shared:
+        rows.phase_row_sums(*args)
+    elif rows_ == 1:
+        rows.phase_row_sums1(*args)
+    elif rows_ == 2:
+        rows.phase_row_sums2(*args)
+    elif rows_ == 3:
+        rows.phase_row_sums3(*args)
+    else:
+        rows.phase_row_sums4(*args)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
-    st.integers(1, rows.ROWS), st.integers(1, 40), st.integers(-3, 6), st.integers(1, 10), st.integers(1, 3), st.integers(0, 3),
+    st.booleans(), st.integers(1, rows.PHASE_ROWS), st.integers(1, 40), st.integers(-3, 6), st.integers(1, 10), st.integers(1, 3), st.integers(0, 4),
     st.integers(-2, 0), st.integers(1, 5), st.integers(1, 3), st.integers(-3, 5), st.integers(1, 20), st.sampled_from(DTYPES), st.integers(0, 2**16),
 )
-def test_phase_row_sums_against_numpy(count, cells, g_top, g_height, channels, rows_, g_step, kw, dw, left, g_width, dtype, seed):
+def test_phase_row_sums_against_numpy(shared, count, cells, g_top, g_height, channels, rows_, g_step, kw, dw, left, g_width, dtype, seed):
+    # shared: phase_row_sums1 to 4, for 1-4 tap rows one row of g apart
+    # (PHASE_ROWS rows); else the general sums (ROWS rows)
+    if shared:
+        rows_, g_step = max(1, rows_), -1
+    else:
+        count = min(count, rows.ROWS)
     rng = np.random.default_rng(seed)
     g_at, g_channel, w_at, w_step, out_at, out_row = 3, g_height * g_width + 2, 1, kw + 1, 2, cells + 5
     w_channel = max(1, rows_) * w_step + 1
     g = rng.standard_normal(g_at + channels * g_channel).astype(dtype)
     w = rng.standard_normal(w_at + channels * w_channel).astype(dtype)
-    out = np.full(out_at + rows.ROWS * out_row, SENTINEL, dtype=dtype)
+    out = np.full(out_at + rows.PHASE_ROWS * out_row, SENTINEL, dtype=dtype)
     expected = out.copy()
     for m in range(count):
         row = np.zeros(cells)
@@ -200,7 +216,7 @@ def test_phase_row_sums_against_numpy(count, cells, g_top, g_height, channels, r
                         if shift % 2 == 0 and 0 <= shift // 2 < g_width:
                             row[p] += w[w_at + c * w_channel + r * w_step + j] * g[g_at + c * g_channel + y * g_width + shift // 2]
         expected[out_at + m * out_row : out_at + m * out_row + cells] = row
-    _phase_row_sums(out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
+    _phase_row_sums(shared, out, out_at, out_row, count, cells, g, g_at, g_channel, g_top, g_height, channels, rows_, g_step, w, w_at, w_channel, w_step, kw, dw, left, g_width)
     assert_close(out, expected, dtype)
 
 
