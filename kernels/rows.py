@@ -129,7 +129,8 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     for q < cells, the terms whose x cell lies outside the plane (0 <= y < height,
     0 <= q*stride - left + j*dw < width) left out. The arrays flat and contiguous,
     of one dtype, the integers int64. Each term a fused multiply-add, in order of
-    j, c, then i. `stride` 1 or 2 along the row (2: the general sums only).
+    j, c, then i. `stride` 1 or 2 along the row (2: the general sums, or shared rows
+    at stride 2 down the height too).
 
     `tap_rows`: for kh == tap_rows, sh == stride and dh == 1 only (the arguments kh,
     sh and dh unused), SHARED_ROWS output rows (BLOCK_ROWS for several outputs),
