@@ -177,9 +177,10 @@ def _rows_pay(g: ConvGeometry, computation: str, dtype) -> bool:
     cells = g.w if computation == "input" else g.ow
     computed = cg if computation == "input" else kg
     chunk = R.row_chunk(dtype)
-    if R.shares_rows(g) and cells >= ROWS_FILL * -(-cells // chunk) * chunk:
-        if computation != "weight" and (min(cg, kg) <= ROWS_CHANNELS or _fill(computed, R.OUTPUTS) > _block_fill(computed)):
-            return True
+    fills_chunks = cells >= ROWS_FILL * -(-cells // chunk) * chunk
+    channels_pay = min(cg, kg) <= ROWS_CHANNELS or _fill(computed, R.OUTPUTS) > _block_fill(computed)
+    if computation != "weight" and R.shares_rows(g) and fills_chunks and channels_pay:
+        return True
     if computation == "weight" and kg <= ROWS_WEIGHT_CHANNELS and (kg == 1 or cg <= ROWS_CHANNELS):
         return True
     if computation == "input" and g.sw == 2 and _block_fill(cg) < ROWS_STRIDED_FILL:

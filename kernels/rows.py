@@ -211,11 +211,11 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
                                 return [[e.broadcast(w_data, b.add(at, b.mul(e.constant(i), kw_))) for i in range(tap_rows)] for at in ats]
 
                             taps = tap_weights(weights)
-                            odd_taps = tap_weights(odd_weights) if pairs else taps
+                            odd_taps = tap_weights(odd_weights) if pairs else None
                             for r in range((rows - 1) * row_step + tap_rows):
-                                reads = [i for i in reversed(range(tap_rows)) if (r - i) % row_step == 0 and 0 <= (r - i) // row_step < rows]
-                                products = [(taps[o][i], o, (r - i) // row_step) for i in reads for o in range(outputs)]
-                                odd_products = [(odd_taps[o][i], o, (r - i) // row_step) for i in reads for o in range(outputs)]
+                                reads = [(i, o, (r - i) // row_step) for i in reversed(range(tap_rows)) if (r - i) % row_step == 0 and 0 <= (r - i) // row_step < rows for o in range(outputs)]
+                                products = [(taps[o][i], o, m) for i, o, m in reads]
+                                odd_products = [(odd_taps[o][i], o, m) for i, o, m in reads] if pairs else ()
                                 add_row(b.add(top_, e.constant(r)), products, odd_products)
                 for o in range(outputs):
                     with cgutils.if_likely(b, b.icmp_signed("<", e.constant(o), present_)):
