@@ -124,15 +124,38 @@ def _fills_blocks(channels: int) -> bool:
     return _block_fill(channels) >= BLOCKED_FILL
 
 
-def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
+def _channels_fill(g: ConvGeometry, computation: str) -> bool:
+    """Whether the channels a group fill the blocked sums' blocks (BLOCKED_FILL) or
+    rows of dot products (BLOCKED_WEIGHT_ROWS, BLOCKED_GRADIENT_CHANNELS)."""
     taps, cg, kg = g.kh * g.kw, g.c_in // g.groups, g.c_out // g.groups
-    if taps == 1:
-        return False
     if computation == "forward":
         return _fills_blocks(kg)
     if computation == "input":
         return _fills_blocks(cg)
     return cg * taps >= BLOCKED_WEIGHT_ROWS and kg >= BLOCKED_GRADIENT_CHANNELS
+
+
+def _blocked_pays(g: ConvGeometry, computation: str) -> bool:
+    return g.kh * g.kw > 1 and _channels_fill(g, computation)
+
+
+# Which path runs a 1x1 convolution of several channels a group (a plain matrix
+# product; the direct kernels would pad the one tap to three): the blocked sums where
+# they pay (_blocked_pays' rules for the channels), else GEMM. Per-pass timings of
+# both paths on 24 shapes (1x1 layers of 3-2048 channels, planes of 4x4 to 56x56,
+# batch 1-32, strides 1 and 2, groups 1 and 4, both dtypes, 2 cores of an AMD EPYC):
+# the blocked sums 1.2-2.4x faster in float32 (pw 256 channels of 14x14 planes:
+# forward 4.2 -> 2.5 ms, weight gradient 5.6 -> 2.3), 1-2x in float64, as fast on
+# the catalogue's pointwise, where OpenBLAS's products are large; slower only in the
+# forward where the outputs fill less than ONE_TAP_CELL_FILL of the blocks of cells
+# (a batch-1 layer of 7x7 planes in float32, 49 cells in 2 blocks of 48: 1.52
+# against 1.25 ms; in float64, 3 blocks of 24, 2.2 against 2.9).
+ONE_TAP_CELL_FILL = 0.6
+
+
+def _one_tap_path(g: ConvGeometry, computation: str, dtype) -> str:
+    cells_fill = computation != "forward" or B.forward_cell_fill(g, dtype) >= ONE_TAP_CELL_FILL
+    return "blocked" if _channels_fill(g, computation) and cells_fill else "gemm"
 
 
 # Where the rows read in place (fastconv.kernels.rows) beat the other paths (per-pass
@@ -192,9 +215,10 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     """The path of one computation (a PASSES name) of geometry g in dtype on
     `threads` threads (default: fastconv's count in this Python thread):
 
-    - 'gemm' for 1x1 convolutions over several channels (a plain matrix product; the
-      direct kernels would pad the one tap to three), and for the passes that it
-      pays for (_gemm_pays, on up to gemm.MOST_THREADS) and the blocked sums leave:
+    - 'blocked' or 'gemm' for 1x1 convolutions over several channels
+      (_one_tap_path);
+    - 'gemm' for the passes that it pays for (_gemm_pays, on up to
+      gemm.MOST_THREADS) and the blocked sums leave:
       3-4x faster than the direct loops on batch-1 layers of 256 channels and 8x8
       planes, 1.1-2x on strided, dilated and transposed layers of 64-256 channels;
     - 'rows' where they apply (R.applicable: stride 1 or 2 along the width) and pay
@@ -220,7 +244,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
         return _forced
     threads = get_num_threads() if threads is None else threads
     if g.kh == g.kw == 1 and g.c_in // g.groups > 1:
-        return "gemm"
+        return _one_tap_path(g, computation, dtype)
     if R.applicable(g, computation) and _rows_pay(g, computation, dtype):
         return "rows"
     if _blocked_pays(g, computation):

@@ -786,6 +786,12 @@ def _plan(g, dtype, runs_of):
     return _Plan(g, dtype, runs_of)
 
 
+def forward_cell_fill(g, dtype):
+    """The share of the forward's blocks of cells (in dtype) that hold outputs."""
+    plan = _plan(g, dtype, forward_runs_of(g, dtype))
+    return g.oh * g.ow * plan.runs_of / (plan.blocks * plan.block_cells)
+
+
 # Scratch kept between calls, per Python thread: the split and transposed planes
 # of a geometry's last calls, and its interleaved weights. The kernels write only
 # the cells of the planes, and the same cells at every call of a geometry, so its
