@@ -15,9 +15,9 @@ in 0.82-0.92 (1.42); 5x5 and 7x7 depthwise layers' passes 2-2.5x faster.
   registers, every (tap column, channel, tap row) product a fused multiply-add
   into them, the edge masks of a tap column computed once for all its rows and
   channels. `row_sums3`, `row_sums5` and `row_sums7`, for 3, 5 and 7 tap rows at
-  stride and dilation 1 down the height: SHARED_ROWS output rows, each input
-  row's vectors loaded once for every output row that reads it, the tap rows'
-  weights in registers (one load per multiply-add took the forward of the
+  stride 1: SHARED_ROWS output rows, each input row's vectors loaded once for
+  every output row that reads it, the tap rows' weights in registers (with
+  dilation d down the height, output rows d apart, which read input rows d apart) (one load per multiply-add took the forward of the
   depthwise layer 1.22 ms, shared 0.72); `block_row_sums3`, 5 and 7 the same for
   OUTPUTS output channels at once, each loaded input vector feeding the tap rows
   of all of them: about a third of a load per multiply-add, where the blocked
@@ -121,11 +121,11 @@ def _cells(e, data, at, masks):
 def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     """The intrinsic row_sums(out, out_at, out_row, out_channel, present, count,
     cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel,
-    kh, kw, dh, dw, left, width): for the output channels o < present (at most
+    kh, kw, dh, dw, left, width, x_row): for the output channels o < present (at most
     `outputs`) and output rows m < count (at most ROWS):
     out[out_at + o*out_channel + m*out_row + q] = the sum over c < channels, i < kh
     and j < kw of w[w_at + o*w_out + c*w_channel + i*kw + j] *
-    x[x_at + c*x_channel + y*width + q*stride - left + j*dw], y = top + m*sh + i*dh,
+    x[x_at + c*x_channel + y*x_row + q*stride - left + j*dw], y = top + m*sh + i*dh,
     for q < cells, the terms whose x cell lies outside the plane (0 <= y < height,
     0 <= q*stride - left + j*dw < width) left out. The arrays flat and contiguous,
     of one dtype, the integers int64. Each term a fused multiply-add, in order of
@@ -133,7 +133,8 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     at stride 2 down the height too).
 
     `tap_rows`: for kh == tap_rows, sh == stride and dh == 1 only (the arguments kh,
-    sh and dh unused), SHARED_ROWS output rows (BLOCK_ROWS for several outputs),
+    sh and dh unused; x_row may be a multiple of the rows' pitch: every dh-th row
+    of a dilated kernel's input), SHARED_ROWS output rows (BLOCK_ROWS for several outputs),
     each input row's vectors loaded once for the tap rows of every output row and
     channel that reads it (the terms in order of j, c, then i from the last), with
     the tap rows' weights in registers; at stride 2 also dw == 1, and the input
@@ -149,13 +150,13 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     # even lanes of two vectors from column j's first cell, then their odd lanes
     pairs = tap_rows is not None and stride == 2
 
-    def row_sums(typingctx, out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width):
-        sig = types.void(out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width)
+    def row_sums(typingctx, out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width, x_row):
+        sig = types.void(out, out_at, out_row, out_channel, present, count, cells, x, x_at, x_channel, top, sh, height, channels, w, w_at, w_out, w_channel, kh, kw, dh, dw, left, width, x_row)
 
         def codegen(context, builder, signature, args):
             e = Emitter(context, builder, signature, args)
             (out_, out_at_, out_row_, out_channel_, present_, count_, cells_, x_, x_at_, x_channel_, top_, sh_, height_, channels_,
-             w_, w_at_, w_out_, w_channel_, kh_, kw_, dh_, dw_, left_, width_) = args
+             w_, w_at_, w_out_, w_channel_, kh_, kw_, dh_, dw_, left_, width_, x_row_) = args
             kinds = signature.args
             out_data, x_data, w_data = e.data(kinds[0], out_), e.data(kinds[7], x_), e.data(kinds[14], w_)
             b, lanes = builder, e.lanes
@@ -190,7 +191,7 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
                             # the products of input row y with the (weight, output, row)
                             # triples (and those of the odd column)
                             with cgutils.if_likely(b, b.icmp_unsigned("<", y, height_)):
-                                base = b.add(plane, b.mul(y, width_))
+                                base = b.add(plane, b.mul(y, x_row_))
                                 if not pairs:
                                     add_products([_cells(e, x_data, b.add(base, e.constant(v * lanes * stride)), masks[v]) for v in range(vectors)], products)
                                     return
@@ -458,11 +459,18 @@ phase_row_sums1, phase_row_sums2, phase_row_sums3, phase_row_sums4 = (_phase_row
 
 
 @serial(inline=True)
-def rows_shared(kh, sh, sw, dh):
-    """Whether the input rows of a kernel of kh rows at stride (sh, sw) and dilation
-    dh down the height are loaded once for all the output rows that read them
-    (row_sums3, 5 and 7, row_dots3, 5 and 7)."""
-    return sh == 1 and sw == 1 and dh == 1 and (kh == 3 or kh == 5 or kh == 7)
+def rows_shared(kh, sh, sw):
+    """Whether the forward's input rows for a kernel of kh rows at stride (sh, sw)
+    are loaded once for all the output rows that read them (row_sums3, 5 and 7;
+    with dilation d down the height, in d classes of output rows d apart)."""
+    return sh == 1 and sw == 1 and (kh == 3 or kh == 5 or kh == 7)
+
+
+@serial(inline=True)
+def dot_rows_shared(kh, sh, sw, dh):
+    """Whether the weight gradient's input rows are loaded once for all the rows of
+    grad_output that read them (row_dots3, 5 and 7): at stride and dilation 1."""
+    return rows_shared(kh, sh, sw) and dh == 1
 
 
 @serial(inline=True)
@@ -480,25 +488,39 @@ def forward_planes(x, w, out, groups, pt, pl, sh, sw, dh, dw, parts):
     (dh, dw), padding pt on top and pl on the left (any sign). An iteration a part
     of the rows (`parts` a block) of a block of a group's output planes: OUTPUTS
     where rows are shared at stride 1 and the group has as many, else one; a
-    row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) rows."""
+    row_sums call ROWS (SHARED_ROWS, BLOCK_ROWS) rows; where rows are shared with
+    dilation d down the height, rows of one class of output rows d apart (each
+    class the convolution, undilated down the height, of the input rows of its
+    own: every d-th row from its first)."""
     n_, c_, h, wd = x.shape
     k_, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_ // groups
-    shared = rows_shared(kh, sh, sw, dh)
+    shared = rows_shared(kh, sh, sw)
     strided = strided_rows_shared(kh, sh, sw, dh, dw)
     block = OUTPUTS if shared and kg >= OUTPUTS else 1
     step = SHARED_ROWS if strided or shared and block == 1 else BLOCK_ROWS if shared else ROWS
-    per_group, steps = -(-kg // block), -(-oh // step)
+    classes = dh if shared else 1
+    class_rows = -(-oh // classes)  # the most output rows a class holds
+    per_group, steps = -(-kg // block), -(-class_rows // step)
     flat_x, flat_w, flat_out = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
     for t in prange(n_ * groups * per_group * parts):
         b, part = t // parts, t % parts
         n, group = b // (groups * per_group), b // per_group % groups
         k0 = group * kg + b % per_group * block
         present = min(block, (group + 1) * kg - k0)
-        for s in range(steps * part // parts, steps * (part + 1) // parts):
-            y = s * step
-            args = (flat_out, ((n * k_ + k0) * oh + y) * ow, ow, oh * ow, present, min(step, oh - y), ow, flat_x, (n * c_ + group * cg) * h * wd, h * wd, y * sh - pt, sh, h, cg, flat_w, k0 * cg * kh * kw, cg * kh * kw, kh * kw, kh, kw, dh, dw, pl, wd)
+        for s in range(classes * steps * part // parts, classes * steps * (part + 1) // parts):
+            y = s // steps + s % steps * step * classes
+            if y >= oh:
+                continue
+            # the class's input rows: every classes-th row from row `first`
+            top = y * sh - pt
+            first = top % classes
+            args = (
+                flat_out, ((n * k_ + k0) * oh + y) * ow, ow * classes, oh * ow, present, min(step, (oh - 1 - y) // classes + 1), ow,
+                flat_x, ((n * c_ + group * cg) * h + first) * wd, h * wd, (top - first) // classes, sh, max(0, -(-(h - first) // classes)), cg,
+                flat_w, k0 * cg * kh * kw, cg * kh * kw, kh * kw, kh, kw, dh, dw, pl, wd, wd * classes,
+            )
             if strided and kh == 3:
                 strided_row_sums3(*args)
             elif strided and kh == 5:
@@ -593,7 +615,7 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw, parts
             n, part = item // parts, item % parts
             r0, r1 = oh * part // parts, oh * (part + 1) // parts
             for cl in range(cg):
-                if rows_shared(kh, sh, sw, dh):
+                if dot_rows_shared(kh, sh, sw, dh):
                     for j0 in range(0, kw, DOT_TAPS):
                         args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + r0) * ow, ow, r1 - r0, flat_x, (n * c_ + c0 + cl) * h * wd, r0 - pt, h, ow, dw, pl - j0 * dw, wd)
                         if kh == 3:
@@ -623,9 +645,9 @@ def row_chunk(dtype):
 
 
 def shares_rows(g):
-    """Whether geometry g's input rows are loaded once for all the output rows that
-    read them (rows_shared)."""
-    return rows_shared(g.kh, g.sh, g.sw, g.dh)
+    """Whether the forward of geometry g loads its input rows once for all the output
+    rows that read them (rows_shared)."""
+    return rows_shared(g.kh, g.sh, g.sw)
 
 
 def applicable(g, computation):

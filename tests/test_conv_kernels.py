@@ -460,7 +460,14 @@ def test_conv_path_order(monkeypatch):
     # weight gradient of one output, or two of two inputs, by rows
     assert paths(conv2d_geometry((8, 5, 32, 32), (10, 5, 3, 3), stride=2, padding=1)) == ["blocked", "rows", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), stride=2, padding=1, groups=32)) == ["blocked", "rows", "rows"]
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), dilation=2, padding=2, groups=32)) == ["blocked", "blocked", "rows"]
+    # depthwise layers of rows of at most a quarter of a row chunk: the forward and
+    # stride-1 input gradient blocked (7 cells in float32, not in float64)
+    small = conv2d_geometry((8, 512, 7, 7), (512, 1, 3, 3), padding=1, groups=512)
+    assert paths(small) == ["blocked", "blocked", "rows"]
+    assert [dispatch.conv_path(small, c, 2, np.float64) for c in dispatch.PASSES] == ["rows"] * 3
+    assert paths(conv2d_geometry((8, 512, 14, 14), (512, 1, 3, 3), padding=1, groups=512)) == ["rows"] * 3
+    # dilated, rows shared within each class of output rows (every second one)
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), dilation=2, padding=2, groups=32)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 64, 16, 16), (1, 64, 3, 3), stride=2, padding=1))[2] == "rows"
     assert paths(conv2d_geometry((8, 32, 8, 8), (2, 32, 3, 3), padding=1))[2] == "blocked"
 

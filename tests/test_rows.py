@@ -73,7 +73,7 @@ def row_sums_args(draw):
     most = rows.ROWS if not tap_rows else rows.SHARED_ROWS if outputs == 1 else rows.BLOCK_ROWS
     return dict(
         variant=variant, stride=stride, kh=kh, sh=sh, dh=dh, kw=draw(st.integers(1, 6)), dw=1 if tap_rows and stride == 2 else draw(st.integers(1, 3)),
-        height=draw(st.integers(1, 12)), width=draw(st.integers(1, 40)), cells=draw(st.integers(1, 40)),
+        height=draw(st.integers(1, 12)), width=draw(st.integers(1, 40)), cells=draw(st.integers(1, 40)), rows_apart=draw(st.integers(1, 3)),
         left=draw(st.integers(-5, 8)), top=draw(st.integers(-6, 10)), channels=draw(st.integers(1, 3)),
         count=draw(st.integers(1, most)), present=draw(st.integers(1, outputs)),
         dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2**16)),
@@ -85,7 +85,10 @@ def row_sums_args(draw):
 def test_row_sums_against_numpy(a):
     rng = np.random.default_rng(a["seed"])
     dtype, kh, kw, width, height = a["dtype"], a["kh"], a["kw"], a["width"], a["height"]
-    x_at, x_channel = 5, height * width + 3
+    # the input's rows rows_apart rows of the width apart (a dilated kernel's class
+    # of rows)
+    x_row = a["rows_apart"] * width
+    x_at, x_channel = 5, height * x_row + 3
     w_at, w_channel = 2, kh * kw + 1
     w_out = a["channels"] * w_channel + 2
     out_at, out_row = 3, a["cells"] + 7
@@ -107,12 +110,12 @@ def test_row_sums_against_numpy(a):
                         for q in range(a["cells"]):
                             col = q * a["stride"] - a["left"] + j * a["dw"]
                             if 0 <= col < width:
-                                row[q] += w[w_at + o * w_out + c * w_channel + i * kw + j] * x[x_at + c * x_channel + y * width + col]
+                                row[q] += w[w_at + o * w_out + c * w_channel + i * kw + j] * x[x_at + c * x_channel + y * x_row + col]
             at = out_at + o * out_channel + m * out_row
             expected[at : at + a["cells"]] = row
     call = _ROW_SUMS_CALLS.setdefault(a["variant"], _row_sums_of(a["variant"]))
     call(out, out_at, out_row, out_channel, a["present"], a["count"], a["cells"], x, x_at, x_channel, a["top"], a["sh"], height, a["channels"],
-         w, w_at, w_out, w_channel, kh, kw, a["dh"], a["dw"], a["left"], width)
+         w, w_at, w_out, w_channel, kh, kw, a["dh"], a["dw"], a["left"], width, x_row)
     assert_close(out, expected, dtype)
 
 
@@ -339,6 +342,8 @@ for dtype in (np.float32, np.float64):
         ((2, 2, 7, 33), (2, 1, 3, 2), dict(padding=((0, 2), (3, 1)), dilation=(2, 3), groups=2)),
         ((1, 3, 9, 5), (3, 1, 4, 3), dict(stride=(2, 1), padding=2, groups=3)),
         ((1, 1, 3, 3), (1, 1, 3, 3), dict(padding=4, dilation=2)),
+        ((1, 4, 10, 19), (6, 2, 5, 5), dict(padding=((5, 2), (4, 4)), dilation=(3, 2), groups=2)),
+        ((2, 2, 9, 9), (2, 1, 7, 7), dict(padding=5, dilation=2, groups=2)),
         ((2, 2, 6, 11), (5, 2, 3, 3), dict(padding=1)),
         ((1, 4, 9, 13), (8, 2, 5, 5), dict(padding=2, groups=2)),
         ((1, 2, 8, 8), (4, 1, 7, 7), dict(padding=(3, 0), groups=2)),
