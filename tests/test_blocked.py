@@ -10,8 +10,8 @@ import sys
 import numba
 import numpy as np
 import pytest
-from fastconv.kernels import blocked
-from hypothesis import given, settings
+from fastconv.kernels import blocked, direct
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastconv
@@ -182,15 +182,19 @@ def _packed(out, out_rows, packing, stores, w, x, offsets, rows, block_rows, fir
 
 @settings(max_examples=80, deadline=None)
 @given(
-    st.sampled_from(DTYPES), st.sampled_from(BLOCK_CHANNELS), st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(1, 3), st.integers(1, 3),
-    st.integers(0, 8), st.integers(0, 200),
+    st.sampled_from(DTYPES), st.sampled_from(BLOCK_CHANNELS + ["tall"]), st.integers(1, 6), st.integers(1, 40), st.integers(0, 3), st.integers(1, 3),
+    st.integers(1, 3), st.integers(0, 14), st.integers(0, 200),
 )
 def test_packed_block_sums_store_the_outputs_of_a_block(dtype, channels, oh, ow, gap, runs_of, present, out_rows, first_cell):
     # the block's sums in the wide layout (rows wq apart, runs_of samples' rows
     # interleaved, the first `present` in the batch), stored straight into the
     # outputs' rows (ow apart): every output cell of the block, and nothing else
     present = min(present, runs_of)
-    block_rows, cells = blocked.block_shape(dtype, channels)
+    if channels == "tall":
+        assume(blocked.TALL_BLOCK is not None)
+        block_rows, cells = blocked.TALL_ROWS, blocked.TALL_BLOCK[1] * blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    else:
+        block_rows, cells = blocked.block_shape(dtype, channels)
     wq = ow + gap
     first = min(first_cell, oh * runs_of * wq - 1)
     rng = np.random.default_rng(first * 100 + ow)
@@ -214,6 +218,29 @@ def test_packed_block_sums_store_the_outputs_of_a_block(dtype, channels, oh, ow,
     finite = np.isfinite(expected)
     assert (np.isfinite(out) == finite).all()
     assert_close(out[finite], expected[finite], dtype)
+
+
+@pytest.mark.skipif(blocked.TALL_BLOCK is None, reason="no tall blocks with AVX2")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tall_blocks_for_forwards_of_few_cells(dtype, rng):
+    # a batch-1 7x7 plane: 49 outputs in 61 cells, 51% of 2 blocks of 8 x 3 vectors
+    # in float32, 77% of 2 of 12 x 2; in float64 68% of 3 against 77% of 4
+    late = conv2d_geometry((1, 24, 7, 7), (24, 24, 3, 3), padding=1)
+    for g in (late, direct._adjoint(late)):
+        plan = blocked._plan(g, np.dtype(dtype), blocked.forward_runs_of(g, np.dtype(dtype)))
+        assert plan.block_rows == (blocked.TALL_ROWS if dtype == np.float32 else blocked.BLOCK[0])
+    few = conv2d_geometry((1, 24, 4, 4), (24, 24, 1, 1))  # 16 cells: one block of 16 in float64
+    assert blocked._plan(few, np.dtype(dtype), 1).block_rows == blocked.TALL_ROWS
+    res = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
+    assert blocked._plan(res, np.dtype(dtype), blocked.forward_runs_of(res, np.dtype(dtype))).block_rows == blocked.BLOCK[0]
+    x = rng.standard_normal(late.input_shape).astype(dtype)
+    w = rng.standard_normal(late.weight_shape).astype(dtype)
+    gy = rng.standard_normal(late.output_shape).astype(dtype)
+    wf = rng.standard_normal(few.weight_shape).astype(dtype)
+    with fastconv.dispatch.force_path("blocked"):
+        assert_close(fastconv.conv2d(x, w, padding=1), reference.conv2d(x, w, padding=1), dtype)
+        assert_close(grad.conv2d_input(x.shape, w, gy, padding=1), reference.conv2d_input(x.shape, w, gy, padding=1), dtype)
+        assert_close(fastconv.conv2d(x[..., :4, :4], wf), reference.conv2d(x[..., :4, :4], wf), dtype)
 
 
 @st.composite

@@ -397,14 +397,15 @@ def test_conv_path_order(monkeypatch):
         return [dispatch.conv_path(g, c, threads) for c in dispatch.PASSES]
 
     # 1x1: the blocked sums where the channels fill them, GEMM for the rest and
-    # for a forward whose outputs fill its blocks of cells poorly (49 cells of a
-    # batch-1 7x7 plane in 2 blocks of 48 in float32, 3 of 24 in float64)
+    # for a forward whose outputs fill its blocks of cells poorly (16 cells of a
+    # batch-1 4x4 plane in a block of 32 in float32; in float64 one of 16)
     assert paths(conv2d_geometry((8, 64, 32, 32), (128, 64, 1, 1))) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 8, 32, 32), (8, 8, 1, 1))) == ["blocked", "blocked", "gemm"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (1, 64, 1, 1)))[0] == "gemm"
-    late = conv2d_geometry((1, 1024, 7, 7), (1024, 1024, 1, 1))
+    late = conv2d_geometry((1, 1024, 4, 4), (1024, 1024, 1, 1))
     assert paths(late) == ["gemm", "blocked", "blocked"]
     assert [dispatch.conv_path(late, c, 2, np.float64) for c in dispatch.PASSES] == ["blocked"] * 3
+    assert paths(conv2d_geometry((1, 1024, 7, 7), (1024, 1024, 1, 1))) == ["blocked"] * 3
     # GEMM pays for every pass, uneven phases (4, 2, 2 and 1 taps): blocked still
     strided = conv2d_geometry((8, 64, 32, 32), (128, 64, 3, 3), stride=2, padding=1)
     assert paths(strided) == ["blocked"] * 3
