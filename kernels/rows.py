@@ -10,19 +10,20 @@ depthwise layer (128 channels of 32x32, 3x3) ran its forward in 0.72 ms where th
 direct kernels took 1.31, its input gradient in 0.70 (1.39), its weight gradient
 in 0.82-0.92 (1.42); 5x5 and 7x7 depthwise layers' passes 2-2.5x faster.
 
-- `row_sums`, for the forward (and the input gradient at stride 1, the forward of
-  the adjoint geometry): ROWS output rows by ROW_VECTORS vectors of cells in
+- `row_sums`, for the forward (and the input gradient at stride 1, the forward
+  of the adjoint geometry): ROWS output rows by ROW_VECTORS vectors of cells in
   registers, every (tap column, channel, tap row) product a fused multiply-add
   into them, the edge masks of a tap column computed once for all its rows and
   channels. `row_sums3`, `row_sums5` and `row_sums7`, for 3, 5 and 7 tap rows at
-  stride 1: SHARED_ROWS output rows, each input row's vectors loaded once for
-  every output row that reads it, the tap rows' weights in registers (with
-  dilation d down the height, output rows d apart, which read input rows d apart) (one load per multiply-add took the forward of the
-  depthwise layer 1.22 ms, shared 0.72); `block_row_sums3`, 5 and 7 the same for
-  OUTPUTS output channels at once, each loaded input vector feeding the tap rows
-  of all of them: about a third of a load per multiply-add, where the blocked
-  sums' blocks take a half (a first layer's input gradient, 3 channels out of 32,
-  1.3-1.5x faster than in the blocked sums' 3 x 7 blocks, its forward 1-1.25x);
+  stride 1: SHARED_ROWS output rows (with dilation d down the height, rows d
+  apart, which read input rows d apart), each input row's vectors loaded once
+  for every output row that reads it, the tap rows' weights in registers (one
+  load per multiply-add took the forward of the depthwise layer 1.22 ms, shared
+  0.72); `block_row_sums3`, 5 and 7 the same for OUTPUTS output channels at
+  once, each loaded input vector feeding the tap rows of all of them: about a
+  third of a load per multiply-add, where the blocked sums' blocks take a half
+  (a first layer's input gradient, 3 channels out of 32, 1.3-1.5x faster than in
+  the blocked sums' 3 x 7 blocks, its forward 1-1.25x);
 - `row_dots`, for the weight gradient: the dot products of the rows of
   grad_output with the input rows that DOT_TAPS tap columns of one tap row read,
   in registers over all the rows of a plane, their lanes added at the end;
@@ -133,14 +134,14 @@ def _row_sums(tap_rows=None, outputs=1, stride=1, vectors=ROW_VECTORS):
     at stride 2 down the height too).
 
     `tap_rows`: for kh == tap_rows, sh == stride and dh == 1 only (the arguments kh,
-    sh and dh unused; x_row may be a multiple of the rows' pitch: every dh-th row
-    of a dilated kernel's input), SHARED_ROWS output rows (BLOCK_ROWS for several outputs),
-    each input row's vectors loaded once for the tap rows of every output row and
-    channel that reads it (the terms in order of j, c, then i from the last), with
-    the tap rows' weights in registers; at stride 2 also dw == 1, and the input
-    row's vectors loaded once for the tap columns j and j + 1 (the terms in order
-    of j // 2, c, i from the last, then j). `vectors`: the vectors of cells of a row
-    computed at a time (row_chunk)."""
+    sh and dh unused; x_row a multiple of the rows' pitch where the input rows are
+    every d-th row of a kernel dilated by d), SHARED_ROWS output rows (BLOCK_ROWS
+    for several outputs), each input row's vectors loaded once for the tap rows of
+    every output row and channel that reads it (the terms in order of j, c, then i
+    from the last), with the tap rows' weights in registers; at stride 2 also
+    dw == 1, and the input row's vectors loaded once for the tap columns j and
+    j + 1 (the terms in order of j // 2, c, i from the last, then j). `vectors`:
+    the vectors of cells of a row computed at a time (row_chunk)."""
     rows = ROWS if tap_rows is None else SHARED_ROWS if outputs == 1 else BLOCK_ROWS
     assert tap_rows is not None or outputs == 1
     # at stride 2 the input rows of output row m are 2m + i: row r serves the
