@@ -292,24 +292,28 @@ row_dots, strided_row_dots = _row_dots(1), _row_dots(2)
 
 def _shared_row_dots(tap_rows):
     """The intrinsic shared_row_dots(out, out_at, out_row, count, g, g_at, g_row,
-    g_rows, x, x_at, top, height, cells, dw, left, width): row_dots for all the
-    `tap_rows` tap rows i of a kernel at sh == dh == 1:
-    out[out_at + i*out_row + j] += the sum over y < g_rows and q < cells of
-    g[g_at + y*g_row + q] * x[x_at + (top + y + i)*width + q - left + j*dw] for
-    j < count (at most DOT_TAPS), the terms whose x cell lies outside the plane
-    (0 <= top + y + i < height, 0 <= q - left + j*dw < width) left out. Each input
-    row's vectors are loaded once for the rows of g that read them: tap_rows *
-    DOT_TAPS sums in registers. Each sum lane by lane in order of q's vectors, then
-    the input rows, then its lanes added pairwise (a fixed order)."""
+    g_rows, x, x_at, top, height, cells, dw, left, width, samples, g_sample,
+    x_sample): row_dots for all the `tap_rows` tap rows i of a kernel at
+    sh == dh == 1, over `samples` pairs of planes (g_sample and x_sample apart):
+    out[out_at + i*out_row + j] += the sum over s < samples, y < g_rows and q <
+    cells of g[g_at + s*g_sample + y*g_row + q] *
+    x[x_at + s*x_sample + (top + y + i)*width + q - left + j*dw] for j < count (at
+    most DOT_TAPS), the terms whose x cell lies outside the plane (0 <= top + y + i
+    < height, 0 <= q - left + j*dw < width) left out. Each input row's vectors are
+    loaded once for the rows of g that read them: tap_rows * DOT_TAPS sums in
+    registers, their lanes added once after all the samples (a depthwise layer of
+    7x7 planes spent most of its weight gradient adding lanes when a call took one
+    sample). Each sum lane by lane in order of q's vectors, the samples, then the
+    input rows, then its lanes added pairwise (a fixed order)."""
 
     vectors = max(1, min(ROW_VECTORS, DOT_ACCUMULATORS // (tap_rows * DOT_TAPS)))
 
-    def shared_row_dots(typingctx, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width):
-        sig = types.void(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
+    def shared_row_dots(typingctx, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width, samples, g_sample, x_sample):
+        sig = types.void(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width, samples, g_sample, x_sample)
 
         def codegen(context, builder, signature, args):
             e = Emitter(context, builder, signature, args)
-            out_, out_at_, out_row_, count_, g_, g_at_, g_row_, g_rows_, x_, x_at_, top_, height_, cells_, dw_, left_, width_ = args
+            out_, out_at_, out_row_, count_, g_, g_at_, g_row_, g_rows_, x_, x_at_, top_, height_, cells_, dw_, left_, width_, samples_, g_sample_, x_sample_ = args
             kinds = signature.args
             out_data, g_data, x_data = e.data(kinds[0], out_), e.data(kinds[4], g_), e.data(kinds[8], x_)
             b, lanes = builder, e.lanes
@@ -334,18 +338,21 @@ def _shared_row_dots(tap_rows):
                     [b.select(b.icmp_signed("<", e.constant(j), count_), b.and_(e.lanes_between(b.add(start, e.constant(v * lanes)), width_), g_masks[v]), none) for v in range(vectors)]
                     for j, start in enumerate(starts)
                 ]
-                with cgutils.for_range(b, b.sub(end, first)) as row:
-                    yy = b.add(first, row.index)
-                    x_start = b.add(x_at_, b.mul(yy, width_))
-                    cells = [[e.masked_load(x_data, b.add(b.add(x_start, start), e.constant(v * lanes)), masks[j][v]) for v in range(vectors)] for j, start in enumerate(starts)]
-                    for i in reversed(range(tap_rows)):
-                        y = b.sub(b.sub(yy, top_), e.constant(i))
-                        with cgutils.if_likely(b, b.icmp_unsigned("<", y, g_rows_)):
-                            g_row = b.add(b.add(g_at_, b.mul(y, g_row_)), q0)
-                            for v in range(vectors):
-                                gv = e.masked_load(g_data, b.add(g_row, e.constant(v * lanes)), g_masks[v])
-                                for j in range(DOT_TAPS):
-                                    e.fma(gv, cells[j][v], acc[i][j][v])
+                with cgutils.for_range(b, samples_) as sample:
+                    g_first = b.add(g_at_, b.mul(sample.index, g_sample_))
+                    x_first = b.add(x_at_, b.mul(sample.index, x_sample_))
+                    with cgutils.for_range(b, b.sub(end, first)) as row:
+                        yy = b.add(first, row.index)
+                        x_start = b.add(x_first, b.mul(yy, width_))
+                        cells = [[e.masked_load(x_data, b.add(b.add(x_start, start), e.constant(v * lanes)), masks[j][v]) for v in range(vectors)] for j, start in enumerate(starts)]
+                        for i in reversed(range(tap_rows)):
+                            y = b.sub(b.sub(yy, top_), e.constant(i))
+                            with cgutils.if_likely(b, b.icmp_unsigned("<", y, g_rows_)):
+                                g_row = b.add(b.add(g_first, b.mul(y, g_row_)), q0)
+                                for v in range(vectors):
+                                    gv = e.masked_load(g_data, b.add(g_row, e.constant(v * lanes)), g_masks[v])
+                                    for j in range(DOT_TAPS):
+                                        e.fma(gv, cells[j][v], acc[i][j][v])
             first_lanes = e.lanes_between(e.constant(0), count_)
             for i in range(tap_rows):
                 # each sum's vectors added in order, then its lanes
@@ -600,7 +607,8 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw, parts
     (sample, part of its output rows) pairs, `parts` a sample, of the convolution
     forward_planes computes: an iteration an output channel of a chunk, a row_dots
     call up to DOT_TAPS tap columns of one tap row over the part's output rows
-    whose input row lies inside the plane (row_dots3, 5 and 7: of every tap row)."""
+    whose input row lies inside the plane (row_dots3, 5 and 7: of every tap row,
+    over all the chunk's samples where the items are whole samples)."""
     n_, c_, h, wd = x.shape
     k_, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
     chunks, _, cg, kh, kw = partial.shape
@@ -612,13 +620,21 @@ def weight_planes(x, grad_output, partial, groups, pt, pl, sh, sw, dh, dw, parts
         at = t * cg * kh * kw
         flat_p[at : at + cg * kh * kw] = 0.0
         c0 = k // kg * cg
-        for item in range(items * b // chunks, items * (b + 1) // chunks):
+        i0, i1 = items * b // chunks, items * (b + 1) // chunks
+        shared = dot_rows_shared(kh, sh, sw, dh)
+        # items of whole samples: one shared row_dots call for all of the chunk's
+        whole = shared and parts == 1
+        samples = i1 - i0 if whole else 1
+        for item in range(i0, i0 + 1 if whole else i1):
             n, part = item // parts, item % parts
             r0, r1 = oh * part // parts, oh * (part + 1) // parts
             for cl in range(cg):
-                if dot_rows_shared(kh, sh, sw, dh):
+                if shared:
                     for j0 in range(0, kw, DOT_TAPS):
-                        args = (flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + r0) * ow, ow, r1 - r0, flat_x, (n * c_ + c0 + cl) * h * wd, r0 - pt, h, ow, dw, pl - j0 * dw, wd)
+                        args = (
+                            flat_p, at + cl * kh * kw + j0, kw, min(DOT_TAPS, kw - j0), flat_g, ((n * k_ + k) * oh + r0) * ow, ow, r1 - r0,
+                            flat_x, (n * c_ + c0 + cl) * h * wd, r0 - pt, h, ow, dw, pl - j0 * dw, wd, samples, k_ * oh * ow, c_ * h * wd,
+                        )
                         if kh == 3:
                             row_dots3(*args)
                         elif kh == 5:

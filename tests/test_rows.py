@@ -55,13 +55,14 @@ def _row_dots(stride, out, out_at, count, g, g_at, g_row, x, x_at, x_row, rows_,
 
 
 @numba.njit
-def _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width):
+def _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width, samples, g_sample, x_sample):
+    args = (out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width, samples, g_sample, x_sample)
     if variant == 3:
-        rows.row_dots3(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
+        rows.row_dots3(*args)
     elif variant == 5:
-        rows.row_dots5(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
+        rows.row_dots5(*args)
     else:
-        rows.row_dots7(out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
+        rows.row_dots7(*args)
 
 
 @st.composite
@@ -150,26 +151,29 @@ def test_row_dots_against_numpy(stride, count, rows_, cells, width, left, dw, dt
 @settings(max_examples=100, deadline=None)
 @given(
     st.sampled_from([3, 5, 7]), st.integers(1, rows.DOT_TAPS), st.integers(1, 10), st.integers(1, 12), st.integers(-6, 8),
-    st.integers(1, 40), st.integers(1, 40), st.integers(-5, 8), st.integers(1, 3), st.sampled_from(DTYPES), st.integers(0, 2**16),
+    st.integers(1, 40), st.integers(1, 40), st.integers(-5, 8), st.integers(1, 3), st.integers(1, 3), st.sampled_from(DTYPES), st.integers(0, 2**16),
 )
-def test_shared_row_dots_against_numpy(variant, count, g_rows, height, top, cells, width, left, dw, dtype, seed):
+def test_shared_row_dots_against_numpy(variant, count, g_rows, height, top, cells, width, left, dw, samples, dtype, seed):
     rng = np.random.default_rng(seed)
     g_at, g_row, x_at, out_at, out_row = 4, cells + 2, 6, 1, rows.DOT_TAPS + 3
-    g = rng.standard_normal(g_at + g_rows * g_row).astype(dtype)
-    x = rng.standard_normal(x_at + height * width).astype(dtype)
+    # the samples' planes apart by more than a plane
+    g_sample, x_sample = g_rows * g_row + 5, height * width + 3
+    g = rng.standard_normal(g_at + samples * g_sample).astype(dtype)
+    x = rng.standard_normal(x_at + samples * x_sample).astype(dtype)
     out = rng.standard_normal(out_at + variant * out_row).astype(dtype)
     expected = out.astype(np.float64)
-    for i in range(variant):
-        for j in range(count):
-            for y in range(g_rows):
-                if not 0 <= top + y + i < height:
-                    continue
-                for q in range(cells):
-                    col = q - left + j * dw
-                    if 0 <= col < width:
-                        expected[out_at + i * out_row + j] += g[g_at + y * g_row + q] * x[x_at + (top + y + i) * width + col]
-    _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width)
-    assert_close(out, expected, dtype, scale=np.abs(expected).max() + cells * g_rows)
+    for s in range(samples):
+        for i in range(variant):
+            for j in range(count):
+                for y in range(g_rows):
+                    if not 0 <= top + y + i < height:
+                        continue
+                    for q in range(cells):
+                        col = q - left + j * dw
+                        if 0 <= col < width:
+                            expected[out_at + i * out_row + j] += g[g_at + s * g_sample + y * g_row + q] * x[x_at + s * x_sample + (top + y + i) * width + col]
+    _shared_row_dots(variant, out, out_at, out_row, count, g, g_at, g_row, g_rows, x, x_at, top, height, cells, dw, left, width, samples, g_sample, x_sample)
+    assert_close(out, expected, dtype, scale=np.abs(expected).max() + samples * cells * g_rows)
 
 
 @numba.njit
