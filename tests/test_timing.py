@@ -5,6 +5,8 @@ import time
 
 from fastconv import timing
 
+CALL_S = 1e-4
+
 
 def test_each_timed_call_follows_its_own_calls_for_the_settling_time(monkeypatch):
     monkeypatch.setattr(timing, "SETTLE_S", 0.004)
@@ -23,6 +25,9 @@ def test_each_timed_call_follows_its_own_calls_for_the_settling_time(monkeypatch
     # the warm-up calls, then a run of each per round: settling calls for SETTLE_S,
     # then the timed one
     assert [name for name, _ in runs] == ["short", "long"] + ["short", "long"] * 3
+    # (the settling time runs from the clock reading just before the first settling
+    # call, which that call's own reading follows by its call overhead: up to
+    # CALL_S less between the calls' readings)
     for name, times in runs[2:]:
         assert len(times) >= (2 if name == "long" else 5)
-        assert times[-1] - times[0] >= timing.SETTLE_S
+        assert times[-1] - times[0] >= timing.SETTLE_S - CALL_S
