@@ -364,6 +364,8 @@ for dtype in (np.float32, np.float64):
             rows.forward_planes(x, w, out, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, 2)
             partial = guarded((1, *g.weight_shape), dtype, at_end)
             rows.weight_planes(x, gy, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, 2)
+            # whole samples: a shared dots call over all of them
+            rows.weight_planes(x, gy, partial, g.groups, g.pt, g.pl, g.sh, g.sw, g.dh, g.dw, 1)
             gx = guarded(g.input_shape, dtype, at_end)
             if g.sw == 2:
                 rows.input_planes(w, gy, gx, g.groups, g.pt, g.pl, g.sh, g.dh, g.dw, 2)
