@@ -110,14 +110,9 @@ BLOCKED_WEIGHT_ROWS = 16
 BLOCKED_GRADIENT_CHANNELS = 2
 
 
-def _fill(channels: int, block: int) -> float:
-    """The share of blocks of `block` channels that `channels` channels fill."""
-    return channels / (-(-channels // block) * block)
-
-
 def _block_fill(channels: int) -> float:
     """The share of the blocked sums' blocks that `channels` channels fill."""
-    return _fill(channels, B.block_shape(np.float32, channels)[0])
+    return B.filled(channels, B.block_shape(np.float32, channels)[0])
 
 
 def _fills_blocks(channels: int) -> bool:
@@ -215,8 +210,7 @@ def _row_cells(g: ConvGeometry, computation: str) -> int:
 
 def _fills_chunks(g: ConvGeometry, computation: str, dtype) -> bool:
     """Whether the rows a computation writes fill ROWS_FILL of the rows' chunks."""
-    cells, chunk = _row_cells(g, computation), R.row_chunk(dtype)
-    return cells >= ROWS_FILL * -(-cells // chunk) * chunk
+    return B.filled(_row_cells(g, computation), R.row_chunk(dtype)) >= ROWS_FILL
 
 
 def _small_depthwise(g: ConvGeometry, computation: str, dtype) -> bool:
@@ -230,7 +224,7 @@ def _rows_pay(g: ConvGeometry, computation: str, dtype) -> bool:
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
     computed = cg if computation == "input" else kg
     fills_chunks = _fills_chunks(g, computation, dtype)
-    channels_pay = min(cg, kg) <= ROWS_CHANNELS or _fill(computed, R.OUTPUTS) > _block_fill(computed)
+    channels_pay = min(cg, kg) <= ROWS_CHANNELS or B.filled(computed, R.OUTPUTS) > _block_fill(computed)
     if computation != "weight" and R.shares_rows(g) and fills_chunks and channels_pay:
         return True
     if computation == "weight" and kg <= ROWS_WEIGHT_CHANNELS and (kg == 1 or cg <= ROWS_CHANNELS):

@@ -150,18 +150,22 @@ def block_shape(dtype, channels):
     return rows, vectors * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def forward_block(dtype, channels, outputs, length):
+def filled(count, block):
+    """The share of the blocks of `block` items that `count` items fill."""
+    return count / (-(-count // block) * block)
+
+
+def forward_block_shape(dtype, channels, length):
     """(ROWS, cells) of the forward's blocks for `channels` output channels a group
-    and a run of `outputs` outputs in `length` cells of the wide layout: block_shape,
-    or TALL_BLOCK where it fills TALL_GAIN times better."""
+    and a run of `length` cells of the wide layout: block_shape, or TALL_BLOCK where
+    its blocks of channels and cells are TALL_GAIN times fuller."""
     rows, cells = block_shape(dtype, channels)
     if TALL_BLOCK is None or rows != BLOCK[0]:
         return rows, cells
     tall = TALL_BLOCK[0], TALL_BLOCK[1] * VECTOR_BYTES // np.dtype(dtype).itemsize
 
     def fill(shape):
-        block_rows, block_cells = shape
-        return channels / (-(-channels // block_rows) * block_rows) * outputs / (-(-length // block_cells) * block_cells)
+        return filled(channels, shape[0]) * filled(length, shape[1])
 
     return tall if fill(tall) > TALL_GAIN * fill((rows, cells)) else (rows, cells)
 
@@ -244,7 +248,7 @@ thin_block_sums = _block_sums(THIN_BLOCK)
 packed_block_sums = _block_sums(BLOCK, packed=True)
 narrow_packed_block_sums = _block_sums(NARROW_BLOCK, packed=True)
 thin_packed_block_sums = _block_sums(THIN_BLOCK, packed=True)
-tall_packed_block_sums = _block_sums(TALL_BLOCK or BLOCK, packed=True)
+tall_packed_block_sums = _block_sums(TALL_BLOCK, packed=True) if TALL_BLOCK else packed_block_sums
 
 
 @serial(inline=True)
@@ -798,7 +802,7 @@ class _Plan:
         taps = [(i, j) for i in range(g.kh) for j in range(g.kw)]
         starts = tap_starts(g, taps, self.hq, self.runs_of * self.wq, self.runs_of * self.hq * self.wq)
         length = (g.oh * self.runs_of - 1) * self.wq + g.ow
-        self.block_rows, self.block_cells = forward_block(dtype, g.c_out // g.groups, g.oh * g.ow * runs_of, length)
+        self.block_rows, self.block_cells = forward_block_shape(dtype, g.c_out // g.groups, length)
         self.blocks = -(-length // self.block_cells)
         self.span = max(g.sh * g.sw * self.runs_of * self.hq * self.wq, int(starts.max()) + self.blocks * self.block_cells)
         self.offsets = (np.arange(cg, dtype=np.int64)[:, None] * self.span + starts[None, :]).reshape(-1)
