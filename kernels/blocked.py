@@ -924,8 +924,9 @@ def tile_weights(weight, groups, taps, across, block_rows, out):
     input gradient's sums, over the output channels) weight[g*K/groups + a, o,
     taps[t]]. Each row's terms are copied a tile at a time (copy_lanes) from the
     weight where they are one run of it (every tap in order, not `across`), else
-    from the block's rows gathered first, lanes terms a (count tiles) at a time,
-    each term a's taps of every row in turn (the weight read in order). (Gathered
+    from the block's rows gathered first, lanes terms a (count tiles) at a time:
+    each term a's taps a vector at a time where they are one run of the kernel's
+    (the stride-1 input gradient's), else one at a time (a phase's). (Gathered
     whole, a block's rows were fresh memory at every call, and its pages faulted in
     took most of the time.)"""
     k_, cg, kernel_taps = weight.shape
@@ -939,9 +940,10 @@ def tile_weights(weight, groups, taps, across, block_rows, out):
     flat = weight.reshape(weight.size)
     # term a's tap u of the block's row i at flat[first + i*pitch + a*step + u]
     pitch, step = (kernel_taps, cg * kernel_taps) if across else (cg * kernel_taps, kernel_taps)
-    runs = not across and count == kernel_taps
+    in_order = True
     for t in range(count):
-        runs = runs and taps[t] == t
+        in_order = in_order and taps[t] == taps[0] + t
+    runs = in_order and not across and count == kernel_taps
     for unit in prange(groups * blocks):
         g, b = unit // blocks, unit % blocks
         present = min(block_rows, outs - b * block_rows)
@@ -954,13 +956,25 @@ def tile_weights(weight, groups, taps, across, block_rows, out):
                     copy_lanes(flat, first + i * pitch + q * lanes, min(lanes, max(0, terms - q * lanes)), block, (q * block_rows + i) * lanes)
             continue
         wide = lanes * count
-        gathered = np.empty(present * wide, dtype=out.dtype)
+        # a vector's lanes past the last row's, which copy_lanes zeroes
+        gathered = np.empty(present * wide + lanes, dtype=out.dtype)
         for a0 in range(0, inner, lanes):
-            for a in range(a0, min(a0 + lanes, inner)):
-                for i in range(present):
-                    at, to = first + i * pitch + a * step, i * wide + (a - a0) * count
+            a1 = min(a0 + lanes, inner)
+            for i in range(present):
+                if in_order:
+                    for a in range(a0, a1):
+                        at, to = first + i * pitch + a * step + taps[0], i * wide + (a - a0) * count
+                        # each copy's zeros past its taps land where the next
+                        # copies write
+                        for t in range(0, count, lanes):
+                            copy_lanes(flat, at + t, min(lanes, count - t), gathered, to + t)
+                else:
+                    # a tap of every term at a time (few taps a phase: a loop
+                    # over them cost more than the copies)
                     for t in range(count):
-                        gathered[to + t] = flat[at + taps[t]]
+                        at, to = first + i * pitch + a0 * step + taps[t], i * wide + t
+                        for a in range(a1 - a0):
+                            gathered[to + a * count] = flat[at + a * step]
             for q in range(a0 * count // lanes, min(tiles, (a0 + lanes) * count // lanes)):
                 for i in range(block_rows):
                     terms = min(lanes, rows - q * lanes) if i < present else 0
@@ -980,12 +994,12 @@ def _block_weights(weight, g, block_rows, flipped=False):
     block_sums' tiles (tile_weights), flat; and Kp, the group's output channels
     rounded up to whole blocks (the extra rows zero). `flipped`: g is the
     adjoint of weight's geometry (direct._adjoint), whose kernels are weight's
-    turned by 180 degrees with their channel axes swapped (direct._flipped), read
-    so from weight (K, C/groups, kh, kw) without a flipped copy."""
+    with their channel axes swapped and turned by 180 degrees (direct._flipped),
+    read so from weight (K, C/groups, kh, kw) without a flipped copy, their taps
+    in weight's order (the sums' offsets turned instead: _flipped_offsets)."""
     kg, taps = g.c_out // g.groups, g.kh * g.kw
     kp = -(-kg // block_rows) * block_rows
     order = np.arange(taps, dtype=np.int64)
-    order = order[::-1].copy() if flipped else order
     size = _tiled_size(weight, g.groups, order, flipped, block_rows)
     out = _kept_empty(("weights", g, flipped), (size,), weight.dtype)
     tile_weights(weight.reshape(weight.shape[0], weight.shape[1], -1), g.groups, order, flipped, block_rows, out)
@@ -1015,18 +1029,29 @@ def _packings(g, dtype, runs_of):
     return packings, stores
 
 
+@functools.lru_cache(maxsize=256)
+def _flipped_offsets(g, dtype, runs_of):
+    """The forward's offsets of geometry g with each channel's taps in reverse
+    order: tap t of a kernel turned by 180 degrees is tap T - 1 - t of the kernel
+    as it lies, so that its weights are tiled in the order they lie in (each
+    channel's a run, copied a vector at a time)."""
+    offsets = _plan(g, dtype, runs_of).offsets
+    return np.ascontiguousarray(offsets.reshape(-1, g.kh * g.kw)[:, ::-1]).reshape(-1)
+
+
 def forward(x, weight, g, threads, flipped=False):
     """conv2d of x (N, C, H, W) with weight (K, C/groups, kh, kw), geometry g: the
     output (N, K, oh, ow). `flipped`: g is the adjoint of weight's geometry, and
     its kernels weight's flipped (_block_weights): the input gradient at stride 1."""
     plan = _plan(g, x.dtype, forward_runs_of(g, x.dtype))
+    offsets = _flipped_offsets(g, x.dtype, plan.runs_of) if flipped else plan.offsets
     out = np.empty(g.output_shape, dtype=x.dtype)
     w, kp = _block_weights(weight, g, plan.block_rows, flipped)
     block_parts = _block_parts(plan.runs, g.groups * plan.blocks * kp // plan.block_rows, threads)
     phased = _kept_zeros(("forward", g), (min(threads, plan.runs * block_parts), g.c_in, plan.span), x.dtype)
     packings, stores = _packings(g, x.dtype, plan.runs_of)
     sweep = _sweep(plan.block_rows, len(plan.offsets), x.dtype)
-    forward_blocks(x, w, kp, plan.offsets, out, phased, packings, stores, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, block_parts, sweep)
+    forward_blocks(x, w, kp, offsets, out, phased, packings, stores, g.pt, g.pl, g.sh, g.sw, plan.hq, plan.wq, plan.span, plan.runs_of, plan.block_rows, plan.block_cells, plan.blocks, block_parts, sweep)
     return out
 
 
