@@ -171,64 +171,61 @@ def forward_block_shape(dtype, channels, length):
 
 
 def _block_sums(shape, packed=False):
-    """The intrinsic block_sums(out, out_at, out_pitch, w, w_at, w_tile, x, x_at,
-    offsets, rows) for blocks of shape (ROWS, VECTORS):
+    """The intrinsic block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x,
+    x_at, offsets, rows) for blocks of shape (ROWS, VECTORS):
     out[out_at + i*out_pitch + l] += the sum over r < rows of
-    w[w_at + (r // lanes)*w_tile + i*lanes + r % lanes] * x[x_at + offsets[r] + l],
-    for i < ROWS and l below VECTORS * lanes: the weights in tiles of a vector's
-    lanes of terms of each row (tile_weights), w_tile apart; the arrays flat and
-    contiguous, of one dtype, the integers int64. The terms in order of r, each a
-    fused multiply-add.
+    w[w_at + i*w_pitch + r*w_step] * x[x_at + offsets[r] + l], for i < ROWS and l
+    below VECTORS * lanes; the arrays flat and contiguous, of one dtype, the integers
+    int64. The terms in order of r, each a fused multiply-add.
 
     `packed`: packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w,
-    w_at, w_tile, x, x_at, offsets, rows) stores each sum instead, for the
+    w_at, w_pitch, w_step, x, x_at, offsets, rows) stores each sum instead, for the
     rows i < out_rows only, with `stores` masked stores of each vector v: for
     s < stores, lane l to out[out_at + i*out_pitch + packing[2(v*stores + s)] + l]
     where bit l of packing[2(v*stores + s) + 1] is set (pack_cells: the cells of
     the wide layout that are outputs, straight into their rows)."""
     block_rows, vectors = shape
 
-    def sums(e, acc, w_data, w_at_, w_tile_, x_data, x_at_, offsets_data, rows_):
+    def sums(e, acc, w_data, w_at_, w_pitch_, w_step_, x_data, x_at_, offsets_data, rows_):
         builder = e.builder
+        weight_rows = e.at(w_at_, w_pitch_, block_rows)
         with cgutils.for_range(builder, rows_) as loop:
             r = loop.index
             start = builder.add(x_at_, builder.load(builder.gep(offsets_data, [r])))
             cells = [e.load(x_data, at) for at in e.at(start, e.constant(e.lanes), vectors)]
-            # the rows' weights a constant apart from term r's first
-            tile = builder.mul(builder.lshr(r, e.constant(e.lanes.bit_length() - 1)), w_tile_)
-            w_r = builder.add(builder.add(w_at_, tile), builder.and_(r, e.constant(e.lanes - 1)))
+            w_r = builder.mul(r, w_step_)
             for i in range(block_rows):
-                weight = e.broadcast(w_data, builder.add(w_r, e.constant(i * e.lanes)))
+                weight = e.broadcast(w_data, builder.add(weight_rows[i], w_r))
                 for v in range(vectors):
                     e.fma(weight, cells[v], acc[i * vectors + v])
 
-    def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_tile, x, x_at, offsets, rows):
-        sig = types.void(out, out_at, out_pitch, w, w_at, w_tile, x, x_at, offsets, rows)
+    def block_sums(typingctx, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
+        sig = types.void(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
         def codegen(context, builder, signature, args):
             e = Emitter(context, builder, signature, args)
-            out_, out_at_, out_pitch_, w_, w_at_, w_tile_, x_, x_at_, offsets_, rows_ = args
+            out_, out_at_, out_pitch_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
             kinds = signature.args
-            out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[6], x_), e.data(kinds[8], offsets_)
+            out_data, w_data, x_data, offsets_data = e.data(kinds[0], out_), e.data(kinds[3], w_), e.data(kinds[7], x_), e.data(kinds[9], offsets_)
             starts = [at for row in e.at(out_at_, out_pitch_, block_rows) for at in e.at(row, e.constant(e.lanes), vectors)]
             acc = e.accumulators(out_data, starts)
-            sums(e, acc, w_data, w_at_, w_tile_, x_data, x_at_, offsets_data, rows_)
+            sums(e, acc, w_data, w_at_, w_pitch_, w_step_, x_data, x_at_, offsets_data, rows_)
             e.store_all(acc, out_data, starts)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    def packed_block_sums(typingctx, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows):
-        sig = types.void(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows)
+    def packed_block_sums(typingctx, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
+        sig = types.void(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
         def codegen(context, builder, signature, args):
             e = Emitter(context, builder, signature, args)
-            out_, out_at_, out_pitch_, out_rows_, packing_, stores_, w_, w_at_, w_tile_, x_, x_at_, offsets_, rows_ = args
+            out_, out_at_, out_pitch_, out_rows_, packing_, stores_, w_, w_at_, w_pitch_, w_step_, x_, x_at_, offsets_, rows_ = args
             kinds = signature.args
             out_data, packing_data = e.data(kinds[0], out_), e.data(kinds[4], packing_)
-            w_data, x_data, offsets_data = e.data(kinds[6], w_), e.data(kinds[9], x_), e.data(kinds[11], offsets_)
+            w_data, x_data, offsets_data = e.data(kinds[6], w_), e.data(kinds[10], x_), e.data(kinds[12], offsets_)
             acc = [cgutils.alloca_once_value(builder, ir.Constant(e.vector, [0.0] * e.lanes)) for _ in range(block_rows * vectors)]
-            sums(e, acc, w_data, w_at_, w_tile_, x_data, x_at_, offsets_data, rows_)
+            sums(e, acc, w_data, w_at_, w_pitch_, w_step_, x_data, x_at_, offsets_data, rows_)
             for i, row in enumerate(e.at(out_at_, out_pitch_, block_rows)):
                 with cgutils.if_likely(builder, builder.icmp_signed("<", e.constant(i), out_rows_)):
                     for v in range(vectors):
@@ -255,28 +252,28 @@ tall_packed_block_sums = _block_sums(TALL_BLOCK, packed=True) if TALL_BLOCK else
 
 
 @serial(inline=True)
-def sums_of_block(block_rows, out, out_at, out_pitch, w, w_at, w_tile, x, x_at, offsets, rows):
+def sums_of_block(block_rows, out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
     """block_sums, or narrow_block_sums or thin_block_sums for blocks of their rows."""
     if block_rows == THIN_ROWS:
-        thin_block_sums(out, out_at, out_pitch, w, w_at, w_tile, x, x_at, offsets, rows)
+        thin_block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     elif block_rows == NARROW_ROWS:
-        narrow_block_sums(out, out_at, out_pitch, w, w_at, w_tile, x, x_at, offsets, rows)
+        narrow_block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     else:
-        block_sums(out, out_at, out_pitch, w, w_at, w_tile, x, x_at, offsets, rows)
+        block_sums(out, out_at, out_pitch, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
 
 @serial(inline=True)
-def packed_sums_of_block(block_rows, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows):
+def packed_sums_of_block(block_rows, out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows):
     """packed_block_sums, or narrow_packed_block_sums, thin_packed_block_sums or
     tall_packed_block_sums for blocks of their rows."""
     if block_rows == TALL_ROWS:
-        tall_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows)
+        tall_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     elif block_rows == THIN_ROWS:
-        thin_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows)
+        thin_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     elif block_rows == NARROW_ROWS:
-        narrow_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows)
+        narrow_packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
     else:
-        packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_tile, x, x_at, offsets, rows)
+        packed_block_sums(out, out_at, out_pitch, out_rows, packing, stores, w, w_at, w_pitch, w_step, x, x_at, offsets, rows)
 
 
 @intrinsic
@@ -384,23 +381,6 @@ def spread_store(typingctx, src, src_at, count, dst, dst_at):
     return sig, codegen
 
 
-@intrinsic
-def copy_lanes(typingctx, src, src_at, count, dst, dst_at):
-    """dst[dst_at + l] = src[src_at + l] for l < count, zero for count <= l < lanes
-    (count at most a vector's lanes): one masked load (src past count not read)
-    and one store. The arrays flat and contiguous, of one dtype."""
-    sig = types.void(src, src_at, count, dst, dst_at)
-
-    def codegen(context, builder, signature, args):
-        e = Emitter(context, builder, signature, args)
-        src_, src_at_, count_, dst_, dst_at_ = args
-        src_data, dst_data = e.data(signature.args[0], src_), e.data(signature.args[3], dst_)
-        e.store(e.masked_load(src_data, src_at_, e.lanes_between(e.constant(0), count_)), dst_data, dst_at_)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _channel_sums(vectors):
     """The intrinsic channel_sums(out, out_at, out_pitch, x, x_at, offsets, gt,
     gt_at, gt_pitch, cells, segments, x_segment) for blocks of ROWS =
@@ -464,7 +444,7 @@ def channel_sums_of_block(vectors, out, out_at, out_pitch, x, x_at, offsets, gt,
 @parallel
 def forward_blocks(x, w, kp, offsets, out, phased, packings, stores, top, left, sh, sw, hq, wq, span, runs_of, block_rows, block_cells, blocks, block_parts, sweep):
     """out (N, K, oh, ow) = the convolution of x (N, C, H, W) with w
-    (_block_weights: groups, Kp, R, tiled): group g's outputs (Kp rows, the channels past
+    (_block_weights: groups, Kp, R): group g's outputs (Kp rows, the channels past
     K/groups zero) from its C/groups input channels, row r of its sum from
     offsets[r] over the run's split planes (as in the module's docstring). The work
     is runs x block_parts units, each a range of one run's (group, sweep of
@@ -479,12 +459,10 @@ def forward_blocks(x, w, kp, offsets, out, phased, packings, stores, top, left, 
     n_, k_, oh, ow = out.shape
     c_ = x.shape[1]
     flat_out = out.reshape(out.size)
-    rows, lanes = offsets.shape[0], VECTOR_BYTES // x.itemsize
-    kbs = kp // block_rows
-    # a block's tiled weights
-    size = -(-rows // lanes) * block_rows * lanes
-    groups = w.shape[0] // (kbs * size)
+    rows = offsets.shape[0]
+    groups = w.shape[0] // (kp * rows)
     kg, cg = k_ // groups, c_ // groups
+    kbs = kp // block_rows
     per_run = groups * blocks * kbs
     workers, units = phased.shape[0], -(-n_ // runs_of) * block_parts
     for worker in prange(workers):
@@ -499,7 +477,7 @@ def forward_blocks(x, w, kp, offsets, out, phased, packings, stores, top, left, 
                 k0 = kb * block_rows
                 at = (run_ * runs_of * k_ + g * kg + k0) * oh * ow
                 packing = packings[1 if (run_ + 1) * runs_of > n_ else 0, b]
-                packed_sums_of_block(block_rows, flat_out, at, oh * ow, kg - k0, packing, stores, w, (g * kbs + kb) * size, block_rows * lanes, flat_x, g * cg * span + first, offsets, rows)
+                packed_sums_of_block(block_rows, flat_out, at, oh * ow, kg - k0, packing, stores, w, (g * kp + k0) * rows, 1, block_rows, flat_x, g * cg * span + first, offsets, rows)
 
 
 @serial
@@ -849,12 +827,12 @@ def forward_cell_fill(g, dtype):
 
 
 # Scratch kept between calls, per Python thread: the split and transposed planes
-# of a geometry's last calls, and its tiled weights. The kernels write only
+# of a geometry's last calls, and its interleaved weights. The kernels write only
 # the cells of the planes, and the same cells at every call of a geometry, so its
 # padding keeps the zeros it was made with (the weights are written whole); fresh
 # memory instead faulted its pages in at each call (2-10% of a weight gradient:
 # x_convT3's 0.70 -> 0.63 ms, decoder_up's 3.28 -> 3.08; a 512-channel layer's
-# weights tiled 20% faster). At most SCRATCH_BYTES a thread, the least
+# weights interleaved 20% faster). At most SCRATCH_BYTES a thread, the least
 # recently used dropped first.
 SCRATCH_BYTES = 64 << 20
 _scratch = threading.local()
@@ -914,85 +892,84 @@ def _block_parts(runs, tasks, threads):
 
 
 @parallel
-def tile_weights(weight, groups, taps, across, block_rows, out):
-    """out (groups, blocks, tiles, block_rows, lanes), flat = the weights of each
-    block of block_rows rows of the sums in block_sums' tiles: a vector's lanes of
-    terms of each row side by side in one vector of memory, the block's rows one
-    after the other, zero past the last row and term. weight (K, C/groups, kernel
-    taps), C-contiguous; the sums' row o of group g and term r = a*T + t (T =
-    len(taps)) take weight[g*K/groups + o, a, taps[t]], or with `across` (the
-    input gradient's sums, over the output channels) weight[g*K/groups + a, o,
-    taps[t]]. Each row's terms are copied a tile at a time (copy_lanes) from the
-    weight where they are one run of it (every tap in order, not `across`), else
-    from the block's rows gathered first, lanes terms a (count tiles) at a time:
-    each term a's taps a vector at a time where they are one run of the kernel's
-    (the stride-1 input gradient's), else one at a time (a phase's). (Gathered
-    whole, a block's rows were fresh memory at every call, and its pages faulted in
-    took most of the time.)"""
+def interleave_weights(weight, groups, taps, across, block_rows, out):
+    """out (groups, blocks, R, block_rows), flat = the weights of each block of
+    block_rows rows of the sums interleaved: row r's weights of the block side by
+    side (one cache line for block_sums' broadcasts, where rows R apart made as
+    many streams as the block has rows: forward 8% faster in float32), zero past
+    the last row. weight (K, C/groups, kernel taps), C-contiguous; the sums' row o
+    of group g and term r = a*T + t (T = len(taps)) take weight[g*K/groups + o, a,
+    taps[t]], or with `across` (the input gradient's sums, over the output
+    channels) weight[g*K/groups + a, o, taps[t]].
+
+    Where the taps are one run of the kernel's in order (the forward's, the
+    stride-1 input gradient's), a block is its rows transposed, lanes x lanes
+    weights at a time in registers (transpose_square): a 512-channel 3x3 layer's
+    9.4 MB of float32 weights in 0.3 ms on 2 cores (0.35 across), where a weight
+    at a time took 0.85 (1.1). A phase's taps (the strided input gradient's), and
+    runs of fewer than half a vector's lanes of taps, a weight at a time."""
     k_, cg, kernel_taps = weight.shape
     kg, count = k_ // groups, taps.shape[0]
     outs, inner = (cg, kg) if across else (kg, cg)
     blocks = -(-outs // block_rows)
     rows = inner * count
     lanes = VECTOR_BYTES // weight.itemsize
-    tiles = -(-rows // lanes)
-    size = tiles * block_rows * lanes
     flat = weight.reshape(weight.size)
-    # term a's tap u of the block's row i at flat[first + i*pitch + a*step + u]
-    pitch, step = (kernel_taps, cg * kernel_taps) if across else (cg * kernel_taps, kernel_taps)
     in_order = True
     for t in range(count):
         in_order = in_order and taps[t] == taps[0] + t
+    # term a's tap u of the block's row i at flat[first + i*pitch + a*step + u];
+    # not `across`, a row's terms are one run of the weight
+    pitch, step = (kernel_taps, cg * kernel_taps) if across else (cg * kernel_taps, kernel_taps)
     runs = in_order and not across and count == kernel_taps
+    # squares of term a's taps only where they fill half a square's columns or more
+    # (the single tap of a stride-2 phase: 11% slower a 512-channel input gradient)
+    squares = runs or (in_order and 2 * count >= lanes)
     for unit in prange(groups * blocks):
         g, b = unit // blocks, unit % blocks
         present = min(block_rows, outs - b * block_rows)
-        first = (g * kg * cg + b * block_rows) * kernel_taps if across else (g * kg + b * block_rows) * cg * kernel_taps
-        block = out[unit * size : (unit + 1) * size]
-        if runs:
+        block = out[unit * rows * block_rows : (unit + 1) * rows * block_rows]
+        if not squares:
+            # a row of the block at a time: float32 20-35% faster than each term's
+            # rows together (written in order), float64 10-40% slower; the rows at a
+            # time over 8-16 KiB of the block ran between the two in both dtypes
             for i in range(block_rows):
-                terms = rows if i < present else 0
-                for q in range(tiles):
-                    copy_lanes(flat, first + i * pitch + q * lanes, min(lanes, max(0, terms - q * lanes)), block, (q * block_rows + i) * lanes)
-            continue
-        wide = lanes * count
-        # a vector's lanes past the last row's, which copy_lanes zeroes
-        gathered = np.empty(present * wide + lanes, dtype=out.dtype)
-        for a0 in range(0, inner, lanes):
-            a1 = min(a0 + lanes, inner)
-            for i in range(present):
-                if in_order:
-                    for a in range(a0, a1):
-                        at, to = first + i * pitch + a * step + taps[0], i * wide + (a - a0) * count
-                        # each copy's zeros past its taps land where the next
-                        # copies write
-                        for t in range(0, count, lanes):
-                            copy_lanes(flat, at + t, min(lanes, count - t), gathered, to + t)
-                else:
-                    # a tap of every term at a time (few taps a phase: a loop
-                    # over them cost more than the copies)
+                o = b * block_rows + i
+                for a in range(inner):
                     for t in range(count):
-                        at, to = first + i * pitch + a0 * step + taps[t], i * wide + t
-                        for a in range(a1 - a0):
-                            gathered[to + a * count] = flat[at + a * step]
-            for q in range(a0 * count // lanes, min(tiles, (a0 + lanes) * count // lanes)):
-                for i in range(block_rows):
-                    terms = min(lanes, rows - q * lanes) if i < present else 0
-                    copy_lanes(gathered, i * wide + q * lanes - a0 * count, terms, block, (q * block_rows + i) * lanes)
+                        at = (a * count + t) * block_rows + i
+                        if o >= outs:
+                            block[at] = 0.0
+                        elif across:
+                            block[at] = weight[g * kg + a, o, taps[t]]
+                        else:
+                            block[at] = weight[g * kg + o, a, taps[t]]
+            continue
+        if present < block_rows:
+            block[:] = 0.0
+        first = (g * kg * cg + b * block_rows) * kernel_taps if across else (g * kg + b * block_rows) * cg * kernel_taps
+        first += taps[0] if count else 0
+        column_at = np.arange(lanes) * block_rows
+        # squares of the rows' runs: the whole row's terms, or term a's taps
+        length, runs_of = (rows, 1) if runs else (count, inner)
+        for a in range(runs_of):
+            for r0 in range(0, length, lanes):
+                for i0 in range(0, present, lanes):
+                    at = first + a * step + i0 * pitch + r0
+                    transpose_square(flat, at, pitch, min(lanes, present - i0), min(lanes, length - r0), block, column_at, (a * count + r0) * block_rows + i0)
 
 
-def _tiled_size(weight, groups, taps, across, block_rows):
-    """The size of tile_weights' out."""
+def _interleaved_size(weight, groups, taps, across, block_rows):
+    """The size of interleave_weights' out."""
     k_, cg = weight.shape[0], weight.shape[1]
     outs, inner = (cg, k_ // groups) if across else (k_ // groups, cg)
-    lanes = VECTOR_BYTES // weight.itemsize
-    return groups * -(-outs // block_rows) * -(-inner * len(taps) // lanes) * block_rows * lanes
+    return groups * -(-outs // block_rows) * block_rows * inner * len(taps)
 
 
 def _block_weights(weight, g, block_rows, flipped=False):
-    """Each group's kernels as rows of taps, (groups, Kp, C/groups * kh * kw) in
-    block_sums' tiles (tile_weights), flat; and Kp, the group's output channels
-    rounded up to whole blocks (the extra rows zero). `flipped`: g is the
+    """Each group's kernels as rows of taps, (groups, Kp, C/groups * kh * kw) with
+    each block interleaved (interleave_weights), flat; and Kp, the group's output
+    channels rounded up to whole blocks (the extra rows zero). `flipped`: g is the
     adjoint of weight's geometry (direct._adjoint), whose kernels are weight's
     with their channel axes swapped and turned by 180 degrees (direct._flipped),
     read so from weight (K, C/groups, kh, kw) without a flipped copy, their taps
@@ -1000,9 +977,9 @@ def _block_weights(weight, g, block_rows, flipped=False):
     kg, taps = g.c_out // g.groups, g.kh * g.kw
     kp = -(-kg // block_rows) * block_rows
     order = np.arange(taps, dtype=np.int64)
-    size = _tiled_size(weight, g.groups, order, flipped, block_rows)
+    size = _interleaved_size(weight, g.groups, order, flipped, block_rows)
     out = _kept_empty(("weights", g, flipped), (size,), weight.dtype)
-    tile_weights(weight.reshape(weight.shape[0], weight.shape[1], -1), g.groups, order, flipped, block_rows, out)
+    interleave_weights(weight.reshape(weight.shape[0], weight.shape[1], -1), g.groups, order, flipped, block_rows, out)
     return out, kp
 
 
@@ -1033,8 +1010,8 @@ def _packings(g, dtype, runs_of):
 def _flipped_offsets(g, dtype, runs_of):
     """The forward's offsets of geometry g with each channel's taps in reverse
     order: tap t of a kernel turned by 180 degrees is tap T - 1 - t of the kernel
-    as it lies, so that its weights are tiled in the order they lie in (each
-    channel's a run, copied a vector at a time)."""
+    as it lies, so that its weights are interleaved from runs of taps in the order
+    they lie in (interleave_weights' squares)."""
     offsets = _plan(g, dtype, runs_of).offsets
     return np.ascontiguousarray(offsets.reshape(-1, g.kh * g.kw)[:, ::-1]).reshape(-1)
 
@@ -1140,7 +1117,7 @@ def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, s
     offsets over the run's grad_output planes shifted down by `top` and right by
     `left` into planes of rows_ rows of `pitch` columns, the rows of runs_of samples
     interleaved (see `_InputPlan`), with the weights w[w_first[p]:] (groups, cgp,
-    rows, tiled). Only the phase's cells inside the input are computed: regions[p] = (Y0,
+    rows). Only the phase's cells inside the input are computed: regions[p] = (Y0,
     X0, rows, columns) of them, cell (Y0 + Y', X0 + X') of a run's sample j at
     (Y'*runs_of + j)*pitch + X'. The work is runs x block_parts units, each a range
     of one run's (group, phase, sweep, block of cells, channel block), its worker's
@@ -1149,12 +1126,9 @@ def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, s
     n_, c_, h_, w_ = gx.shape
     flat_gx = gx.reshape(gx.size)
     k_ = grad_output.shape[1]
-    phases, lanes = sh * sw, VECTOR_BYTES // gx.itemsize
-    cbs = cgp // block_rows
-    # a block's tiled weights, every phase's
-    sizes = (first[1:] - first[:-1] + lanes - 1) // lanes * block_rows * lanes
-    groups = w.shape[0] // (cbs * sizes.sum())
+    groups, phases = w.shape[0] // (cgp * first[-1]), sh * sw
     kg, cg = k_ // groups, c_ // groups
+    cbs = cgp // block_rows
     per_run = groups * phases * blocks * cbs
     workers, units = padded.shape[0], -(-n_ // runs_of) * block_parts
     for worker in prange(workers):
@@ -1173,7 +1147,7 @@ def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, s
                 a, b = p // sw, p % sw
                 c0 = cb * block_rows
                 tile[:] = 0.0
-                sums_of_block(block_rows, tile, 0, block_cells, w, w_first[p] + (g * cbs + cb) * sizes[p], block_rows * lanes, flat_pad, g * kg * span + start, offsets[first[p] :], rows)
+                sums_of_block(block_rows, tile, 0, block_cells, w, w_first[p] + (g * cgp + c0) * rows, 1, block_rows, flat_pad, g * kg * span + start, offsets[first[p] :], rows)
                 q = start
                 while q < start + block_cells:
                     y, xo = q // pitch, q % pitch
@@ -1246,16 +1220,16 @@ def _input_plan(g, dtype, runs_of):
 def _phase_weights(weight, g, plan):
     """Each phase's weights, flat, one after the other: (groups, cgp, kg * taps), row c
     the group's input channel c (cgp rounded up to whole blocks, the extra rows
-    zero), column k * taps + t weight[k, c, tap t], in block_sums' tiles
-    (tile_weights); and where each phase's start."""
+    zero), column k * taps + t weight[k, c, tap t], blocks interleaved
+    (interleave_weights); and where each phase's start."""
     cg = g.c_in // g.groups
     cgp = -(-cg // plan.block_rows) * plan.block_rows
     taps = [np.array([i * g.kw + j for i, j in phase], dtype=np.int64) for phase in plan.taps]
-    first = np.cumsum([0] + [_tiled_size(weight, g.groups, t, True, plan.block_rows) for t in taps]).astype(np.int64)
+    first = np.cumsum([0] + [_interleaved_size(weight, g.groups, t, True, plan.block_rows) for t in taps]).astype(np.int64)
     out = _kept_empty(("phase weights", g), (int(first[-1]),), weight.dtype)
     flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
     for p, phase in enumerate(taps):
-        tile_weights(flat, g.groups, phase, True, plan.block_rows, out[first[p] : first[p + 1]])
+        interleave_weights(flat, g.groups, phase, True, plan.block_rows, out[first[p] : first[p + 1]])
     return out, first, cgp
 
 

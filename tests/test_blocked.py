@@ -27,13 +27,8 @@ BLOCK_CHANNELS = [blocked.NARROW_ROWS + 1, blocked.NARROW_ROWS, blocked.THIN_ROW
 
 
 @numba.njit
-def _sums(out, w, x, offsets, rows, x_at, w_tile, block_rows):
-    blocked.sums_of_block(block_rows, out, 3, out.shape[0] // 8, w, 2, w_tile, x, x_at, offsets, rows)
-
-
-def _tiled(w_at, w_tile, i, r, lanes):
-    """Where block_sums reads the weight of row i, term r."""
-    return w_at + r // lanes * w_tile + i * lanes + r % lanes
+def _sums(out, w, x, offsets, rows, x_at, w_step, block_rows):
+    blocked.sums_of_block(block_rows, out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
 
 
 @numba.njit
@@ -46,18 +41,17 @@ def _dots(out, a, x, offsets, cells, samples, a_step, x_step):
 def test_block_sums_against_numpy(dtype, channels, rng):
     block_rows, cells = blocked.block_shape(dtype, channels)
     assert block_rows == {blocked.THIN_ROWS: blocked.THIN_ROWS, blocked.NARROW_ROWS: blocked.NARROW_ROWS}.get(channels, blocked.BLOCK[0])
-    rows, lanes = 37, blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
-    w_tile = (block_rows + 1) * lanes  # each tile's rows side by side, a gap after
+    rows, w_step = 37, block_rows + 1  # each row's weights side by side, a gap after
     x = rng.standard_normal(500).astype(dtype)
     offsets = rng.integers(0, 500 - cells - 11, rows).astype(np.int64)  # unaligned runs
-    w = rng.standard_normal(2 + w_tile * -(-rows // lanes)).astype(dtype)
+    w = rng.standard_normal(2 + w_step * rows).astype(dtype)
     out = rng.standard_normal(8 * block_rows * cells).astype(dtype)
     pitch = out.shape[0] // 8
     expected = out.copy()
     for i in range(block_rows):
         for r in range(rows):
-            expected[3 + i * pitch : 3 + i * pitch + cells] += w[_tiled(2, w_tile, i, r, lanes)] * x[11 + offsets[r] : 11 + offsets[r] + cells]
-    _sums(out, w, x, offsets, rows, 11, w_tile, block_rows)
+            expected[3 + i * pitch : 3 + i * pitch + cells] += w[2 + i + r * w_step] * x[11 + offsets[r] : 11 + offsets[r] + cells]
+    _sums(out, w, x, offsets, rows, 11, w_step, block_rows)
     assert_close(out, expected, dtype)
 
 
@@ -183,8 +177,7 @@ def test_spread_store_against_numpy(dtype, data):
 @numba.njit
 def _packed(out, out_rows, packing, stores, w, x, offsets, rows, block_rows, first, oh, ow, wq, runs_of, present, sample_cells, block_cells):
     blocked.pack_cells(packing, stores, first, oh, ow, wq, runs_of, present, sample_cells, block_cells)
-    lanes = blocked.VECTOR_BYTES // out.itemsize
-    blocked.packed_sums_of_block(block_rows, out, 5, oh * ow + 3, out_rows, packing, stores, w, 2, block_rows * lanes, x, 11, offsets, rows)
+    blocked.packed_sums_of_block(block_rows, out, 5, oh * ow + 3, out_rows, packing, stores, w, 2, 1, block_rows, x, 11, offsets, rows)
 
 
 @settings(max_examples=80, deadline=None)
@@ -208,8 +201,7 @@ def test_packed_block_sums_store_the_outputs_of_a_block(dtype, channels, oh, ow,
     rows = 7
     x = rng.standard_normal(11 + 40 + cells).astype(dtype)
     offsets = rng.integers(0, 40, rows).astype(np.int64)
-    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
-    w = rng.standard_normal(2 + block_rows * lanes * -(-rows // lanes)).astype(dtype)
+    w = rng.standard_normal(2 + block_rows * rows).astype(dtype)
     pitch = oh * ow + 3
     sample_cells = block_rows * pitch + 7
     out = np.full(5 + runs_of * sample_cells, np.inf, dtype=dtype)
@@ -221,7 +213,7 @@ def test_packed_block_sums_store_the_outputs_of_a_block(dtype, channels, oh, ow,
         for q in range(first, min(first + cells, oh * runs_of * wq)):
             y, xo = q // wq, q % wq
             if xo < ow and y % runs_of < present:
-                terms = [w[_tiled(2, block_rows * lanes, i, r, lanes)] * x[11 + offsets[r] + q - first] for r in range(rows)]
+                terms = [w[2 + i + r * block_rows] * x[11 + offsets[r] + q - first] for r in range(rows)]
                 expected[5 + y % runs_of * sample_cells + i * pitch + y // runs_of * ow + xo] = sum(terms)
     finite = np.isfinite(expected)
     assert (np.isfinite(out) == finite).all()
@@ -332,26 +324,27 @@ def test_workers_sharing_runs(n, groups, cg, kg, kh, kw, stride, dilation, paddi
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20), st.integers(1, 25), st.booleans(), st.sampled_from([3, 4, 6, 8, 12]), st.sampled_from(DTYPES), st.data())
-def test_tile_weights_against_numpy(groups, kg, cg, kernel_taps, across, block_rows, dtype, data):
-    # any taps of the kernel in any order (a stride-2 phase's, the flipped kernel's),
-    # or all of them in order (the forward's, copied as runs of the weight's rows)
-    every = data.draw(st.booleans())
-    drawn = list(range(kernel_taps)) if every else data.draw(st.lists(st.integers(0, kernel_taps - 1), max_size=kernel_taps, unique=True))
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20), st.integers(1, 25), st.booleans(), st.sampled_from([3, 4, 6, 8, 12, 16]), st.sampled_from(DTYPES), st.data())
+def test_interleave_weights_against_numpy(groups, kg, cg, kernel_taps, across, block_rows, dtype, data):
+    # any taps of the kernel in any order (a stride-2 phase's, the flipped kernel's)
+    # or a run of them in order (the forward's and the stride-1 input gradient's,
+    # transposed by squares)
+    if data.draw(st.booleans()):
+        start = data.draw(st.integers(0, kernel_taps - 1))
+        drawn = list(range(start, data.draw(st.integers(start, kernel_taps))))
+    else:
+        drawn = data.draw(st.lists(st.integers(0, kernel_taps - 1), max_size=kernel_taps, unique=True))
     taps = np.array(drawn, dtype=np.int64)
     weight = np.random.default_rng(groups * 100 + kg * 10 + cg).standard_normal((groups * kg, cg, kernel_taps)).astype(dtype)
     picked = weight[:, :, taps].reshape(groups, kg, cg, len(taps))
     rows = picked.transpose(0, 2, 1, 3) if across else picked  # (groups, outs, inner, T)
     outs = rows.shape[1]
     blocks, terms = -(-outs // block_rows), rows.shape[2] * len(taps)
-    lanes = blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
-    tiles = -(-terms // lanes)
-    padded = np.zeros((groups, blocks * block_rows, tiles * lanes), dtype=dtype)
-    padded[:, :outs, :terms] = rows.reshape(groups, outs, terms)
-    expected = padded.reshape(groups, blocks, block_rows, tiles, lanes).transpose(0, 1, 3, 2, 4).reshape(-1)
+    padded = np.zeros((groups, blocks * block_rows, terms), dtype=dtype)
+    padded[:, :outs] = rows.reshape(groups, outs, terms)
+    expected = padded.reshape(groups, blocks, block_rows, terms).transpose(0, 1, 3, 2).reshape(-1)
     out = np.full(expected.size, np.nan, dtype=dtype)
-    assert blocked._tiled_size(weight, groups, taps, across, block_rows) == out.size
-    blocked.tile_weights(weight, groups, taps, across, block_rows, out)
+    blocked.interleave_weights(weight, groups, taps, across, block_rows, out)
     assert np.array_equal(out, expected)
 
 
