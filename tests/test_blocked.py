@@ -27,8 +27,8 @@ BLOCK_CHANNELS = [blocked.NARROW_ROWS + 1, blocked.NARROW_ROWS, blocked.THIN_ROW
 
 
 @numba.njit
-def _sums(out, w, x, offsets, rows, x_at, w_step, block_rows):
-    blocked.sums_of_block(block_rows, out, 3, out.shape[0] // 8, w, 2, 1, w_step, x, x_at, offsets, rows)
+def _sums(out, pitch, w, x, offsets, rows, x_at, w_step, block_rows):
+    blocked.sums_of_block(block_rows, out, 3, pitch, w, 2, 1, w_step, x, x_at, offsets, rows)
 
 
 @numba.njit
@@ -37,21 +37,26 @@ def _dots(out, a, x, offsets, cells, samples, a_step, x_step):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("channels", BLOCK_CHANNELS)
+@pytest.mark.parametrize("channels", BLOCK_CHANNELS + ["tall"])
 def test_block_sums_against_numpy(dtype, channels, rng):
-    block_rows, cells = blocked.block_shape(dtype, channels)
-    assert block_rows == {blocked.THIN_ROWS: blocked.THIN_ROWS, blocked.NARROW_ROWS: blocked.NARROW_ROWS}.get(channels, blocked.BLOCK[0])
+    if channels == "tall":
+        if blocked.TALL_BLOCK is None:
+            pytest.skip("no tall blocks with AVX2")
+        block_rows, cells = blocked.TALL_ROWS, blocked.TALL_BLOCK[1] * blocked.VECTOR_BYTES // np.dtype(dtype).itemsize
+    else:
+        block_rows, cells = blocked.block_shape(dtype, channels)
+        assert block_rows == {blocked.THIN_ROWS: blocked.THIN_ROWS, blocked.NARROW_ROWS: blocked.NARROW_ROWS}.get(channels, blocked.BLOCK[0])
     rows, w_step = 37, block_rows + 1  # each row's weights side by side, a gap after
     x = rng.standard_normal(500).astype(dtype)
     offsets = rng.integers(0, 500 - cells - 11, rows).astype(np.int64)  # unaligned runs
     w = rng.standard_normal(2 + w_step * rows).astype(dtype)
-    out = rng.standard_normal(8 * block_rows * cells).astype(dtype)
-    pitch = out.shape[0] // 8
+    pitch = cells + 5  # the block's rows of the output apart, a gap between
+    out = rng.standard_normal(3 + block_rows * pitch + 4).astype(dtype)
     expected = out.copy()
     for i in range(block_rows):
         for r in range(rows):
             expected[3 + i * pitch : 3 + i * pitch + cells] += w[2 + i + r * w_step] * x[11 + offsets[r] : 11 + offsets[r] + cells]
-    _sums(out, w, x, offsets, rows, 11, w_step, block_rows)
+    _sums(out, pitch, w, x, offsets, rows, 11, w_step, block_rows)
     assert_close(out, expected, dtype)
 
 
@@ -222,7 +227,7 @@ def test_packed_block_sums_store_the_outputs_of_a_block(dtype, channels, oh, ow,
 
 @pytest.mark.skipif(blocked.TALL_BLOCK is None, reason="no tall blocks with AVX2")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tall_blocks_for_forwards_of_few_cells(dtype, rng):
+def test_tall_blocks_for_runs_of_few_cells(dtype, rng):
     # a batch-1 7x7 plane: 49 outputs in 61 cells, 51% of 2 blocks of 8 x 3 vectors
     # in float32, 77% of 2 of 12 x 2; in float64 68% of 3 against 77% of 4
     late = conv2d_geometry((1, 24, 7, 7), (24, 24, 3, 3), padding=1)
@@ -233,6 +238,11 @@ def test_tall_blocks_for_forwards_of_few_cells(dtype, rng):
     assert blocked._plan(few, np.dtype(dtype), 1).block_rows == blocked.TALL_ROWS
     res = conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)
     assert blocked._plan(res, np.dtype(dtype), blocked.forward_runs_of(res, np.dtype(dtype))).block_rows == blocked.BLOCK[0]
+    # a stride-2 input gradient's phases of 7x7 cells, 55 in rows of 8: 57% of 2
+    # blocks of 48 in float32, 86% of 2 of 32; in float64 76% of 3 against 86% of 4
+    down = conv2d_geometry((1, 24, 14, 14), (24, 24, 3, 3), stride=2, padding=1)
+    plan = blocked._input_plan(down, np.dtype(dtype), blocked.input_runs_of(down, np.dtype(dtype)))
+    assert plan.block_rows == (blocked.TALL_ROWS if dtype == np.float32 else blocked.BLOCK[0])
     x = rng.standard_normal(late.input_shape).astype(dtype)
     w = rng.standard_normal(late.weight_shape).astype(dtype)
     gy = rng.standard_normal(late.output_shape).astype(dtype)
@@ -241,6 +251,9 @@ def test_tall_blocks_for_forwards_of_few_cells(dtype, rng):
         assert_close(fastconv.conv2d(x, w, padding=1), reference.conv2d(x, w, padding=1), dtype)
         assert_close(grad.conv2d_input(x.shape, w, gy, padding=1), reference.conv2d_input(x.shape, w, gy, padding=1), dtype)
         assert_close(fastconv.conv2d(x[..., :4, :4], wf), reference.conv2d(x[..., :4, :4], wf), dtype)
+        gd = rng.standard_normal(down.output_shape).astype(dtype)
+        expected = reference.conv2d_input(down.input_shape, w, gd, stride=2, padding=1)
+        assert_close(grad.conv2d_input(down.input_shape, w, gd, stride=2, padding=1), expected, dtype)
 
 
 @st.composite
@@ -346,6 +359,22 @@ def test_interleave_weights_against_numpy(groups, kg, cg, kernel_taps, across, b
     out = np.full(expected.size, np.nan, dtype=dtype)
     blocked.interleave_weights(weight, groups, taps, across, block_rows, out)
     assert np.array_equal(out, expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 12), st.sampled_from([3, 8, 12]), st.sampled_from(DTYPES), st.data())
+def test_select_taps_against_numpy(units, kernel_taps, inner, block_rows, dtype, data):
+    # each phase's taps of the interleaved kernels (a stride-2 layer's: any subset
+    # in any order, some phases without any)
+    phases = [data.draw(st.lists(st.integers(0, kernel_taps - 1), max_size=kernel_taps, unique=True)) for _ in range(data.draw(st.integers(1, 4)))]
+    kernels = np.random.default_rng(units * 100 + kernel_taps).standard_normal(units * inner * kernel_taps * block_rows).astype(dtype)
+    expected = [kernels.reshape(units, inner, kernel_taps, block_rows)[:, :, phase].reshape(-1) for phase in phases]
+    first = np.cumsum([0] + [e.size for e in expected]).astype(np.int64)
+    tap_first = np.cumsum([0] + [len(phase) for phase in phases]).astype(np.int64)
+    taps = np.array([t for phase in phases for t in phase], dtype=np.int64)
+    out = np.full(int(first[-1]), np.nan, dtype=dtype)
+    blocked.select_taps(kernels, kernel_taps, taps, tap_first, first, units, block_rows, out)
+    assert np.array_equal(out, np.concatenate(expected))
 
 
 @given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 14))

@@ -112,7 +112,7 @@ def test_warmup_compiles_both_dtypes(dtypes):
     kernels = (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool,
                activation.relu, activation.relu_backward, winograd.forward_units, winograd.weight_units, direct.split_samples,
                blocked.forward_blocks, blocked.input_blocks, blocked.weight_blocks, blocked.channel_blocks, blocked.transpose_sums,
-               blocked.interleave_weights, rows.forward_planes, rows.input_planes, rows.weight_planes)
+               blocked.interleave_weights, blocked.select_taps, rows.forward_planes, rows.input_planes, rows.weight_planes)
     for kernel in kernels:
         dtypes = {arg.dtype.name for sig in kernel.signatures for arg in sig[:2] if hasattr(arg, "dtype") and arg.dtype.name.startswith("float")}
         assert {"float32", "float64"} <= dtypes, kernel
