@@ -939,6 +939,8 @@ def interleave_weights(weight, groups, taps, across, block_rows, out):
     rows = inner * count
     lanes = VECTOR_BYTES // weight.itemsize
     flat = weight.reshape(weight.size)
+    # taps[0] read only where there is one, here: inside the prange loop Numba
+    # hoisted the read out of its branch (an empty phase's read past its taps)
     in_order, tap = True, 0
     for t in range(count):
         tap = taps[0]
