@@ -467,6 +467,14 @@ def test_conv_path_order(monkeypatch):
     assert paths(small) == ["blocked", "blocked", "rows"]
     assert [dispatch.conv_path(small, c, 2, np.float64) for c in dispatch.PASSES] == ["rows"] * 3
     assert paths(conv2d_geometry((8, 512, 14, 14), (512, 1, 3, 3), padding=1, groups=512)) == ["rows"] * 3
+    # small layers (one sample of 32x32 by up to 24 channels): every pass by rows,
+    # the weight gradient only at stride 1 undilated; not from 32 channels or over
+    # 2048 cells
+    assert paths(conv2d_geometry((1, 16, 32, 32), (16, 16, 3, 3), padding=1)) == ["rows"] * 3
+    assert paths(conv2d_geometry((1, 16, 32, 32), (24, 16, 5, 5), padding=2)) == ["rows"] * 3
+    assert paths(conv2d_geometry((1, 16, 32, 32), (16, 16, 3, 3), dilation=2, padding=2)) == ["rows", "rows", "blocked"]
+    assert paths(conv2d_geometry((1, 32, 32, 32), (32, 32, 3, 3), padding=1)) == ["blocked"] * 3
+    assert paths(conv2d_geometry((8, 16, 16, 16), (16, 16, 3, 3), padding=1)) == ["blocked"] * 3
     # dilated, rows shared within each class of output rows (every second one)
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), dilation=2, padding=2, groups=32)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 64, 16, 16), (1, 64, 3, 3), stride=2, padding=1))[2] == "rows"
