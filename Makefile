@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
 
-.PHONY: bench test demo install clean
+.PHONY: bench test demo install clean clean-cache
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,3 +31,9 @@ test: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Numba's cache checks only the source file of each cached kernel, not the helpers
+# it inlines from other files (kernels/phases.py, emitter.py, _jit.py): after editing
+# one of those, empty the cache before testing or timing.
+clean-cache:
+	find kernels -name '*.nbi' -delete -o -name '*.nbc' -delete

@@ -2,8 +2,10 @@
 grid and random (hypothesis) shapes; plus non-contiguous inputs, determinism and
 the adjoint identity. Independent of PyTorch."""
 
+import numba
 import numpy as np
 import pytest
+from fastconv.kernels import phases
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -646,3 +648,29 @@ def test_passes_of_up_to_five_taps_random_against_reference(drawn, threads):
     assert direct._Plan(g, threads).block == direct.BLOCK
     with fastconv.num_threads(threads), dispatch.force_path("direct"):
         _check_conv(x, w, kw, dtype, rng)
+
+
+@numba.njit
+def _split_pairs(src, src_at, count, dst, even_at, odd_at):
+    phases.split_pairs(src, src_at, count, dst, even_at, odd_at)
+
+
+@dtype_param
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_split_pairs_against_numpy(dtype, data):
+    count, src_at, gap = data.draw(st.integers(0, 70)), data.draw(st.integers(0, 9)), data.draw(st.integers(0, 9))
+    evens, odds = (count + 1) // 2, count // 2
+    # the two runs in either order, gap cells apart; dst ends at the last cell written
+    if data.draw(st.booleans()):
+        even_at, odd_at = gap, gap + evens + gap
+    else:
+        odd_at, even_at = gap, gap + odds + gap
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    src = np.concatenate([np.full(src_at, np.nan), rng.standard_normal(count)]).astype(dtype)
+    dst = np.full(max(even_at + evens, odd_at + odds), -7.0, dtype=dtype)
+    expected = dst.copy()
+    expected[even_at : even_at + evens] = src[src_at::2]
+    expected[odd_at : odd_at + odds] = src[src_at + 1 :: 2]
+    _split_pairs(src, src_at, count, dst, even_at, odd_at)
+    assert np.array_equal(dst, expected)
