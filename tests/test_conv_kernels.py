@@ -432,7 +432,12 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((8, 1, 28, 28), (32, 1, 3, 3))) == ["rows", "rows", "rows"]
     assert paths(conv2d_geometry((8, 1, 12, 12), (6, 1, 5, 5))) == ["blocked", "rows", "blocked"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), padding=1, groups=64)) == ["rows"] * 3
-    assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)) == ["rows", "rows", "blocked"]
+    # and the weight gradient of up to 4 channels a group each way over rows of one
+    # chunk (32 cells in float32; in float64 two chunks of 16, blocked)
+    grouped = conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), padding=1, groups=32)
+    assert paths(grouped) == ["rows"] * 3
+    assert [dispatch.conv_path(grouped, c, 2, np.float64) for c in dispatch.PASSES] == ["rows", "rows", "blocked"]
+    assert paths(conv2d_geometry((8, 64, 32, 32), (128, 2, 3, 3), stride=2, padding=1, groups=32))[2] == "blocked"
     # output layers: every pass by rows for one output channel, the weight
     # gradient by the blocked dot products from three (and at stride 2, where
     # rows do not apply, every pass blocked)
@@ -447,7 +452,8 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 1, 3, 3), stride=3, padding=1, groups=64)) == ["direct"] * 3
     # blocks of 4 and 8 that the channels fill; the weight gradient's dot products
     # from 16 terms and 2 output channels
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3
+    assert paths(conv2d_geometry((8, 64, 16, 16), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked"] * 3
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 4, 3, 3), padding=1, groups=16)) == ["blocked", "blocked", "rows"]
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 8, 3, 3), padding=1, groups=8)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 16, 24, 24), (24, 16, 5, 5), padding=2)) == ["blocked"] * 3
     # the rows' blocks of 3 fuller than blocks of 8 (12 input channels, 9 both sides)
