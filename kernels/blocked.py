@@ -1164,8 +1164,13 @@ def input_blocks(grad_output, w, w_first, offsets, first, regions, gx, padded, s
         for unit in range(*share(worker, workers, units)):
             run_, t0, t1, last = placed_unit(grad_output, own, unit, block_parts, per_run, phases * blocks * cbs, kg, last, top, left, 1, 1, rows_, pitch, runs_of)
             for t in range(t0, t1):
-                g, p = t // (phases * blocks * cbs), t // (blocks * cbs) % phases
-                blk, cb = block_of_task(t % (blocks * cbs), blocks, cbs, sweep)
+                g, p, task = t // (phases * blocks * cbs), t // (blocks * cbs) % phases, t % (blocks * cbs)
+                if block_parts > 1:
+                    # a run split between workers: the phases innermost, so that each
+                    # worker gets its share of every phase's taps (a 3x3 kernel's
+                    # 4, 2, 2 and 1 at stride 2), not the first phases' many
+                    p, task = t % phases, t // phases % (blocks * cbs)
+                blk, cb = block_of_task(task, blocks, cbs, sweep)
                 rows = first[p + 1] - first[p]
                 y0, x0, height, width = regions[p, 0], regions[p, 1], regions[p, 2], regions[p, 3]
                 start = blk * block_cells
