@@ -244,14 +244,18 @@ def _small_depthwise(g: ConvGeometry, computation: str, dtype) -> bool:
     return g.c_in == g.groups and passes and _row_cells(g, computation) <= SMALL_DEPTHWISE_FILL * R.row_chunk(dtype)
 
 
-def _small_layer(g: ConvGeometry, computation: str, dtype) -> bool:
-    """Whether a layer is small enough for the rows (SMALL_LAYER_CELLS,
-    SMALL_LAYER_CHANNELS), its weight gradient only at stride 1 undilated, its
-    input gradient at stride 2 along the width by SMALL_STRIDED_CHANNELS."""
-    few_cells = g.n * g.h * g.w <= SMALL_LAYER_CELLS
+def _few_cells(g: ConvGeometry) -> bool:
+    """Whether the input holds at most SMALL_LAYER_CELLS cells over the batch."""
+    return g.n * g.h * g.w <= SMALL_LAYER_CELLS
+
+
+def _small_layer(g: ConvGeometry, computation: str) -> bool:
+    """Whether a layer is small enough for the rows (_few_cells,
+    SMALL_LAYER_CHANNELS), its weight gradient only at stride 1 undilated (the
+    input gradient at stride 2 along the width has a rule of its own)."""
     if computation == "input" and g.sw == 2:
-        return few_cells and g.c_in <= SMALL_STRIDED_CHANNELS and _fills_chunks(g, computation, dtype)
-    small = few_cells and max(g.c_in, g.c_out) <= SMALL_LAYER_CHANNELS
+        return False
+    small = _few_cells(g) and max(g.c_in, g.c_out) <= SMALL_LAYER_CHANNELS
     return small and (computation != "weight" or _plain(g))
 
 
@@ -261,7 +265,7 @@ def _plain(g: ConvGeometry) -> bool:
 
 
 def _rows_pay(g: ConvGeometry, computation: str, dtype) -> bool:
-    if _small_layer(g, computation, dtype):
+    if _small_layer(g, computation):
         return True
     cg, kg = g.c_in // g.groups, g.c_out // g.groups
     computed = cg if computation == "input" else kg
@@ -274,7 +278,8 @@ def _rows_pay(g: ConvGeometry, computation: str, dtype) -> bool:
     one_chunk = _row_cells(g, computation) <= R.row_chunk(dtype)
     if computation == "weight" and max(cg, kg) <= ROWS_GROUP_CHANNELS and _plain(g) and fills_chunks and one_chunk:
         return True
-    if computation == "input" and g.sw == 2 and _block_fill(cg) < ROWS_STRIDED_FILL:
+    small_sample = _few_cells(g) and g.c_in <= SMALL_STRIDED_CHANNELS and fills_chunks
+    if computation == "input" and g.sw == 2 and (_block_fill(cg) < ROWS_STRIDED_FILL or small_sample):
         return True
     return g.c_in == g.groups and not _blocked_pays(g, computation) and not _small_depthwise(g, computation, dtype)
 

@@ -680,3 +680,12 @@ def test_split_pairs_against_numpy(dtype, data):
     expected[odd_at : odd_at + odds] = src[src_at + 1 :: 2]
     _split_pairs(src, src_at, count, dst, even_at, odd_at)
     assert np.array_equal(dst, expected)
+
+
+def test_split_pairs_refuses_arrays_that_are_not_contiguous():
+    # its cells are addressed from the data pointer: a strided view is a typing error
+    src, dst = np.arange(20.0), np.zeros(20)
+    with pytest.raises(numba.core.errors.TypingError):
+        _split_pairs(src[::2], 0, 10, dst, 0, 5)
+    with pytest.raises(numba.core.errors.TypingError):
+        _split_pairs(src, 0, 10, dst[::2], 0, 5)
