@@ -204,12 +204,14 @@ def _one_tap_path(g: ConvGeometry, computation: str, dtype) -> str:
 #   gradient 0-40%; the weight gradient only at stride 1 undilated (0-25% faster;
 #   strided and dilated 10-50% slower). 32 channels of 24x24 ran 10-20% slower by
 #   rows, 16 channels of 16x16 over 8 samples 10-50%. The input gradient at
-#   stride 2 along the width of up to SMALL_STRIDED_CHANNELS input channels over
-#   as many cells, where its rows fill ROWS_FILL of their chunks: one sample of
-#   16 and 32 channels of 28x28, 1.4-2x faster in float32, 16 channels 1.7x in
-#   float64 (32 there 10% slower; 14x14 planes of 32 channels 2x faster, of 64
-#   1.4x, where float32's rows fill 14 of 32 cells); 64 channels of 28x28 ran 35%
-#   slower in float64, 2 or more samples of 32 channels 0-30% slower.
+#   stride 2 along the width over as many cells, where its input channels times
+#   the cells of the row chunks (R.row_chunk) that its rows take come to at most
+#   SMALL_STRIDED_CELLS (per-pass timings of 28 layers of 8-32 -> 16-64 channels
+#   of 14x14 to 32x32 planes, batch 1-4, both dtypes): 8 channels 1.25-1.8x
+#   faster by rows, 16 channels of one chunk (float32's rows of up to 32 cells)
+#   1.15-1.35x, 24 and 32 of one chunk in float64 (14x14) 1.4-1.6x in one sample,
+#   0.9-1.3x in 2 to 4; 16 channels of float64's two chunks 0.85-1.1x; 24 and 32
+#   channels of float32's one chunk or float64's two 1.0-2x slower.
 # With dilation d down the height the rows are shared within each of d classes of
 # output rows (R.shares_rows): depthwise layers dilated by 2-4 ran their forward
 # and input gradient 1.6-2.2x faster than the direct loops in float32 (in float64,
@@ -223,7 +225,7 @@ ROWS_STRIDED_FILL = 0.75
 SMALL_DEPTHWISE_FILL = 0.25
 SMALL_LAYER_CELLS = 1024
 SMALL_LAYER_CHANNELS = 24
-SMALL_STRIDED_CHANNELS = 32
+SMALL_STRIDED_CELLS = 512
 
 
 def _row_cells(g: ConvGeometry, computation: str) -> int:
@@ -275,10 +277,11 @@ def _rows_pay(g: ConvGeometry, computation: str, dtype) -> bool:
         return True
     if computation == "weight" and kg <= ROWS_WEIGHT_CHANNELS and (kg == 1 or cg <= ROWS_CHANNELS):
         return True
-    one_chunk = _row_cells(g, computation) <= R.row_chunk(dtype)
-    if computation == "weight" and max(cg, kg) <= ROWS_GROUP_CHANNELS and _plain(g) and fills_chunks and one_chunk:
+    chunk = R.row_chunk(dtype)
+    chunked_cells = -(-_row_cells(g, computation) // chunk) * chunk
+    if computation == "weight" and max(cg, kg) <= ROWS_GROUP_CHANNELS and _plain(g) and fills_chunks and chunked_cells == chunk:
         return True
-    small_sample = _few_cells(g) and g.c_in <= SMALL_STRIDED_CHANNELS and fills_chunks
+    small_sample = _few_cells(g) and g.c_in * chunked_cells <= SMALL_STRIDED_CELLS
     if computation == "input" and g.sw == 2 and (_block_fill(cg) < ROWS_STRIDED_FILL or small_sample):
         return True
     return g.c_in == g.groups and not _blocked_pays(g, computation) and not _small_depthwise(g, computation, dtype)

@@ -1216,7 +1216,7 @@ class _InputPlan:
         self.hq, self.wq = phase_shape(g)
         self.runs_of, self.runs = runs_of, -(-g.n // runs_of)
         taps = [[(i, j) for i in range(g.kh) for j in range(g.kw) if i * g.dh % g.sh == a and j * g.dw % g.sw == b] for a in range(g.sh) for b in range(g.sw)]
-        self.taps = taps
+        self.taps = tuple(tuple(phase) for phase in taps)  # hashable: _phase_taps
         self.top = (g.kh - 1) * g.dh // g.sh
         self.left = (g.kw - 1) * g.dw // g.sw
         self.regions = np.array([_region(g, a, b, self.hq, self.wq) for a in range(g.sh) for b in range(g.sw)], dtype=np.int64).reshape(-1, 4)
@@ -1232,6 +1232,7 @@ class _InputPlan:
         kg = g.c_out // g.groups
         self.offsets = np.array([k * self.span + s for phase in starts for k in range(kg) for s in phase], dtype=np.int64)
         self.first = np.cumsum([0] + [kg * len(phase) for phase in taps]).astype(np.int64)
+        self.most_rows = int(np.diff(self.first).max())  # the longest phase's sums
         if int(self.offsets.min(initial=0)) < 0 or int(self.offsets.max(initial=0)) + self.blocks * self.block_cells > kg * self.span:
             raise AssertionError("blocked input gradient plan reads outside its group's grad_output")
 
@@ -1272,6 +1273,24 @@ def select_taps(kernels, kernel_taps, taps, tap_first, first, units, block_rows,
                     copy_lanes(src, s0 + i, min(lanes, block_rows - i), dst, d0 + i)
 
 
+@functools.lru_cache(maxsize=256)
+def _phase_taps(g, block_rows, taps):
+    """The bookkeeping of _phase_weights for geometry g and a plan's phase taps
+    ((row, column) of the kernel), computed once per geometry (NumPy's small
+    array calls took 16 us a call, 10% of a batch-1 layer's pass): every phase's
+    kernel taps in order, where each phase's start among them and among the
+    selected weights, every kernel tap in order, the kernels' interleaved size,
+    and the group's input channels rounded up to whole blocks."""
+    weight = np.empty((g.c_out, g.c_in // g.groups, 0))  # shapes only
+    cgp = -(-(g.c_in // g.groups) // block_rows) * block_rows
+    phases = [np.array([i * g.kw + j for i, j in phase], dtype=np.int64) for phase in taps]
+    first = np.cumsum([0] + [_interleaved_size(weight, g.groups, t, True, block_rows) for t in phases]).astype(np.int64)
+    every = np.arange(g.kh * g.kw, dtype=np.int64)
+    tap_first = np.cumsum([0] + [len(t) for t in phases]).astype(np.int64)
+    kernel_size = _interleaved_size(weight, g.groups, every, True, block_rows)
+    return np.concatenate(phases), tap_first, first, every, kernel_size, cgp
+
+
 def _phase_weights(weight, g, plan):
     """Each phase's weights, flat, one after the other: (groups, cgp, kg * taps), row c
     the group's input channel c (cgp rounded up to whole blocks, the extra rows
@@ -1281,15 +1300,11 @@ def _phase_weights(weight, g, plan):
     rows at a time (select_taps): phase by phase from the weight, a 256 -> 512
     channel stride-2 layer's took 1.0-1.2 ms of its 3.1 ms batch-1 input gradient."""
     br = plan.block_rows
-    cgp = -(-(g.c_in // g.groups) // br) * br
-    taps = [np.array([i * g.kw + j for i, j in phase], dtype=np.int64) for phase in plan.taps]
-    first = np.cumsum([0] + [_interleaved_size(weight, g.groups, t, True, br) for t in taps]).astype(np.int64)
+    taps, tap_first, first, every, kernel_size, cgp = _phase_taps(g, br, plan.taps)
     out = _kept_empty(("phase weights", g), (int(first[-1]),), weight.dtype)
-    every = np.arange(g.kh * g.kw, dtype=np.int64)
-    kernels = _kept_empty(("kernel weights", g), (_interleaved_size(weight, g.groups, every, True, br),), weight.dtype)
+    kernels = _kept_empty(("kernel weights", g), (kernel_size,), weight.dtype)
     interleave_weights(weight.reshape(weight.shape[0], weight.shape[1], -1), g.groups, every, True, br, kernels)
-    tap_first = np.cumsum([0] + [len(t) for t in taps]).astype(np.int64)
-    select_taps(kernels, len(every), np.concatenate(taps), tap_first, first, g.groups * cgp // br, br, out)
+    select_taps(kernels, len(every), taps, tap_first, first, g.groups * cgp // br, br, out)
     return out, first, cgp
 
 
@@ -1308,6 +1323,6 @@ def input_grad(weight, grad_output, g, threads):
             gx[:, :, (a - g.pt) % g.sh :: g.sh, (b - g.pl) % g.sw :: g.sw] = 0.0
     block_parts = _block_parts(plan.runs, g.groups * g.sh * g.sw * plan.blocks * cgp // plan.block_rows, threads)
     padded = _kept_zeros(("input", g), (min(threads, plan.runs * block_parts), g.c_out, plan.span), grad_output.dtype)
-    sweep = _sweep(plan.block_rows, int(np.diff(plan.first).max()), grad_output.dtype)
+    sweep = _sweep(plan.block_rows, plan.most_rows, grad_output.dtype)
     input_blocks(grad_output, w, w_first, plan.offsets, plan.first, plan.regions, gx, padded, plan.span, plan.pitch, plan.rows, plan.runs_of, plan.top, plan.left, g.pt, g.pl, g.sh, g.sw, cgp, plan.block_rows, plan.block_cells, plan.blocks, block_parts, sweep)
     return gx

@@ -483,14 +483,21 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((1, 16, 32, 32), (16, 16, 3, 3), dilation=2, padding=2)) == ["rows", "rows", "blocked"]
     assert paths(conv2d_geometry((1, 32, 32, 32), (32, 32, 3, 3), padding=1)) == ["blocked"] * 3
     assert paths(conv2d_geometry((8, 16, 16, 16), (16, 16, 3, 3), padding=1)) == ["blocked"] * 3
-    # and the strided input gradient of one sample of up to 32 channels whose rows
-    # fill their chunks (28 cells of 32; 14 only in float64's chunks of 16)
-    assert paths(conv2d_geometry((1, 32, 28, 28), (64, 32, 3, 3), stride=2, padding=1)) == ["blocked", "rows", "blocked"]
-    assert paths(conv2d_geometry((2, 32, 28, 28), (64, 32, 3, 3), stride=2, padding=1)) == ["blocked"] * 3
+    # and the strided input gradient over as many cells where the input channels
+    # times the cells of the rows' chunks come to at most 512 (28 cells take one
+    # chunk of 32 in float32, two of 16 in float64; 14 one in either)
+    def input_path(shape, weight, dtype):
+        return dispatch.conv_path(conv2d_geometry(shape, weight, stride=2, padding=1), "input", 2, dtype)
+
+    assert paths(conv2d_geometry((1, 16, 28, 28), (32, 16, 3, 3), stride=2, padding=1)) == ["blocked", "rows", "blocked"]
+    assert input_path((1, 16, 28, 28), (32, 16, 3, 3), np.float64) == "rows"
+    assert input_path((1, 24, 28, 28), (48, 24, 3, 3), np.float32) == "blocked"
+    assert input_path((1, 32, 14, 14), (64, 32, 3, 3), np.float32) == "blocked"
+    assert input_path((1, 32, 14, 14), (64, 32, 3, 3), np.float64) == "rows"
+    assert input_path((1, 24, 28, 28), (48, 24, 3, 3), np.float64) == "blocked"
+    assert input_path((4, 8, 16, 16), (16, 8, 3, 3), np.float32) == "rows"
+    assert input_path((5, 8, 16, 16), (16, 8, 3, 3), np.float32) == "blocked"
     assert paths(conv2d_geometry((1, 64, 28, 28), (128, 64, 3, 3), stride=2, padding=1)) == ["blocked"] * 3
-    b1_14 = conv2d_geometry((1, 32, 14, 14), (64, 32, 3, 3), stride=2, padding=1)
-    assert paths(b1_14) == ["blocked"] * 3
-    assert [dispatch.conv_path(b1_14, c, 2, np.float64) for c in dispatch.PASSES] == ["blocked", "rows", "blocked"]
     # dilated, rows shared within each class of output rows (every second one)
     assert paths(conv2d_geometry((8, 64, 32, 32), (64, 2, 3, 3), dilation=2, padding=2, groups=32)) == ["rows"] * 3
     assert paths(conv2d_geometry((8, 64, 16, 16), (1, 64, 3, 3), stride=2, padding=1))[2] == "rows"
