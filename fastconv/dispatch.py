@@ -44,6 +44,24 @@ def _winograd_pays(g: ConvGeometry) -> bool:
     )
 
 
+# Where Winograd runs the forward and the input gradient before the blocked sums:
+# undilated layers of two samples or more whose transformed weights (16 K C
+# values) take at most WINOGRAD_WEIGHT_BYTES, which every unit of tiles reads
+# again (per-pass timings of 10 stride-1 3x3 layers of 48-512 channels, 12x12 to
+# 56x56 planes, batch 1-32, on 2 cores of an AMD EPYC): float32 from 5% slower
+# (128 channels of 16x16) to 22% faster (res3x3 11.8 -> 9.2 ms each pass, 128
+# channels of 28x28 8.9 -> 7.5 forward), float64 5-27% faster; 256 channels 25-40% slower (4 MB of float32 weights),
+# 512 2x; one sample of 64 channels of 56x56 7-35% slower; dilated layers 3-7%
+# slower in float32 (their outputs go to every d-th column, a cell at a time).
+WINOGRAD_WEIGHT_BYTES = 2 << 20
+
+
+def _winograd_first(g: ConvGeometry, computation: str, dtype) -> bool:
+    weight_bytes = 16 * g.c_in * g.c_out * np.dtype(dtype).itemsize
+    undilated = g.dh == g.dw == 1
+    return computation != "weight" and W.applicable(g) and _winograd_pays(g) and undilated and g.n > 1 and weight_bytes <= WINOGRAD_WEIGHT_BYTES
+
+
 PASSES = ("forward", "input", "weight")
 # Where im2col + BLAS beats the direct loops (per-pass timings of both paths on 26
 # shapes, both dtypes, on 2 cores of an AVX-512 Xeon whose sgemm runs at 178 GFLOP/s
@@ -93,13 +111,12 @@ def _gemm_pays(g: ConvGeometry, computation: str, threads: int) -> bool:
 # and 3x3, grouped layers of 2-8 channels a group, 1-30% faster than the direct
 # loops; output layers of 3 channels from 32, strided and dilated too, 25-60%
 # faster, of 2 from 16 and 32 30-40%; one channel by 3x3, 9 terms, 25% slower;
-# depthwise, one output channel a group, 5-30% slower). GEMM and
-# Winograd run on fastconv's GEMM threads (up to gemm.MOST_THREADS), and a layer
-# that goes from Numba's parallel loops to them pays for the OpenMP workers still
-# spinning (PyTorch's libgomp, when PyTorch is imported first). So the blocked sums
-# take every pass they apply to, even where Winograd ran a pass faster on its own
-# (res3x3's input gradient, 10.4 against 11.8 ms: the whole layer took 34.3 ms all
-# blocked, 36.5 mixed). That holds at stride 2 too, where the input gradient's
+# depthwise, one output channel a group, 5-30% slower). GEMM runs on fastconv's
+# GEMM threads (up to gemm.MOST_THREADS), and a layer that goes from Numba's
+# parallel loops to them pays for the OpenMP workers still spinning (PyTorch's
+# libgomp, when PyTorch is imported first). So the blocked sums take every pass
+# they apply to that Winograd does not take first (_winograd_first), even at
+# stride 2, where the input gradient's
 # phases take uneven taps (a 3x3 kernel: 4, 2, 2 and 1, each padded to whole
 # blocks): forward + backward of res3x3_s2 19.7 ms all blocked, 23.2 all by GEMM,
 # 21.7 with the weight gradient alone blocked; of 128-channel layers of 28x28 and
@@ -309,7 +326,10 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     - 'blocked' for sums over more than one tap whose channels fill the blocks
       (_blocked_pays): 1.1-2x faster than the direct loops on most layers of
       3-128 channels and kernels of 3x3 to 7x7, and than GEMM;
-    - 'winograd' for the stride-1 3x3 convolutions of one group left, where it pays
+    - 'winograd' for the forward and input gradient of undilated stride-1 3x3
+      convolutions of one group where it runs faster than the blocked sums
+      (_winograd_first), checked before them: 1-1.3x; and for the other stride-1
+      3x3 convolutions of one group the blocked sums leave, where it pays
       (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
     """
@@ -324,6 +344,8 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
         return _one_tap_path(g, computation, dtype)
     if R.applicable(g, computation) and _rows_pay(g, computation, dtype):
         return "rows"
+    if _winograd_first(g, computation, dtype):
+        return "winograd"
     if _blocked_pays(g, computation) or _small_depthwise(g, computation, dtype):
         return "blocked"
     if W.applicable(g) and _winograd_pays(g):

@@ -17,7 +17,7 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
     seconds it took."""
     import fastconv
     from fastconv import dispatch, grad
-    from fastconv.kernels import activation, blocked, winograd
+    from fastconv.kernels import activation, blocked
     from fastconv.params import FLOAT_DTYPES, conv2d_geometry
 
     if isinstance(dtypes, (str, type, np.dtype)):
@@ -45,10 +45,6 @@ def warmup(dtypes=(np.float32, np.float64)) -> float:
         # above are too small for
         geometry = conv2d_geometry(x.shape, w.shape, padding=1)
         blocked.weight_grad(x, gy, geometry, fastconv.get_num_threads(), channels=True)
-        # Winograd's forward both ways: by BLAS on the GEMM threads (up to
-        # gemm.MOST_THREADS threads) and in Numba's loops (past them)
-        for blas in (True, False):
-            winograd.forward(x, w, conv2d_geometry(x.shape, w.shape, padding=1), 2, blas=blas)
         grad.conv2d_bias(gy)
         y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
         fastconv.max_pool2d(x, 2)

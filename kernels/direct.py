@@ -281,16 +281,6 @@ def split_plane(x, phased, n, c, scratch, top, left, sh, sw, hq, wq):
     dst[sh * sw * hq * wq :] = 0.0
 
 
-@serial
-def split_samples(x, phased, first, end, top, left, sh, sw, hq, wq):
-    """split_planes for runs of one sample, serially, samples first..end-1 only: for
-    callers that split on threads of their own."""
-    scratch = np.empty(0 if sw == 1 else sh * sw * hq * wq, dtype=x.dtype)
-    for n in range(first, end):
-        for c in range(x.shape[1]):
-            split_plane(x, phased, n, c, scratch, top, left, sh, sw, hq, wq)
-
-
 @parallel
 def split_planes(x, phased, top, left, sh, sw, hq, wq, runs_of):
     """phased[r, c] = the phases of the planes x[n, c] of run r, samples

@@ -4,14 +4,14 @@ padding) with 16 multiplications per 2x2 outputs and input channel, against 36.
 For a 4x4 input tile d and a 3x3 kernel w, the tile's 2x2 outputs are
 At [(G w Gt) * (Bt d B)] A (elementwise product; the matrices below). Summed over the
 input channels, the elementwise products become 16 matrix products, one per tile
-cell p: U[p] (K, C) @ V[p] (C, tiles). The forward (and so the input gradient, its
-adjoint's forward) runs the transforms as Numba loops, each thread on its own run
-of units of work; the weight gradient runs the products the other way, Gt [sum over
-tiles of (At^T dy At) * (Bt d B)] G (`weight_units`). On up to gemm.MOST_THREADS threads
-the forward runs on fastconv's GEMM threads (fastconv.kernels.gemm), its products by
-single-threaded BLAS (`forward`); on more, in Numba's parallel loops with
-the products as Numba loops (`forward_units`), which kept scaling where the GEMM
-threads stopped.
+cell p: U[p] (K, C) @ V[p] (C, tiles). Everything runs in Numba's parallel loops,
+each thread on its own run of units of work: the forward (and so the input
+gradient, its adjoint's forward) transforms a unit's tiles, multiplies them by the
+blocked sums' register blocks (`block_products`: as fast as single-threaded BLAS,
+without handing off to threads of BLAS's own, which left Numba's OpenMP workers
+spinning on the cores they needed) and transforms the products back
+(`forward_units`); the weight gradient runs the products the other way, Gt [sum
+over tiles of (At^T dy At) * (Bt d B)] G (`weight_units`).
 
 Layout. With dilation d, the outputs y = ry (mod d) form an undilated convolution
 of their own (dilation phase ry), whose 2x2 tiles step 2d rows. The padded input is
@@ -21,10 +21,11 @@ column a*wq + t, rows of wq tiles of which the last (at least EXTRA) are compute
 dropped. A unit of work is a few successive tile rows (of any samples and phases,
 `_Plan.units`), their columns side by side, P per channel.
 
-The transforms are passes: dst_row = the sum of 1-3 terms coef * src_row[offset:],
-each pass one unit-stride loop (a loop writing sixteen rows at once has too many
-pointers for LLVM's vectoriser to check for overlap). Loop lengths are whole
-numbers of LLVM's unrolled vector loops (VECTOR_BYTES), the tail scalar otherwise.
+The transforms of the input and of the products run in registers, a vector of
+tiles at a time (`input_tiles`, `output_tiles`). grad_output's (the weight
+gradient's) runs in passes: dst_row = the sum of 1-3 terms coef *
+src_row[offset:], each pass one unit-stride loop (a loop writing sixteen rows at
+once has too many pointers for LLVM's vectoriser to check for overlap).
 
 The transforms mix a tile's inputs, so an infinite input gives NaN where a direct sum
 is infinite: the drivers return None when an output is not finite, and the caller
@@ -34,12 +35,15 @@ is infinite: the drivers return None when an output is not finite, and the calle
 import functools
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from . import gemm
+from . import blocked
 from ._jit import parallel, serial
-from .direct import _unaliased, dots_three, split_planes, split_samples
-from .gemm import in_parallel, matmul
+from .direct import dots_three, split_planes
+from .emitter import VECTOR_BYTES, Emitter
+from .gemm import matmul
 
 M, R = 2, 3  # outputs per tile side, kernel side
 ALPHA = M + R - 1  # input tile side
@@ -48,7 +52,6 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 EXTRA = (ALPHA - 1) // M  # tile rows (and columns) a tile row reads beyond its own
 TILE_BYTES = 3 << 19  # a unit's transformed inputs and products, at most
-VECTOR_BYTES = 256  # LLVM's vector loop: four AVX-512 vectors
 PAIRS = 8  # tiles per stretch of the copies to and from the planes
 CHUNK = 256  # cells per stretch of a pass (24 rows of them stay in L1)
 
@@ -89,25 +92,98 @@ def apply_passes(src, srow, smid, dst, dmid, table, coefs, start, length, dstart
                 d[q] = c0 * s0[q] + c1 * s1[q] + c2 * s2[q]
 
 
-@serial(fastmath=True)
-def transform_input(phases, v, segments, wq, round_to, row_tables, row_coefs, col_table, col_coefs, scratch):
+def _signed_sum(builder, terms):
+    """The sum of (coef, value) terms, coefs +1 or -1: adds and subtracts, a
+    positive term first where there is one."""
+    terms = sorted(terms, key=lambda t: t[0] < 0)
+    coef, total = terms[0]
+    if coef < 0:
+        total = builder.fneg(total)
+    for coef, value in terms[1:]:
+        total = builder.fadd(total, value) if coef > 0 else builder.fsub(total, value)
+    return total
+
+
+@intrinsic
+def input_tiles(typingctx, src, src_at, offsets, count, dst, dst_at, row_stride):
+    """dst[p * row_stride + dst_at + t] = (Bt d B)[p] of tile t < count, whose cell
+    (r, c) is src[src_at + offsets[2r + c % 2] + c // 2 + t] (a tile row's cells of
+    one row r and column phase c % 2 lie in one run, offsets[2r + c % 2] from
+    src_at): a vector of tiles at a time, its 16 cells loaded, transformed in
+    registers and stored, nothing past count read or written. (Passes of a row at
+    a time stored 24 rows a tile for Bt d B's 16, each pass a loop of its own, and
+    took five times as long.) src and dst contiguous, of one dtype."""
+    if src.layout != "C" or dst.layout != "C" or offsets.layout != "C":
+        return None  # a typing error: the cells are addressed from the data pointer
+    sig = types.void(src, src_at, offsets, count, dst, dst_at, row_stride)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args)
+        src_, src_at_, offsets_, count_, dst_, dst_at_, row_stride_ = args
+        src_data, dst_data = e.data(signature.args[0], src_), e.data(signature.args[4], dst_)
+        offset_data = e.data(signature.args[2], offsets_)
+        b, lanes = builder, e.lanes
+        starts = [b.add(src_at_, b.load(b.gep(offset_data, [e.constant(i)]))) for i in range(ALPHA * M)]
+        with cgutils.for_range(b, b.sdiv(b.add(count_, e.constant(lanes - 1)), e.constant(lanes))) as loop:
+            t0 = b.mul(loop.index, e.constant(lanes))
+            mask = e.lanes_between(t0, count_)
+            d = [[e.masked_load(src_data, b.add(b.add(starts[2 * r + c % 2], e.constant(c // 2)), t0), mask) for c in range(ALPHA)] for r in range(ALPHA)]
+            rows = [[_signed_sum(b, [(BT[i, r], d[r][c]) for r in range(ALPHA) if BT[i, r]]) for c in range(ALPHA)] for i in range(ALPHA)]
+            for i in range(ALPHA):
+                for j in range(ALPHA):
+                    cell = _signed_sum(b, [(BT[j, c], rows[i][c]) for c in range(ALPHA) if BT[j, c]])
+                    at = b.add(b.add(b.mul(e.constant(i * ALPHA + j), row_stride_), dst_at_), t0)
+                    e.masked_store(cell, dst_data, at, mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def output_tiles(typingctx, src, count, dst):
+    """dst[(i * M + j) * count + t] = (At m A)[i, j] for t < count, m[p] = src[p *
+    count + t]: a vector of tiles' 16 products at a time, transformed in
+    registers into their M x M outputs (input_tiles' way). src and dst contiguous,
+    of one dtype."""
+    if src.layout != "C" or dst.layout != "C":
+        return None  # a typing error: the cells are addressed from the data pointer
+    sig = types.void(src, count, dst)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args)
+        src_, count_, dst_ = args
+        src_data, dst_data = e.data(signature.args[0], src_), e.data(signature.args[2], dst_)
+        b, lanes = builder, e.lanes
+        with cgutils.for_range(b, b.sdiv(b.add(count_, e.constant(lanes - 1)), e.constant(lanes))) as loop:
+            t0 = b.mul(loop.index, e.constant(lanes))
+            mask = e.lanes_between(t0, count_)
+            m = [e.masked_load(src_data, b.add(b.mul(e.constant(p), count_), t0), mask) for p in range(ALPHA * ALPHA)]
+            rows = [[_signed_sum(b, [(AT[i, u], m[u * ALPHA + v]) for u in range(ALPHA) if AT[i, u]]) for v in range(ALPHA)] for i in range(M)]
+            for i in range(M):
+                for j in range(M):
+                    cell = _signed_sum(b, [(AT[j, v], rows[i][v]) for v in range(ALPHA) if AT[j, v]])
+                    e.masked_store(cell, dst_data, b.add(b.mul(e.constant(i * M + j), count_), t0), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@serial
+def transform_input(phases, v, segments, wq, tile_offsets):
     """v[p, c, :P] = (Bt d B)[p] for the unit's tiles, P = v.shape[2]: segments rows
     (sample, dilation phase, first tile row, tile rows, first column), read from
-    phases (N, C, cells), C <= v.shape[1] (rows past C are left as they are); the
-    columns after the tiles zero. scratch (ALPHA*M, 1, C*P + slack) holds Bt d,
-    channel by channel; the column passes then run over all channels at once."""
-    c_, pitch = phases.shape[1], v.shape[2]
+    phases (N, C, cells) at each dilation phase's tile_offsets (input_tiles), C <=
+    v.shape[1] (rows past C are left as they are); the columns after the tiles
+    zero."""
+    c_, cells, pitch = phases.shape[1], phases.shape[2], v.shape[2]
+    src, dst = phases.reshape(phases.size), v.reshape(v.size)
     for c in range(c_):
         end = 0
         for s in range(segments.shape[0]):
             n, p, a0, nb, col = segments[s, 0], segments[s, 1], segments[s, 2], segments[s, 3], segments[s, 4]
-            # rounded up: the surplus is overwritten by the next segment or channel
-            length = -(-nb * wq // round_to) * round_to
-            apply_passes(phases, n, c, scratch, 0, row_tables[p], row_coefs[p], a0 * wq, length, c * pitch + col)
+            input_tiles(src, (n * c_ + c) * cells + a0 * wq, tile_offsets[p], nb * wq, dst, c * pitch + col, v.shape[1] * pitch)
             end = col + nb * wq
-        scratch[:, :, c * pitch + end : (c + 1) * pitch] = 0.0  # the dropped columns: finite
-    scratch[:, :, c_ * pitch :] = 0.0
-    apply_passes(scratch, 0, 0, v.reshape(v.shape[0], 1, v.shape[1] * pitch), 0, col_table, col_coefs, 0, c_ * pitch, 0)
+        v[:, c, end:] = 0.0  # the dropped columns: finite
 
 
 @serial(fastmath=True)
@@ -164,19 +240,15 @@ def non_finite(rows, length):
     return found
 
 
-@serial(fastmath=True)
-def transform_output(products, out, segments, dilation_phases, dh, dw, wq, row_table, row_coefs, col_table, col_coefs, scratch):
-    """out at each segment's outputs = At products A; products (16, K, P), scratch
-    (ALPHA*M + M*M, 1, K*P). Returns whether an output (or a dropped one) is not
+@serial
+def transform_output(products, out, segments, dilation_phases, dh, dw, wq, tiles):
+    """out at each segment's outputs = At products A; products (16, K, P), tiles
+    (M*M, 1, K*P) scratch. Returns whether an output (or a dropped one) is not
     finite."""
-    k_, pitch = products.shape[1], products.shape[2]
-    length = k_ * pitch
-    s = scratch[: ALPHA * M]
-    y = scratch[ALPHA * M :]
-    apply_passes(products.reshape(products.shape[0], 1, length), 0, 0, s, 0, row_table, row_coefs, 0, length, 0)
-    apply_passes(s, 0, 0, y, 0, col_table, col_coefs, 0, length, 0)
-    exchange(y, out, segments, dilation_phases, dh, dw, wq, pitch, True)
-    return non_finite(y, length)
+    length = products.shape[1] * products.shape[2]
+    output_tiles(products.reshape(products.size), length, tiles.reshape(tiles.size))
+    exchange(tiles, out, segments, dilation_phases, dh, dw, wq, products.shape[2], True)
+    return non_finite(tiles, length)
 
 
 @serial(fastmath=True)
@@ -193,80 +265,43 @@ def transform_grad_output(grad_output, hat, segments, dilation_phases, dh, dw, w
     apply_passes(s, 0, 0, hat.reshape(hat.shape[0], 1, length), 0, col_table, col_coefs, 0, length, 0)
 
 
-@serial(inline=True)
-def product_inputs(itemsize):
-    """Input rows per step of `products` (and the multiple its C is padded to): three
-    in float32, four in float64."""
-    return 4 if itemsize == 8 else 3
-
-
-@serial(fastmath=True)
-def products(u, v, out):
-    """out[p] = u[p] @ v[p] for each tile cell p: u (16, K4, Cn), v (16, Cn, P), out
-    (16, K4, P), K4 a multiple of 4 and Cn of the input rows per step
-    (product_inputs). Output rows four at a time, input rows three at a time in
-    float32 and four in float64: one load of those rows of v feeds twelve or
-    sixteen multiply-adds, as in the direct kernels (written out here: their
-    add_taps, on these views of out and u, made the forward 35-45% slower). On one
-    core of an AVX-512 Xeon, a res3x3 unit's products took 0.35 ms here and 0.16 ms
-    by single-threaded OpenBLAS (62 against 144 GFLOP/s), hence BLAS on up to
-    gemm.MOST_THREADS threads (`forward`)."""
-    length = v.shape[2]
-    for p in range(u.shape[0]):
-        for k0 in range(0, u.shape[1], 4):
-            a0, a1, a2, a3 = out[p, k0], out[p, k0 + 1], out[p, k0 + 2], out[p, k0 + 3]
-            a0[:] = 0.0
-            a1[:] = 0.0
-            a2[:] = 0.0
-            a3[:] = 0.0
-            if product_inputs(out.itemsize) == 4:
-                for c in range(0, u.shape[2], 4):
-                    s0, s1, s2, s3 = v[p, c], v[p, c + 1], v[p, c + 2], v[p, c + 3]
-                    w00, w01, w02, w03 = u[p, k0, c], u[p, k0, c + 1], u[p, k0, c + 2], u[p, k0, c + 3]
-                    w10, w11, w12, w13 = u[p, k0 + 1, c], u[p, k0 + 1, c + 1], u[p, k0 + 1, c + 2], u[p, k0 + 1, c + 3]
-                    w20, w21, w22, w23 = u[p, k0 + 2, c], u[p, k0 + 2, c + 1], u[p, k0 + 2, c + 2], u[p, k0 + 2, c + 3]
-                    w30, w31, w32, w33 = u[p, k0 + 3, c], u[p, k0 + 3, c + 1], u[p, k0 + 3, c + 2], u[p, k0 + 3, c + 3]
-                    for q in range(length):
-                        x0, x1, x2, x3 = s0[q], s1[q], s2[q], s3[q]
-                        a0[q] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
-                        a1[q] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
-                        a2[q] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
-                        a3[q] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
-                continue
-            for c in range(0, u.shape[2], 3):
-                s0, s1, s2 = v[p, c], v[p, c + 1], v[p, c + 2]
-                w00, w01, w02 = u[p, k0, c], u[p, k0, c + 1], u[p, k0, c + 2]
-                w10, w11, w12 = u[p, k0 + 1, c], u[p, k0 + 1, c + 1], u[p, k0 + 1, c + 2]
-                w20, w21, w22 = u[p, k0 + 2, c], u[p, k0 + 2, c + 1], u[p, k0 + 2, c + 2]
-                w30, w31, w32 = u[p, k0 + 3, c], u[p, k0 + 3, c + 1], u[p, k0 + 3, c + 2]
-                for q in range(length):
-                    x0, x1, x2 = s0[q], s1[q], s2[q]
-                    a0[q] += w00 * x0 + w01 * x1 + w02 * x2
-                    a1[q] += w10 * x0 + w11 * x1 + w12 * x2
-                    a2[q] += w20 * x0 + w21 * x1 + w22 * x2
-                    a3[q] += w30 * x0 + w31 * x1 + w32 * x2
+@serial
+def block_products(w, v, out, offsets, block_cells):
+    """out[p] = U[p] @ v[p] for each tile cell p, by the blocked sums' register
+    blocks (blocked.block_sums: BLOCK rows of out by block_cells columns): w holds
+    U (16, Kp, C) a block of rows at a time, each block's rows interleaved, flat
+    (16, Kp / rows, C, rows); v (16, C, P), out (16, Kp, P), P a multiple of
+    block_cells, offsets[c] = c * P."""
+    rows = blocked.BLOCK[0]
+    taps, c_, pitch = v.shape
+    kp = out.shape[1]
+    out[:] = 0.0
+    flat_out, flat_v = out.reshape(out.size), v.reshape(v.size)
+    for p in range(taps):
+        for k0 in range(0, kp, rows):
+            for q0 in range(0, pitch, block_cells):
+                blocked.block_sums(flat_out, (p * kp + k0) * pitch + q0, pitch, w, (p * kp + k0) * c_, 1, rows, flat_v, p * c_ * pitch + q0, offsets, c_)
 
 
 @parallel
-def forward_units(phases, u, out, segments, first, threads, pitch, wq, round_to, input_tables, output_tables, dilation_phases, dh, dw):
+def forward_units(phases, w, kp, out, segments, first, threads, pitch, block_cells, wq, tile_offsets, dilation_phases, dh, dw):
     """The forward for every unit of work, unit i's segments segments[first[i]:first[i + 1]],
     the units in `threads` contiguous runs, one per iteration with its own buffers;
-    u (16, K4, Cn) the transformed weights padded with zeros (products). Returns the count of
-    units with an output that is not finite."""
-    row_tables, row_coefs, col_table, col_coefs = input_tables
-    out_rows, out_row_coefs, out_cols, out_col_coefs = output_tables
-    units = first.shape[0] - 1
+    w the transformed weights (16, kp, C) in block_products' blocks, padded with
+    zeros to kp rows. Returns the count of units with an output that is not
+    finite."""
+    units, c_ = first.shape[0] - 1, phases.shape[1]
+    offsets = np.arange(c_) * pitch
     bad = np.zeros(threads, dtype=np.int64)
     for t in prange(threads):
-        v = np.zeros((u.shape[0], u.shape[2], pitch), dtype=u.dtype)  # rows past C stay zero
-        product = np.empty((u.shape[0], u.shape[1], pitch), dtype=u.dtype)
-        rows_in = np.empty((ALPHA * M, 1, phases.shape[1] * pitch + round_to), dtype=u.dtype)
-        rows_out = np.empty((ALPHA * M + M * M, 1, u.shape[1] * pitch), dtype=u.dtype)
+        v = np.empty((ALPHA * ALPHA, c_, pitch), dtype=out.dtype)
+        product = np.empty((ALPHA * ALPHA, kp, pitch), dtype=out.dtype)
+        tiles = np.empty((M * M, 1, kp * pitch), dtype=out.dtype)
         for i in range(units * t // threads, units * (t + 1) // threads):
             unit = segments[first[i] : first[i + 1]]
-            transform_input(phases, v, unit, wq, round_to, row_tables, row_coefs, col_table, col_coefs, rows_in)
-            products(u, v, product)
-            if transform_output(product, out, unit, dilation_phases, dh, dw, wq, out_rows, out_row_coefs, out_cols, out_col_coefs, rows_out):
+            transform_input(phases, v, unit, wq, tile_offsets)
+            block_products(w, v, product, offsets, block_cells)
+            if transform_output(product, out, unit, dilation_phases, dh, dw, wq, tiles):
                 bad[t] += 1
     return bad.sum()
 
@@ -286,22 +321,20 @@ def sums_of_products(hat, v, acc):
 
 
 @parallel
-def weight_units(phases, grad_output, sums, segments, first, pitch, wq, round_to, input_tables, grad_tables, dilation_phases, dh, dw):
+def weight_units(phases, grad_output, sums, segments, first, pitch, wq, tile_offsets, grad_tables, dilation_phases, dh, dw):
     """sums[t] (16, K4, C3) = the sum over thread t's run of units (as forward_units)
     of (At^T dy At) (Bt d B)^T, per tile cell; rows and columns past K and C zero."""
-    row_tables, row_coefs, col_table, col_coefs = input_tables
     grad_rows, grad_row_coefs, grad_cols, grad_col_coefs = grad_tables
     threads, k4, c3 = sums.shape[0], sums.shape[2], sums.shape[3]
     units = first.shape[0] - 1
     for t in prange(threads):
         v = np.zeros((ALPHA * ALPHA, c3, pitch), dtype=sums.dtype)  # rows past C stay zero
         hat = np.empty((ALPHA * ALPHA, k4, pitch), dtype=sums.dtype)
-        rows_in = np.empty((ALPHA * M, 1, phases.shape[1] * pitch + round_to), dtype=sums.dtype)
         rows_grad = np.empty((M * M + ALPHA * M, 1, k4 * pitch), dtype=sums.dtype)
         sums[t] = 0.0
         for i in range(units * t // threads, units * (t + 1) // threads):
             unit = segments[first[i] : first[i + 1]]
-            transform_input(phases, v, unit, wq, round_to, row_tables, row_coefs, col_table, col_coefs, rows_in)
+            transform_input(phases, v, unit, wq, tile_offsets)
             transform_grad_output(grad_output, hat, unit, dilation_phases, dh, dw, wq, grad_rows, grad_row_coefs, grad_cols, grad_col_coefs, rows_grad)
             sums_of_products(hat, v, sums[t])
 
@@ -347,9 +380,8 @@ class _Plan:
         # every tile, and the whole padded input (the split copies whole rows)
         self.hq = max(max(p[2] for p in phases) + EXTRA, ceil(g.h + g.pt, self.fh))
         self.wq = max(max(p[3] for p in phases) + EXTRA, ceil(g.w + g.pl, self.fw))
-        # cells per plane: its phases, then zeros read by the last dropped tiles and
-        # by the rounded-up passes
-        self.cells = self.fh * self.fw * self.hq * self.wq + EXTRA * (self.wq + 1) + VECTOR_BYTES // itemsize
+        # cells per plane: its phases, then zeros read by the last dropped tiles
+        self.cells = self.fh * self.fw * self.hq * self.wq + EXTRA * (self.wq + 1)
 
         tile_rows = [(n, p, a) for n in range(g.n) for p, phase in enumerate(phases) for a in range(phase[2])]
         per_row = ALPHA * ALPHA * (g.c_in + g.c_out) * self.wq * itemsize
@@ -357,16 +389,15 @@ class _Plan:
         self.units = [self._segments(tile_rows[r : r + rows]) for r in range(0, len(tile_rows), rows)]
         self.segments = np.concatenate(self.units)
         self.first = np.cumsum([0] + [len(u) for u in self.units]).astype(np.int64)
-        # columns per channel: whole vectors (the long passes' tails are short), the
-        # channels' rows not a multiple of 4 KiB apart (_unaliased)
-        self.pitch = _unaliased(-(-(rows * self.wq + EXTRA) * itemsize // 64) * 64 // itemsize, itemsize)
+        # columns per channel: whole blocks of block_products' cells, the channels'
+        # rows not a multiple of 4 KiB apart (as direct._unaliased)
+        self.block_cells = blocked.BLOCK[1] * VECTOR_BYTES // itemsize
+        self.pitch = ceil(rows * self.wq + EXTRA, self.block_cells) * self.block_cells
+        if self.pitch * itemsize % 4096 == 0:
+            self.pitch += self.block_cells
 
-        row_passes = [self._input_rows(ry, rx) for ry, rx, _, _ in phases]
+        self.tile_offsets = np.array([[self._offset(ry, rx, r, cp) for r in range(ALPHA) for cp in range(M)] for ry, rx, _, _ in phases], dtype=np.int64)
         self.tables = {
-            "input_rows": (np.stack([t for t, _ in row_passes]), np.stack([c for _, c in row_passes])),
-            "input_cols": _passes([(i * ALPHA + j, i * M + cc % M, cc // M, BT[j, cc]) for i in range(ALPHA) for j in range(ALPHA) for cc in range(ALPHA)]),
-            "output_rows": _passes([(i * ALPHA + v, u * ALPHA + v, 0, AT[i, u]) for i in range(M) for v in range(ALPHA) for u in range(ALPHA)]),
-            "output_cols": _passes([(i * M + j, i * ALPHA + v, 0, AT[j, v]) for i in range(M) for j in range(M) for v in range(ALPHA)]),
             "grad_rows": _passes([(u * M + j, i * M + j, 0, AT[i, u]) for u in range(ALPHA) for j in range(M) for i in range(M)]),
             "grad_cols": _passes([(u * ALPHA + v, u * M + j, 0, AT[j, v]) for u in range(ALPHA) for v in range(ALPHA) for j in range(M)]),
         }
@@ -382,35 +413,25 @@ class _Plan:
                 runs.append([n, p, a, 1, runs[-1][4] + runs[-1][3] * self.wq if runs else 0])
         return np.array(runs, dtype=np.int64)
 
-    def _input_rows(self, ry, rx):
-        """Passes of Bt d over the tiles' rows for dilation phase (ry, rx): scratch row
-        i*M + cp (the tile columns of phase cp) from the rows of the split phases."""
-        g, plane = self.g, self.hq * self.wq
-
-        def offset(rr, cp):
-            phase = (ry + g.dh * (rr % M)) * self.fw + rx + g.dw * cp
-            return phase * plane + rr // M * self.wq
-
-        return _passes([(i * M + cp, 0, offset(rr, cp), BT[i, rr]) for i in range(ALPHA) for cp in range(M) for rr in range(ALPHA)])
+    def _offset(self, ry, rx, r, cp):
+        """Where, from its tile row's start in a plane's split phases, the run of
+        cells of row r and column phase cp of dilation phase (ry, rx)'s tiles."""
+        g = self.g
+        phase = (ry + g.dh * (r % M)) * self.fw + rx + g.dw * cp
+        return phase * self.hq * self.wq + r // M * self.wq
 
     def table(self, name, dtype):
         table, coefs = self.tables[name]
         return table, coefs.astype(dtype)
 
-    def split(self, x, gemm_threads=0):
+    def split(self, x):
         """The (fh, fw) phases of every plane of x zero-padded at (pt, pl), the cells
-        after them (read by dropped tiles) zero: (N, C, cells). On `gemm_threads` of
-        fastconv's GEMM threads when the units run there, else in Numba's parallel
-        loop: an OpenMP region just before the GEMM threads' work leaves its workers
-        spinning on the cores they need (with PyTorch imported first, Numba's OpenMP
-        is PyTorch's libgomp, whose default spin is long)."""
+        after them (read by dropped tiles) zero: (N, C, cells), in memory kept
+        between calls (blocked._kept_empty: fresh memory faulted in page by page
+        took longer than the split)."""
         g = self.g
-        phases = np.empty((g.n, x.shape[1], self.cells), dtype=x.dtype)
-        layout = (g.pt, g.pl, self.fh, self.fw, self.hq, self.wq)
-        if gemm_threads:
-            in_parallel(list(range(g.n)), gemm_threads, lambda samples: split_samples(x, phases, samples[0], samples[-1] + 1, *layout))
-        else:
-            split_planes(x, phases, *layout, 1)  # runs of one sample
+        phases = blocked._kept_empty(("winograd phases", g), (g.n, x.shape[1], self.cells), x.dtype)
+        split_planes(x, phases, g.pt, g.pl, self.fh, self.fw, self.hq, self.wq, 1)  # runs of one sample
         return phases
 
 
@@ -442,44 +463,21 @@ def _weight_from_transformed(hat, k_, c_):
 # ------------------------------------------------------------------ drivers
 
 
-def forward(x, weight, g, threads, blas=None):
+def forward(x, weight, g, threads):
     """conv2d of x (N, C, H, W) with weight (K, C, 3, 3), geometry g (applicable);
-    None if an output is not finite. `blas`: whether the products run by BLAS on the
-    GEMM threads (default: on up to gemm.MOST_THREADS threads), else in Numba's loops."""
+    None if an output is not finite."""
     plan = _plan(g, x.itemsize, threads)
-    dt = x.dtype
-    inputs = product_inputs(x.itemsize)
-    u = np.zeros((ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, inputs) * inputs), dtype=dt)  # products' blocks
+    rows = blocked.BLOCK[0]
+    kp = ceil(g.c_out, rows) * rows
+    u = np.zeros((ALPHA * ALPHA, kp, g.c_in), dtype=x.dtype)
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
-        u[:, : g.c_out, : g.c_in] = _transformed_weight(weight)
-    blas = threads <= gemm.MOST_THREADS if blas is None else blas
+        u[:, : g.c_out] = _transformed_weight(weight)
+    # each block's rows interleaved, as the blocked sums' weights (blocked.interleave_weights)
+    w = np.ascontiguousarray(u.reshape(ALPHA * ALPHA, kp // rows, rows, g.c_in).transpose(0, 1, 3, 2)).reshape(-1)
     threads = min(threads, len(plan.units))
-    phases = plan.split(x, threads if blas else 0)
-    out = np.empty(g.output_shape, dtype=dt)
-    input_tables = (*plan.table("input_rows", dt), *plan.table("input_cols", dt))
-    output_tables = (*plan.table("output_rows", dt), *plan.table("output_cols", dt))
-    round_to = VECTOR_BYTES // x.itemsize
-    if not blas:
-        bad = forward_units(phases, u, out, plan.segments, plan.first, threads, plan.pitch, plan.wq, round_to, input_tables, output_tables, plan.dilation_phases, g.dh, g.dw)
-        return out if bad == 0 else None
-
-    def run(units):
-        """forward_units' loop for a run of units on one GEMM thread, the products by
-        BLAS (in_parallel keeps NumPy's BLAS single-threaded meanwhile)."""
-        v = np.zeros((u.shape[0], u.shape[2], plan.pitch), dtype=dt)  # rows past C stay zero
-        product = np.empty((u.shape[0], u.shape[1], plan.pitch), dtype=dt)
-        rows_in = np.empty((ALPHA * M, 1, g.c_in * plan.pitch + round_to), dtype=dt)
-        rows_out = np.empty((ALPHA * M + M * M, 1, u.shape[1] * plan.pitch), dtype=dt)
-        bad = 0
-        with np.errstate(invalid="ignore", over="ignore"):  # a non-finite output: recomputed
-            for i in units:
-                unit = plan.segments[plan.first[i] : plan.first[i + 1]]
-                transform_input(phases, v, unit, plan.wq, round_to, *input_tables, rows_in)
-                np.matmul(u, v, out=product)
-                bad += transform_output(product, out, unit, plan.dilation_phases, g.dh, g.dw, plan.wq, *output_tables, rows_out)
-        return bad
-
-    return out if sum(in_parallel(list(range(len(plan.units))), threads, run)) == 0 else None
+    out = np.empty(g.output_shape, dtype=x.dtype)
+    bad = forward_units(plan.split(x), w, kp, out, plan.segments, plan.first, threads, plan.pitch, plan.block_cells, plan.wq, plan.tile_offsets, plan.dilation_phases, g.dh, g.dw)
+    return out if bad == 0 else None
 
 
 def weight_grad(x, grad_output, g, threads):
@@ -492,10 +490,9 @@ def weight_grad(x, grad_output, g, threads):
     threads = min(threads, len(plan.units))
     phases = plan.split(x)
     sums = np.empty((threads, ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, 3) * 3), dtype=dt)
-    input_tables = (*plan.table("input_rows", dt), *plan.table("input_cols", dt))
     grad_tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite sum: recomputed
-        weight_units(phases, grad_output, sums, plan.segments, plan.first, plan.pitch, plan.wq, VECTOR_BYTES // x.itemsize, input_tables, grad_tables, plan.dilation_phases, g.dh, g.dw)
+        weight_units(phases, grad_output, sums, plan.segments, plan.first, plan.pitch, plan.wq, plan.tile_offsets, grad_tables, plan.dilation_phases, g.dh, g.dw)
         # the threads' sums in a fixed order: reruns are bitwise identical
         gw = _weight_from_transformed(np.ascontiguousarray(sums.sum(axis=0)[:, : g.c_out, : g.c_in]), g.c_out, g.c_in)
     return gw.astype(dt) if np.isfinite(gw).all() else None

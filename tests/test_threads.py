@@ -110,7 +110,7 @@ def test_warmup_compiles_both_dtypes(dtypes):
 
     assert fastconv.warmup(dtypes) > 0
     kernels = (conv.im2col, direct.forward, direct.input_grad, direct.weight_grad, pool.max_pool, pool.avg_pool, pool.adaptive_max_pool,
-               activation.relu, activation.relu_backward, winograd.forward_units, winograd.weight_units, direct.split_samples,
+               activation.relu, activation.relu_backward, winograd.forward_units, winograd.weight_units, direct.split_planes,
                blocked.forward_blocks, blocked.input_blocks, blocked.weight_blocks, blocked.channel_blocks, blocked.transpose_sums,
                blocked.interleave_weights, blocked.select_taps, rows.forward_planes, rows.input_planes, rows.weight_planes)
     for kernel in kernels:

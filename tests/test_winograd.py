@@ -1,16 +1,15 @@
 """The Winograd path (stride-1 3x3 convolutions of one group) against fastconv.reference
 over a grid and random shapes: forward, input gradient (its adjoint forward) and
-weight gradient, both dtypes, 1 and 2 threads, on the GEMM threads and in Numba's
-parallel loops (which run past gemm.MOST_THREADS threads); its fallback to the
-direct kernels where an output is not finite."""
-
-import contextlib
+weight gradient, both dtypes, 1 and 2 threads; its transforms in registers against
+NumPy's matrix products; its fallback to the direct kernels where an output is not
+finite."""
 
 import numpy as np
 import pytest
-from fastconv.kernels import gemm, winograd
+from fastconv.kernels import winograd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 import fastconv
 from fastconv import dispatch, grad, reference
@@ -36,19 +35,7 @@ GRID = [
 ]
 
 
-@contextlib.contextmanager
-def numba_loops(on=True):
-    """Run Winograd in Numba's parallel loops at every thread count (else as fastconv
-    runs it: on the GEMM threads up to gemm.MOST_THREADS threads)."""
-    before = gemm.MOST_THREADS
-    gemm.MOST_THREADS = 0 if on else before
-    try:
-        yield
-    finally:
-        gemm.MOST_THREADS = before
-
-
-def _check(case, dtype, threads, rng, scale=1.0, loops=False):
+def _check(case, dtype, threads, rng, scale=1.0):
     n, c, k, h, w, padding, dilation = case
     x = (scale * rng.standard_normal((n, c, h, w))).astype(dtype)
     wt = rng.standard_normal((k, c, 3, 3)).astype(dtype)
@@ -56,18 +43,17 @@ def _check(case, dtype, threads, rng, scale=1.0, loops=False):
     y = reference.conv2d(x, wt, **kw)
     gy = rng.standard_normal(y.shape).astype(dtype)
     assert dispatch.conv_path(conv2d_geometry(x.shape, wt.shape, **kw)) in dispatch.PATHS
-    with fastconv.num_threads(threads), dispatch.force_path("winograd"), numba_loops(loops):
+    with fastconv.num_threads(threads), dispatch.force_path("winograd"):
         assert_close(fastconv.conv2d(x, wt, **kw), y, dtype)
         assert_close(grad.conv2d_input(x.shape, wt, gy, **kw), reference.conv2d_input(x.shape, wt, gy, **kw), dtype)
         assert_close(grad.conv2d_weight(x, wt.shape, gy, **kw), reference.conv2d_weight(x, wt.shape, gy, **kw), dtype)
 
 
-@pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
-def test_winograd_grid(case, dtype, threads, loops, rng):
-    _check(case, dtype, threads, rng, loops=loops)
+def test_winograd_grid(case, dtype, threads, rng):
+    _check(case, dtype, threads, rng)
 
 
 @st.composite
@@ -81,20 +67,20 @@ def random_case(draw):
             (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
         ),
         draw(st.sampled_from(DTYPES)), draw(st.integers(1, 2)), draw(st.integers(0, 2**16)),
-        draw(st.sampled_from([1e-3, 1.0, 1e3])), draw(st.booleans()),
+        draw(st.sampled_from([1e-3, 1.0, 1e3])),
     )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_case())
 def test_winograd_random_against_reference(drawn):
-    case, dtype, threads, seed, scale, loops = drawn
+    case, dtype, threads, seed, scale = drawn
     n, c, k, h, w, padding, dilation = case
     try:
         reference.conv2d(np.zeros((n, c, h, w)), np.zeros((k, c, 3, 3)), padding=padding, dilation=dilation)
     except ValueError:
         return  # no output: refused on every path (tests/test_validation.py)
-    _check(case, dtype, threads, np.random.default_rng(seed), scale, loops)
+    _check(case, dtype, threads, np.random.default_rng(seed), scale)
 
 
 def test_winograd_pays_for_wide_layers_only():
@@ -112,9 +98,8 @@ def test_winograd_pays_for_wide_layers_only():
     assert not winograd.applicable(conv2d_geometry((8, 64, 32, 32), (64, 32, 3, 3), padding=1, groups=2))
 
 
-@pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_non_finite_outputs_come_from_the_direct_kernels(dtype, loops, rng):
+def test_non_finite_outputs_come_from_the_direct_kernels(dtype, rng):
     # The transforms would mix an infinity into NaN (inf - inf); PyTorch's sums give
     # infinities, and so do the direct kernels that recompute such results.
     torch = pytest.importorskip("torch")
@@ -124,21 +109,20 @@ def test_non_finite_outputs_come_from_the_direct_kernels(dtype, loops, rng):
     gy = rng.standard_normal((2, 32, 9, 8)).astype(dtype)
     gy[1, 5, 2, 2] = np.inf
     tx, tw, tg = map(torch.from_numpy, (x, w, gy))
-    with dispatch.force_path("winograd"), numba_loops(loops):
+    with dispatch.force_path("winograd"):
         assert_close(fastconv.conv2d(x, w, padding=1), torch.nn.functional.conv2d(tx, tw, padding=1).numpy(), dtype)
         assert_close(grad.conv2d_input(x.shape, w, gy, padding=1), torch.nn.grad.conv2d_input(x.shape, tw, tg, padding=1).numpy(), dtype)
         assert_close(grad.conv2d_weight(x, w.shape, gy, padding=1), torch.nn.grad.conv2d_weight(tx, w.shape, tg, padding=1).numpy(), dtype)
     big = np.full((1, 32, 4, 4), np.finfo(dtype).max / 4, dtype=dtype)  # finite, but the transforms overflow
-    with dispatch.force_path("winograd"), numba_loops(loops):
+    with dispatch.force_path("winograd"):
         assert_close(fastconv.conv2d(big, np.ones_like(w) / 512, padding=1), reference.conv2d(big, np.ones_like(w) / 512, padding=1), dtype)
 
 
-@pytest.mark.parametrize("loops", [False, True], ids=["gemm_threads", "numba_loops"])
-def test_bitwise_identical_reruns(loops, rng):
+def test_bitwise_identical_reruns(rng):
     x = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     gy = rng.standard_normal((8, 32, 12, 12)).astype(np.float32)
-    with dispatch.force_path("winograd"), numba_loops(loops):
+    with dispatch.force_path("winograd"):
         runs = [(fastconv.conv2d(x, w, padding=1), grad.conv2d_input(x.shape, w, gy, padding=1), grad.conv2d_weight(x, w.shape, gy, padding=1)) for _ in range(3)]
     for run in runs[1:]:
         for a, b in zip(run, runs[0]):
@@ -148,11 +132,10 @@ def test_bitwise_identical_reruns(loops, rng):
 def test_each_kernel_compiles_once_per_dtype(rng):
     for dtype in DTYPES:
         for case in GRID[:3]:
-            for loops in (False, True):
-                _check(case, dtype, 2, rng, loops=loops)
+            _check(case, dtype, 2, rng)
     # the kernels called from Python (a kernel called only from compiled code lists no
     # signature of its own once its caller comes from the cache)
-    kernels = (winograd.forward_units, winograd.weight_units, winograd.transform_input, winograd.transform_output)
+    kernels = (winograd.forward_units, winograd.weight_units)
     for kernel in kernels:
         assert len(kernel.signatures) == 2, (kernel, kernel.signatures)
 
@@ -168,3 +151,45 @@ def test_plan_units_cover_every_tile_row_once():
     assert seen == expected
     for unit in plan.units:
         assert unit[-1, 4] + unit[-1, 3] * plan.wq + winograd.EXTRA <= plan.pitch
+
+
+@njit
+def _input_tiles(src, src_at, offsets, count, dst, dst_at, row_stride):
+    winograd.input_tiles(src, src_at, offsets, count, dst, dst_at, row_stride)
+
+
+@njit
+def _output_tiles(src, count, dst):
+    winograd.output_tiles(src, count, dst)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 5), st.integers(0, 7), st.sampled_from(DTYPES), st.integers(0, 2**16))
+def test_input_tiles_against_numpy(count, src_at, dst_at, dtype, seed):
+    rng = np.random.default_rng(seed)
+    offsets = rng.choice(np.arange(0, 200, 50), size=8) + rng.integers(0, 5, size=8)
+    src = rng.standard_normal(300).astype(dtype)
+    row_stride = dst_at + count + 3
+    dst = np.full(16 * row_stride, 7.0, dtype=dtype)
+    _input_tiles(src, src_at, offsets.astype(np.int64), count, dst, dst_at, row_stride)
+    for t in range(count):
+        d = np.array([[src[src_at + offsets[2 * r + c % 2] + c // 2 + t] for c in range(4)] for r in range(4)], dtype=np.float64)
+        expected = (winograd.BT @ d @ winograd.BT.T).reshape(16)
+        assert_close(dst[np.arange(16) * row_stride + dst_at + t], expected.astype(dtype), dtype)
+    written = (np.arange(16)[:, None] * row_stride + dst_at + np.arange(count)).reshape(-1)
+    untouched = np.setdiff1d(np.arange(dst.size), written)
+    assert (dst[untouched] == 7.0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.sampled_from(DTYPES), st.integers(0, 2**16))
+def test_output_tiles_against_numpy(count, dtype, seed):
+    rng = np.random.default_rng(seed)
+    src = rng.standard_normal(16 * count + 5).astype(dtype)
+    dst = np.full(4 * count + 5, 7.0, dtype=dtype)
+    _output_tiles(src, count, dst)
+    for t in range(count):
+        m = src[np.arange(16) * count + t].astype(np.float64).reshape(4, 4)
+        expected = (winograd.AT @ m @ winograd.AT.T).reshape(4)
+        assert_close(dst[np.arange(4) * count + t], expected.astype(dtype), dtype)
+    assert (dst[4 * count :] == 7.0).all()
