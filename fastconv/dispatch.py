@@ -44,22 +44,23 @@ def _winograd_pays(g: ConvGeometry) -> bool:
     )
 
 
-# Where Winograd runs the forward and the input gradient before the blocked sums:
-# undilated layers of two samples or more whose transformed weights (16 K C
-# values) take at most WINOGRAD_WEIGHT_BYTES, which every unit of tiles reads
-# again (per-pass timings of 10 stride-1 3x3 layers of 48-512 channels, 12x12 to
-# 56x56 planes, batch 1-32, on 2 cores of an AMD EPYC): float32 from 5% slower
-# (128 channels of 16x16) to 22% faster (res3x3 11.8 -> 9.2 ms each pass, 128
-# channels of 28x28 8.9 -> 7.5 forward), float64 5-27% faster; 256 channels 25-40% slower (4 MB of float32 weights),
-# 512 2x; one sample of 64 channels of 56x56 7-35% slower; dilated layers 3-7%
-# slower in float32 (their outputs go to every d-th column, a cell at a time).
+# Where Winograd runs every pass before the blocked sums: undilated layers of two
+# samples or more whose transformed weights (16 K C values) take at most
+# WINOGRAD_WEIGHT_BYTES, which every unit of tiles reads again (per-pass timings of
+# 10 stride-1 3x3 layers of 48-512 channels, 12x12 to 56x56 planes, batch 1-32, on
+# 2 cores of an AMD EPYC): float32 from 5% slower (128 channels of 16x16) to 22%
+# faster (res3x3 11.8 -> 9.2 ms forward, 11.5 -> 9.6 weight gradient), float64
+# 5-27% faster; 256 channels 25-70% slower (4 MB of float32 weights), 512 2-4x;
+# one sample of 64 channels of 56x56 7-35% slower in the forward and input
+# gradient; dilated layers 3-17% slower in float32 (their outputs go to every
+# d-th column, a cell at a time).
 WINOGRAD_WEIGHT_BYTES = 2 << 20
 
 
-def _winograd_first(g: ConvGeometry, computation: str, dtype) -> bool:
+def _winograd_first(g: ConvGeometry, dtype) -> bool:
     weight_bytes = 16 * g.c_in * g.c_out * np.dtype(dtype).itemsize
     undilated = g.dh == g.dw == 1
-    return computation != "weight" and W.applicable(g) and _winograd_pays(g) and undilated and g.n > 1 and weight_bytes <= WINOGRAD_WEIGHT_BYTES
+    return W.applicable(g) and _winograd_pays(g) and undilated and g.n > 1 and weight_bytes <= WINOGRAD_WEIGHT_BYTES
 
 
 PASSES = ("forward", "input", "weight")
@@ -326,9 +327,9 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
     - 'blocked' for sums over more than one tap whose channels fill the blocks
       (_blocked_pays): 1.1-2x faster than the direct loops on most layers of
       3-128 channels and kernels of 3x3 to 7x7, and than GEMM;
-    - 'winograd' for the forward and input gradient of undilated stride-1 3x3
-      convolutions of one group where it runs faster than the blocked sums
-      (_winograd_first), checked before them: 1-1.3x; and for the other stride-1
+    - 'winograd' for undilated stride-1 3x3 convolutions of one group where it
+      runs faster than the blocked sums (_winograd_first), checked before them:
+      1-1.3x; and for the other stride-1
       3x3 convolutions of one group the blocked sums leave, where it pays
       (_winograd_pays);
     - 'direct' for the rest, every stride, dilation and group count.
@@ -344,7 +345,7 @@ def conv_path(g: ConvGeometry, computation: str = "forward", threads: int | None
         return _one_tap_path(g, computation, dtype)
     if R.applicable(g, computation) and _rows_pay(g, computation, dtype):
         return "rows"
-    if _winograd_first(g, computation, dtype):
+    if _winograd_first(g, dtype):
         return "winograd"
     if _blocked_pays(g, computation) or _small_depthwise(g, computation, dtype):
         return "blocked"

@@ -41,7 +41,7 @@ from numba.extending import intrinsic
 
 from . import blocked
 from ._jit import parallel, serial
-from .direct import dots_three, split_planes
+from .direct import split_planes
 from .emitter import VECTOR_BYTES, Emitter
 from .gemm import matmul
 
@@ -306,37 +306,42 @@ def forward_units(phases, w, kp, out, segments, first, threads, pitch, block_cel
     return bad.sum()
 
 
-@serial(fastmath=True)
-def sums_of_products(hat, v, acc):
-    """acc[p] += hat[p] @ v[p]^T for each tile cell p: hat (16, K4, P), v (16, C3, P),
-    acc (16, K4, C3), K4 a multiple of 4 and C3 of 3: twelve sums over the tiles at
-    a time, four rows of hat by three of v (the direct weight gradient's dots_three;
-    fastmath: the sums vectorise; in float64, dots_four's sixteen ran no faster)."""
-    length = v.shape[2]
-    zero = acc.dtype.type(0)
-    for p in range(hat.shape[0]):
-        for k0 in range(0, hat.shape[1], 4):
-            for c0 in range(0, v.shape[1], 3):
-                dots_three(acc[p, k0 : k0 + 4, c0 : c0 + 3], hat[p, k0 : k0 + 4], v[p, c0], v[p, c0 + 1], v[p, c0 + 2], length, zero)
+@serial
+def sums_of_products(hat, v, acc, offsets):
+    """acc[p] += hat[p] @ v[p]^T for each tile cell p: hat (16, Kd, P), v (16, Cd,
+    P), acc (16, Kd, Cd), Kd and Cd multiples of blocked.DOTS' rows, P of a
+    vector's lanes, offsets[j] = j * P: blocked.block_dots' dot products over the
+    tiles, held in registers (their lanes added pairwise at the end, in a fixed
+    order)."""
+    rows, columns = blocked.DOTS
+    taps, k_, pitch = hat.shape
+    c_ = v.shape[1]
+    flat_acc, flat_hat, flat_v = acc.reshape(acc.size), hat.reshape(hat.size), v.reshape(v.size)
+    for p in range(taps):
+        for k0 in range(0, k_, rows):
+            for c0 in range(0, c_, columns):
+                blocked.block_dots(flat_acc, (p * k_ + k0) * c_ + c0, c_, flat_hat, (p * k_ + k0) * pitch, pitch, 0, flat_v, (p * c_ + c0) * pitch, 0, offsets, pitch, 1)
 
 
 @parallel
 def weight_units(phases, grad_output, sums, segments, first, pitch, wq, tile_offsets, grad_tables, dilation_phases, dh, dw):
-    """sums[t] (16, K4, C3) = the sum over thread t's run of units (as forward_units)
-    of (At^T dy At) (Bt d B)^T, per tile cell; rows and columns past K and C zero."""
+    """sums[t] (16, Kd, Cd) = the sum over thread t's run of units (as forward_units)
+    of (At^T dy At) (Bt d B)^T, per tile cell (sums_of_products); rows and columns
+    past K and C zero."""
     grad_rows, grad_row_coefs, grad_cols, grad_col_coefs = grad_tables
-    threads, k4, c3 = sums.shape[0], sums.shape[2], sums.shape[3]
+    threads, kd, cd = sums.shape[0], sums.shape[2], sums.shape[3]
     units = first.shape[0] - 1
+    offsets = np.arange(blocked.DOTS[1]) * pitch
     for t in prange(threads):
-        v = np.zeros((ALPHA * ALPHA, c3, pitch), dtype=sums.dtype)  # rows past C stay zero
-        hat = np.empty((ALPHA * ALPHA, k4, pitch), dtype=sums.dtype)
-        rows_grad = np.empty((M * M + ALPHA * M, 1, k4 * pitch), dtype=sums.dtype)
+        v = np.zeros((ALPHA * ALPHA, cd, pitch), dtype=sums.dtype)  # rows past C stay zero
+        hat = np.empty((ALPHA * ALPHA, kd, pitch), dtype=sums.dtype)
+        rows_grad = np.empty((M * M + ALPHA * M, 1, kd * pitch), dtype=sums.dtype)
         sums[t] = 0.0
         for i in range(units * t // threads, units * (t + 1) // threads):
             unit = segments[first[i] : first[i + 1]]
             transform_input(phases, v, unit, wq, tile_offsets)
             transform_grad_output(grad_output, hat, unit, dilation_phases, dh, dw, wq, grad_rows, grad_row_coefs, grad_cols, grad_col_coefs, rows_grad)
-            sums_of_products(hat, v, sums[t])
+            sums_of_products(hat, v, sums[t], offsets)
 
 
 # ------------------------------------------------------------------ plans
@@ -482,14 +487,13 @@ def forward(x, weight, g, threads):
 
 def weight_grad(x, grad_output, g, threads):
     """conv2d_weight: the gradient (K, C, 3, 3) for input x and grad_output, geometry
-    g (applicable); None if a sum is not finite. Always in Numba's parallel loops: its
-    sums by BLAS on the GEMM threads (hat @ v^T, the tiles the short inner dimension)
-    took res3x3's pass from 12.2 to 14.5 ms."""
+    g (applicable); None if a sum is not finite."""
     plan = _plan(g, x.itemsize, threads)
     dt = x.dtype
     threads = min(threads, len(plan.units))
     phases = plan.split(x)
-    sums = np.empty((threads, ALPHA * ALPHA, ceil(g.c_out, 4) * 4, ceil(g.c_in, 3) * 3), dtype=dt)
+    rows, columns = blocked.DOTS
+    sums = np.empty((threads, ALPHA * ALPHA, ceil(g.c_out, rows) * rows, ceil(g.c_in, columns) * columns), dtype=dt)
     grad_tables = (*plan.table("grad_rows", dt), *plan.table("grad_cols", dt))
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite sum: recomputed
         weight_units(phases, grad_output, sums, plan.segments, plan.first, plan.pitch, plan.wq, plan.tile_offsets, grad_tables, plan.dilation_phases, g.dh, g.dw)

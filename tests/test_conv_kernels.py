@@ -416,11 +416,10 @@ def test_conv_path_order(monkeypatch):
     assert paths(conv2d_geometry((64, 64, 16, 16), (128, 64, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
     # GEMM pays for some passes only (64 outputs): the layer blocked, not mixed
     assert paths(conv2d_geometry((32, 32, 32, 32), (64, 32, 4, 4), stride=2, padding=1)) == ["blocked"] * 3
-    # Winograd's forward and input gradient first for undilated layers of two samples
-    # or more whose transformed weights take at most 2 MiB; elsewhere only where the
-    # blocked sums do not apply
-    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd", "winograd", "blocked"]
-    assert [dispatch.conv_path(conv2d_geometry((8, 128, 28, 28), (128, 128, 3, 3), padding=1), c, 2, np.float64) for c in dispatch.PASSES] == ["winograd", "winograd", "blocked"]
+    # Winograd first for undilated layers of two samples or more whose transformed
+    # weights take at most 2 MiB; elsewhere only where the blocked sums do not apply
+    assert paths(conv2d_geometry((8, 64, 32, 32), (64, 64, 3, 3), padding=1)) == ["winograd"] * 3
+    assert [dispatch.conv_path(conv2d_geometry((8, 128, 28, 28), (128, 128, 3, 3), padding=1), c, 2, np.float64) for c in dispatch.PASSES] == ["winograd"] * 3
     assert paths(conv2d_geometry((8, 256, 14, 14), (256, 256, 3, 3), padding=1)) == ["blocked"] * 3
     assert [dispatch.conv_path(conv2d_geometry((8, 128, 28, 28), (256, 128, 3, 3), padding=1), c, 2, np.float64) for c in dispatch.PASSES] == ["blocked"] * 3
     assert paths(conv2d_geometry((1, 64, 56, 56), (64, 64, 3, 3), padding=1)) == ["blocked"] * 3
