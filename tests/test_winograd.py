@@ -148,8 +148,13 @@ def test_plan_units_cover_every_tile_row_once():
         return (len(range(ry, g.oh, 2)) + 1) // 2
 
     expected = [(n, p, a) for n in range(5) for p, (ry, _) in enumerate(plan.dilation_phases.tolist()) for a in range(tile_rows(ry))]
-    assert seen == expected
+    assert sorted(seen) == expected and len(seen) == len(expected)
     for unit in plan.units:
+        # the column phases of the same tile rows side by side, in order (exchange)
+        for group in unit.reshape(-1, 2, 5):
+            assert (group[:, [0, 2, 3]] == group[0, [0, 2, 3]]).all()
+            assert plan.dilation_phases[group[:, 1]].tolist() == [[plan.dilation_phases[group[0, 1], 0], rx] for rx in range(2)]
+        assert (unit[1:, 4] == unit[:-1, 4] + unit[:-1, 3] * plan.wq).all()
         assert unit[-1, 4] + unit[-1, 3] * plan.wq + winograd.EXTRA <= plan.pitch
 
 
