@@ -426,6 +426,13 @@ class _Plan:
             self.pitch += self.block_cells
 
         self.tile_offsets = np.array([[self._offset(ry, rx, r, cp) for r in range(ALPHA) for cp in range(M)] for ry, rx, _, _ in phases], dtype=np.int64)
+        # input_tiles' loads are not bounds-checked: every tile's last cell (one
+        # column past its run's start) inside its plane's cells, every unit's tiles
+        # inside the pitch
+        s = self.segments
+        last = (s[:, 2] + s[:, 3]) * self.wq + self.tile_offsets[s[:, 1]].max(axis=1)
+        if int(last.max()) >= self.cells or int(self.tile_offsets.min()) < 0 or any(int(u[-1, 4] + u[-1, 3] * self.wq) > self.pitch for u in self.units):
+            raise AssertionError("Winograd plan reads outside its planes")
         self.tables = {
             "grad_rows": _passes([(u * M + j, i * M + j, 0, AT[i, u]) for u in range(ALPHA) for j in range(M) for i in range(M)]),
             "grad_cols": _passes([(u * ALPHA + v, u * M + j, 0, AT[j, v]) for u in range(ALPHA) for v in range(ALPHA) for j in range(M)]),
