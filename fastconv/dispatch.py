@@ -50,7 +50,8 @@ def _winograd_pays(g: ConvGeometry) -> bool:
 # 10 stride-1 3x3 layers of 48-512 channels, 12x12 to 56x56 planes, batch 1-32, on
 # 2 cores of an AMD EPYC): float32 from 5% slower (128 channels of 16x16) to 22%
 # faster (res3x3 11.8 -> 9.2 ms forward, 11.5 -> 9.6 weight gradient), float64
-# 5-27% faster; 256 channels 25-70% slower (4 MB of float32 weights), 512 2-4x;
+# 5-27% faster; 256 channels of 14x14 as fast in the forward, 35-50% slower in
+# the weight gradient (4 MB of float32 weights), 512 2-4x slower;
 # one sample of 64 channels of 56x56 7-35% slower in the forward and input
 # gradient; dilated layers 3-17% slower in float32 (their outputs go to every
 # d-th column, a cell at a time).
