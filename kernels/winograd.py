@@ -520,11 +520,12 @@ def forward(x, weight, g, threads):
     plan = _plan(g, x.itemsize, threads)
     rows = blocked.BLOCK[0]
     kp = ceil(g.c_out, rows) * rows
-    u = np.zeros((ALPHA * ALPHA, kp, g.c_in), dtype=x.dtype)
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite weight: recomputed
-        u[:, : g.c_out] = _transformed_weight(weight)
-    # each block's rows interleaved, as the blocked sums' weights (blocked.interleave_weights)
-    w = np.ascontiguousarray(u.reshape(ALPHA * ALPHA, kp // rows, rows, g.c_in).transpose(0, 1, 3, 2)).reshape(-1)
+        u = _transformed_weight(weight)
+    # each block's rows interleaved, padded with zeros to kp rows: the blocked sums'
+    # weights, each tile cell's U a group of one-tap kernels
+    w = np.empty(ALPHA * ALPHA * kp * g.c_in, dtype=x.dtype)
+    blocked.interleave_weights(u.reshape(ALPHA * ALPHA * g.c_out, g.c_in, 1), ALPHA * ALPHA, np.zeros(1, dtype=np.int64), False, rows, w)
     threads = min(threads, len(plan.units))
     out = np.empty(g.output_shape, dtype=x.dtype)
     bad = forward_units(plan.split(x), w, kp, out, plan.segments, plan.first, threads, plan.pitch, plan.block_cells, plan.wq, plan.tile_offsets, plan.dilation_phases, g.dh, g.dw)
